@@ -1,0 +1,57 @@
+# Each target sets up its own virtual environment (.venv) the first time.
+# A python that already has torch (Colab, Kaggle, your own env) keeps its torch:
+# the venv then sees it through --system-site-packages. Otherwise the pinned CPU
+# build below is installed (on this project's machines it comes from a local file).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-dev
+# tests write into a scratch area, never over data/ or the README's figures
+TEST_ENV := BRATS_PROFILE=ci BRATS_DATA_DIR=$(CURDIR)/data/test BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures \
+	NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
+
+.PHONY: demo test lint unit notebooks lab bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "Using the torch that $(PYTHON) already has."; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+## make demo: the whole notebook series on the synthetic default, figures into figures/
+demo: $(STAMP)
+	NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg $(BIN)/python -m brats_utils demo
+
+## make test: lint, unit tests, then every notebook top to bottom (nbval, ci profile)
+test: lint unit notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	$(TEST_ENV) $(BIN)/pytest tests -q
+
+notebooks: $(STAMP)
+	$(TEST_ENV) $(BIN)/pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+## make lab: JupyterLab on the notebooks
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+## make bench: speed and memory, printed as ratios measured side by side
+bench: $(STAMP)
+	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python tests/benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) data/test data/executed .pytest_cache .ruff_cache
