@@ -1,0 +1,92 @@
+"""The main job (``make demo``): run the notebook series 01-07 in order and summarise it.
+
+Each notebook is executed by a fresh Jupyter kernel with ``BRATS_PROFILE`` set, exactly
+as a student would run it top to bottom; the executed copies (with their outputs) go
+to ``data/executed/`` where git ignores them, the figures to ``figures/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from brats_utils.config import DATA_DIR, FIGURES_DIR, REPO_ROOT, get_profile
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+EXECUTED_DIR = DATA_DIR / "executed"
+
+
+def series_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks of the series, in order."""
+    return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:
+    """Run one notebook top to bottom in its own folder; save the executed copy; return seconds.
+
+    A failing cell still leaves the executed copy (up to the error) in ``out_dir`` and
+    re-raises nbclient's ``CellExecutionError``, whose message shows the cell and traceback.
+    """
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / path.name
+        tmp = target.with_suffix(".tmp")
+        nbformat.write(notebook, tmp)
+        os.replace(tmp, target)
+    return time.perf_counter() - start
+
+
+def run_series(profile_name: str = "demo", notebooks: list[Path] | None = None) -> None:
+    """Execute the series with ``profile_name`` and print timings, outputs and results."""
+    os.environ["BRATS_PROFILE"] = profile_name
+    profile = get_profile(profile_name)
+    notebooks = series_notebooks() if notebooks is None else notebooks
+    print(f"Running {len(notebooks)} notebooks with the {profile.name!r} profile: {profile.description}")
+    total = 0.0
+    for path in notebooks:
+        print(f"  {path.name:<36}", end="", flush=True)
+        try:
+            seconds = execute_notebook(path)
+        except CellExecutionError:
+            print("FAILED")
+            print(f"The executed copy up to the error is in {EXECUTED_DIR / path.name}")
+            raise
+        total += seconds
+        print(f"{seconds:6.0f} s")
+    print(f"All notebooks ran in {total / 60:.1f} min.")
+    print(f"Executed notebooks: {EXECUTED_DIR}\nFigures:            {FIGURES_DIR}")
+    print(results_summary(profile))
+
+
+def results_summary(profile) -> str:
+    """A short text table of what the series produced (trained model, architecture study)."""
+    import pandas as pd
+
+    from brats_utils.compare import comparison_csv_path
+    from brats_utils.train import history_csv_path
+
+    lines = []
+    history_csv = history_csv_path(profile.run_dir)
+    if history_csv.exists():
+        history = pd.read_csv(history_csv)
+        best = history.loc[history["val_paper_dice"].idxmax()]
+        lines.append(f"\nPaper model, best validation epoch {int(best['epoch'])} of {len(history)} "
+                     "(synthetic data):" if profile.data_source == "synthetic" else ":")
+        lines.append(best[["val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET"]].to_string())
+    table_csv = comparison_csv_path(profile)
+    if table_csv.exists():
+        table = pd.read_csv(table_csv)
+        lines.append("\nArchitecture study:")
+        lines.append(table.to_string(index=False))
+    return "\n".join(lines)

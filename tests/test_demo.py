@@ -1,0 +1,45 @@
+"""The main job's notebook runner, on throwaway notebooks (the real series runs under nbval)."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from nbclient.exceptions import CellExecutionError
+
+from brats_utils import demo
+
+
+def _write_notebook(path, *sources):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nbformat.write(nb, path)
+    return path
+
+
+def test_executes_in_the_notebook_folder_with_the_profile_and_keeps_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRATS_PROFILE", "ci")
+    nb = _write_notebook(tmp_path / "01_x.ipynb",
+                         "import os, pathlib\n"
+                         "pathlib.Path('ran.txt').write_text(os.environ['BRATS_PROFILE'])",
+                         "print(6 * 7)")
+    out = tmp_path / "executed"
+    demo.execute_notebook(nb, out)
+    assert (tmp_path / "ran.txt").read_text() == "ci"
+    executed = nbformat.read(out / "01_x.ipynb", as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "42\n"
+    assert nbformat.read(nb, as_version=4).cells[1].outputs == []  # the source stays clean
+
+
+def test_a_failing_notebook_raises_and_leaves_its_executed_copy(tmp_path):
+    nb = _write_notebook(tmp_path / "02_fails.ipynb", "print('before')", "1 / 0", "print('never')")
+    out = tmp_path / "executed"
+    with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
+        demo.execute_notebook(nb, out)
+    executed = nbformat.read(out / "02_fails.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "before\n"
+    assert executed.cells[2].outputs == []
+
+
+def test_series_is_found_in_numbered_order(tmp_path):
+    for name in ["02_b.ipynb", "01_a.ipynb", "_setup.ipynb", "10_z.ipynb"]:
+        _write_notebook(tmp_path / name, "pass")
+    assert [p.name for p in demo.series_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_z.ipynb"]
