@@ -1,0 +1,500 @@
+"""The paper's 3D U-Net, configurable to all five of its sizes, plus tools to inspect it.
+
+One class, :class:`UNet3D`, builds every model of the paper (``paper/ARCHITECTURES.md``)::
+
+    [B, 4, X, Y, Z] → enc1 ─────────── skip ─────────── dec1 → Dropout3d → final_conv → [B, 4, X, Y, Z]
+                        └ max-pool → enc2 ─ skip ─ dec2 ┘ upconv1
+                                      └ enc3 ┘ upconv2       (enc3: the bottom level, after max-pool)
+
+- a *block* is ``units_per_block`` units of Conv3d(3³, padding 1, bias) → InstanceNorm3d (no affine,
+  so no parameters) → LeakyReLU(0.01), held in an ``nn.Sequential`` whose convolutions sit at
+  indices 0, 3, 6, ... exactly as in the authors' code, so their checkpoints load with ``strict=True``;
+- channels double at every level (f, 2f, 4f, ...); max-pooling halves, a transposed convolution
+  (kernel 2, stride 2) doubles the size again;
+- the upsampled tensor is padded to its skip's size before concatenation ``[upsampled, skip]``, so any
+  input size works (155 slices is not a multiple of 4);
+- module names follow the authors: ``enc1 ... enc{L-1}``, the bottom block ``enc3`` in the 3-level
+  model and ``bottleneck`` in deeper ones, ``upconv{l}``/``dec{l}`` on the way up, ``final_conv``.
+
+``wired_levels`` reproduces what the authors actually trained for the deeper models: every level is
+built (and counted, as in the paper), but the forward pass only runs through the top ``wired_levels``.
+
+Inspection: :func:`count_parameters`, :func:`count_trained_parameters` (a backward pass decides which
+weights are used), :func:`summarize` (per-layer table, cost and receptive field, traced on PyTorch's
+``meta`` device so even the 46M model on a full volume costs nothing), :func:`preset_summary` and
+:func:`plot_architecture` (a diagram drawn from the model object itself).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
+from torch import nn
+
+from brats_utils.errors import CheckpointError
+
+#: Negative slope of every LeakyReLU (the authors' value); also sets the Kaiming gain.
+LEAKY_SLOPE = 0.01
+#: The input size the paper reports its model on: one whole BraTS volume.
+FULL_VOLUME: tuple[int, int, int] = (240, 240, 155)
+#: The usual training patch (nnU-Net, MONAI and the ``gpu`` profile).
+PATCH_128: tuple[int, int, int] = (128, 128, 128)
+
+#: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
+#: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
+#: wired into the forward pass, which is what the authors' code trained (ARCHITECTURES.md, section 5).
+PRESETS: dict[str, dict] = {
+    "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
+    "l4_f16": {"base_filters": 16, "levels": 4, "units_per_block": 4},  # 2,867,956
+    "l4_f32": {"base_filters": 32, "levels": 4, "units_per_block": 4},  # 11,465,188
+    "l5_f16": {"base_filters": 16, "levels": 5, "units_per_block": 4},  # 11,536,756
+    "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
+}
+PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
+
+#: The five models of the paper, smallest first.
+PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+def conv_block(in_channels: int, out_channels: int, units: int) -> nn.Sequential:
+    """``units`` × [Conv3d 3³ → InstanceNorm3d → LeakyReLU]; convolutions at indices 0, 3, 6, ..."""
+    layers: list[nn.Module] = []
+    for unit in range(units):
+        layers += [
+            nn.Conv3d(in_channels if unit == 0 else out_channels, out_channels, kernel_size=3, padding=1),
+            nn.InstanceNorm3d(out_channels, affine=False),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+def pad_and_concat(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Pad ``upsampled`` to the spatial size of ``skip`` (floor before, ceil after), then ``[up, skip]``.
+
+    Max-pooling floors odd sizes (155 → 77), so the way back up can be one voxel short (77 → 76 + 1).
+    """
+    pads: list[int] = []
+    for up_size, skip_size in zip(reversed(upsampled.shape[2:]), reversed(skip.shape[2:]), strict=True):
+        missing = skip_size - up_size
+        pads += [missing // 2, missing - missing // 2]  # F.pad wants the last axis first
+    if any(pads):
+        upsampled = F.pad(upsampled, pads)
+    return torch.cat([upsampled, skip], dim=1)
+
+
+class UNet3D(nn.Module):
+    """A plain 3D U-Net: the paper's model and its deeper variants.
+
+    Args:
+        in_channels: input modalities (4: FLAIR, T1, T1ce, T2 in the authors' order).
+        num_classes: output channels (4: background, NCR/NET, ED, ET as training labels 0-3).
+        base_filters: channels of the top level ``f``; level ``l`` has ``f * 2**(l-1)``.
+        levels: resolution levels including the bottom one (3 in the paper's model).
+        units_per_block: conv units per block (2 in the paper's model, 4 in its deeper variants).
+        dropout: ``Dropout3d`` probability before the 1×1×1 head (authors' final code 0.1, paper 0.3).
+        wired_levels: run only the top ``wired_levels`` levels (``None``: all). Deeper levels are still
+            built, so they appear in the parameter count and the state dict, but never get a gradient.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        num_classes: int = 4,
+        base_filters: int = 16,
+        levels: int = 3,
+        units_per_block: int = 2,
+        dropout: float = 0.1,
+        wired_levels: int | None = None,
+    ) -> None:
+        super().__init__()
+        wired_levels = levels if wired_levels is None else wired_levels
+        if levels < 1 or units_per_block < 1 or not 1 <= wired_levels <= levels:
+            raise ValueError(f"need levels >= 1, units_per_block >= 1 and 1 <= wired_levels <= levels; "
+                             f"got levels={levels}, units_per_block={units_per_block}, "
+                             f"wired_levels={wired_levels}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        #: The keyword arguments that rebuild this model: ``UNet3D(**model.config)``.
+        self.config: dict = {
+            "in_channels": in_channels, "num_classes": num_classes, "base_filters": base_filters,
+            "levels": levels, "units_per_block": units_per_block, "dropout": dropout,
+            "wired_levels": wired_levels,
+        }
+        self.levels = levels
+        self.wired_levels = wired_levels
+        channels = [base_filters * 2**level for level in range(levels)]  # channels[l-1] for level l
+
+        units = units_per_block
+        previous = in_channels
+        for level in range(1, levels + 1):  # registration order = the authors' state-dict order
+            self.add_module(self.encoder_name(level), conv_block(previous, channels[level - 1], units))
+            previous = channels[level - 1]
+        for level in range(levels - 1, 0, -1):
+            upsample = nn.ConvTranspose3d(channels[level], channels[level - 1], kernel_size=2, stride=2)
+            self.add_module(f"upconv{level}", upsample)
+            self.add_module(f"dec{level}", conv_block(2 * channels[level - 1], channels[level - 1], units))
+        self.final_conv = nn.Conv3d(channels[0], num_classes, kernel_size=1)
+        # Modules without parameters: they add no state-dict keys, so the authors' names stay intact.
+        self.pool = nn.MaxPool3d(kernel_size=2, stride=2)
+        self.dropout = nn.Dropout3d(dropout)
+        init_weights_(self)
+
+    def encoder_name(self, level: int) -> str:
+        """Module name of the encoder block at ``level`` (1 = top): ``bottleneck`` is the authors' name
+        for the bottom block of their 4- and 5-level models; the 3-level model calls it ``enc3``."""
+        return "bottleneck" if level == self.levels and self.levels > 3 else f"enc{level}"
+
+    def block(self, name: str) -> nn.Module:
+        """The submodule called ``name`` (e.g. ``"enc2"``, ``"upconv1"``)."""
+        return self.get_submodule(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes, X, Y, Z]`` for an image ``[B, in_channels, X, Y, Z]`` of any size."""
+        self.check_input_shape(tuple(x.shape))
+        skips = []
+        for level in range(1, self.wired_levels):
+            x = self.block(self.encoder_name(level))(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.block(self.encoder_name(self.wired_levels))(x)  # the bottom of the wired network
+        for level in range(self.wired_levels - 1, 0, -1):
+            x = self.block(f"dec{level}")(pad_and_concat(self.block(f"upconv{level}")(x), skips.pop()))
+        return self.final_conv(self.dropout(x))
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless ``shape`` is ``[B, in_channels, X, Y, Z]`` and big enough.
+
+        Each max-pooling halves (and floors) every axis; instance normalisation at the bottom needs more
+        than one voxel, so the bottom level must keep at least 1 voxel per axis and 2 in all.
+        """
+        channels = self.config["in_channels"]
+        if len(shape) != 5 or shape[1] != channels:
+            raise ValueError(f"expected a tensor [B, {channels}, X, Y, Z], got {list(shape)}")
+        factor = 2 ** (self.wired_levels - 1)
+        bottom = [size // factor for size in shape[2:]]
+        if min(bottom) < 1 or math.prod(bottom) < 2:
+            raise ValueError(f"spatial size {list(shape[2:])} is too small for {self.wired_levels} levels: "
+                             f"the bottom level would be {bottom} voxels (expected every axis >= {factor} "
+                             f"and more than one bottom voxel, e.g. {[factor, factor, 2 * factor]})")
+
+
+def init_weights_(model: nn.Module) -> None:
+    """Kaiming initialisation as the paper states: weights ~ N(0, 2 / ((1 + a²) n)), biases 0.
+
+    ``a`` is the LeakyReLU slope and ``n`` the number of input connections of one output voxel:
+    ``c_in · k³`` for a convolution, ``c_in · k³ / s³`` (= ``c_in`` for kernel 2, stride 2) for a
+    transposed convolution. For Conv3d this is exactly ``nn.init.kaiming_normal_(w, a=0.01,
+    mode="fan_in", nonlinearity="leaky_relu")``; for ConvTranspose3d PyTorch's own fan-in would be
+    ``c_out · k³`` (its weight is stored [c_in, c_out, k, k, k]), so ``n`` is computed here.
+
+    The authors' code differed: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` on Conv3d only
+    (variance 2 / (c_out · k³)), leaving ConvTranspose3d at PyTorch's default (uniform, ±1/sqrt(c_out·8)).
+    """
+    gain = nn.init.calculate_gain("leaky_relu", LEAKY_SLOPE)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+            kernel_volume = math.prod(module.kernel_size)
+            fan_in = module.in_channels * kernel_volume
+            if isinstance(module, nn.ConvTranspose3d):
+                fan_in //= math.prod(module.stride)
+            with torch.no_grad():
+                module.weight.normal_(0.0, gain / math.sqrt(fan_in))
+                module.bias.zero_()
+
+
+def build_model(preset: str = "paper", **overrides: object) -> UNet3D:
+    """The named preset (see :data:`PRESETS`), with any ``UNet3D`` argument overridden.
+
+    Raises ``KeyError`` naming the known presets when ``preset`` is unknown.
+    """
+    try:
+        config = PRESETS[preset]
+    except KeyError:
+        raise KeyError(f"Unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}") from None
+    return UNet3D(**{**config, **overrides})
+
+
+# --- counting -------------------------------------------------------------------------------
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter the model holds: the paper's counting rule ``sum(p.numel())``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_trained_parameters(model: nn.Module, input_shape: tuple[int, ...] = (1, 4, 32, 32, 32)) -> int:
+    """Parameters that receive a gradient in one forward/backward pass on a random input of ``input_shape``.
+
+    Differs from :func:`count_parameters` when levels are built but not wired (the ``*_as_run`` presets).
+    Uses ``torch.autograd.grad(..., allow_unused=True)``, so the model's ``.grad`` fields are untouched.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(input_shape, generator=generator, device=device)
+    grads = torch.autograd.grad(model(x).float().sum(), params, allow_unused=True)
+    return sum(p.numel() for p, g in zip(params, grads, strict=True) if g is not None)
+
+
+# --- loading the authors' (or our) weights ---------------------------------------------------
+
+
+def _read_checkpoint(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError("checkpoint file not found", path=path) from None
+    except Exception as exc:  # truncated file, foreign format, or pickled code that weights_only refuses
+        raise CheckpointError(f"cannot read checkpoint ({type(exc).__name__}: {str(exc)[:200]})", path=path,
+                              expected="a torch.save file holding only tensors and plain containers") from exc
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping) -> nn.Module:
+    """Load weights into ``model`` strictly and return it.
+
+    Accepts a file path or an object holding a state dict: a bare state dict, a checkpoint dict with
+    ``"model_state_dict"`` (the authors' and our format), keys prefixed by ``module.`` (saved from
+    ``nn.DataParallel``, as the authors trained on Kaggle's two T4s) or ``_orig_mod.`` (``torch.compile``).
+    Files are read with ``weights_only=True``, so a checkpoint cannot run code. Raises
+    :class:`~brats_utils.errors.CheckpointError` naming missing keys, unexpected keys and shape mismatches.
+    """
+    path = Path(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else None
+    state = _read_checkpoint(path) if path is not None else path_or_state
+    if isinstance(state, Mapping) and "model_state_dict" in state:
+        state = state["model_state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("checkpoint holds no state dict", path=path,
+                              expected="a state dict or a dict with 'model_state_dict'")
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [f"{key} {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+                  for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or mismatched:
+        found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
+        problems = [f"{label}: {_names(keys)}" for label, keys in found.items() if keys]
+        config = getattr(model, "config", type(model).__name__)
+        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems), path=path,
+                              expected=f"the state dict of {config}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+# --- inspection: per-layer table, cost, receptive field ------------------------------------------
+
+_TRACED_LAYERS = (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d)
+
+
+def _triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
+    return value if isinstance(value, tuple) else (value,) * 3  # type: ignore[return-value]
+
+
+def _trace(model: UNet3D, input_shape: tuple[int, ...]) -> list[dict]:
+    """One row per call of a convolution, transposed convolution or pooling layer, in execution order.
+
+    Runs on a parameter-free copy on PyTorch's ``meta`` device: shapes only, no memory, no arithmetic.
+    """
+    with torch.device("meta"):
+        ghost = UNet3D(**model.config)
+    rows: list[dict] = []
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+            kernel, stride = _triple(module.kernel_size), _triple(module.stride)
+            batch = output.shape[0]
+            if isinstance(module, nn.Conv3d):  # every output voxel: c_in · k³ multiply-adds per channel
+                macs = output[0].numel() * module.in_channels // module.groups * math.prod(kernel)
+            elif isinstance(module, nn.ConvTranspose3d):  # every input voxel scatters a c_out · k³ block
+                macs = inputs[0].numel() // batch * module.out_channels * math.prod(kernel)
+            else:
+                macs = 0  # pooling compares, it does not multiply
+            rows.append({"layer": name, "block": name.split(".")[0], "type": type(module).__name__,
+                         "kernel": kernel[0], "stride": stride[0], "output shape": tuple(output.shape[1:]),
+                         "parameters": sum(p.numel() for p in module.parameters()), "MACs": macs})
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in ghost.named_modules()
+               if isinstance(module, _TRACED_LAYERS)]
+    try:
+        ghost(torch.empty(input_shape, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rows
+
+
+def _used_parameters(rows: list[dict]) -> int:
+    """Parameters of the layers that ran (each layer counted once, however often it was called)."""
+    return sum({row["layer"]: row["parameters"] for row in rows}.values())
+
+
+def receptive_field(rows: list[dict]) -> int:
+    """Receptive field (voxels along one axis) of the convolution/pooling path, from traced layer rows.
+
+    In a U-Net every layer, in execution order, lies on the deepest path (down through every level,
+    back up through every decoder), and that path has the widest view. Along it, with ``jump`` the
+    input-voxel distance between neighbouring features: a layer of kernel ``k`` and stride ``s`` adds
+    ``(k - 1) · jump`` and multiplies ``jump`` by ``s``; a transposed convolution divides ``jump`` by
+    ``s`` and adds ``(ceil(k / s) - 1) · jump`` (nothing for k = s = 2: each output voxel sees one input).
+    Instance normalisation is left out: its mean and variance make every output depend a little on the
+    whole input.
+    """
+    field, jump = 1.0, 1.0
+    for row in rows:
+        k, s = row["kernel"], row["stride"]
+        if row["type"] == "ConvTranspose3d":
+            jump /= s
+            field += (math.ceil(k / s) - 1) * jump
+        else:
+            field += (k - 1) * jump
+            jump *= s
+    return int(field)
+
+
+def model_costs(model: UNet3D) -> dict[str, float]:
+    """Size and cost figures of ``model``: parameters (built and used), size in MiB at fp32/fp16,
+    multiply-accumulates per input voxel, GFLOPs (= 2 · MACs / 1e9, forward pass, convolutions only)
+    for one 128³ patch and one whole 240×240×155 volume, and the receptive field in voxels.
+
+    MiB is 2²⁰ bytes: the paper's "1.30MB" is 340,596 × 4 bytes = 1.30 MiB.
+    """
+    patch_rows = _trace(model, (1, model.config["in_channels"], *PATCH_128))
+    volume_rows = _trace(model, (1, model.config["in_channels"], *FULL_VOLUME))
+    parameters = count_parameters(model)
+    patch_macs = sum(row["MACs"] for row in patch_rows)
+    return {
+        "parameters": parameters,
+        "parameters used": _used_parameters(patch_rows),
+        "fp32 MiB": parameters * 4 / 2**20,
+        "fp16 MiB": parameters * 2 / 2**20,
+        "MACs per voxel": patch_macs / math.prod(PATCH_128),
+        "GFLOPs 128³ patch": 2 * patch_macs / 1e9,
+        "GFLOPs 240×240×155 volume": 2 * sum(row["MACs"] for row in volume_rows) / 1e9,
+        "receptive field (voxels)": receptive_field(patch_rows),
+    }
+
+
+def summarize(model: UNet3D, input_shape: tuple[int, ...] = (1, 4, *PATCH_128)) -> pd.DataFrame:
+    """Per-layer table for one input of ``input_shape``: output shape, parameters, MACs; a total row.
+
+    Layers are traced with forward hooks on a ``meta``-device copy, so any model and any input size is
+    free. ``df.attrs["costs"]`` holds :func:`model_costs` (size, MACs per voxel, GFLOPs for a 128³ patch
+    and a whole volume, receptive field). Built-but-unwired levels do not appear as rows.
+    """
+    table = pd.DataFrame(_trace(model, input_shape))
+    total = {"layer": "total", "block": "", "type": "", "kernel": pd.NA, "stride": pd.NA,
+             "output shape": "",
+             "parameters": table["parameters"].sum(), "MACs": table["MACs"].sum()}
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    table.attrs["costs"] = model_costs(model)
+    return table
+
+
+def preset_summary(presets: tuple[str, ...] = PAPER_PRESETS) -> pd.DataFrame:
+    """One row per preset: architecture, parameters built and used, size, cost and receptive field."""
+    rows = []
+    for name in presets:
+        with torch.device("meta"):  # the 46M model too: built without allocating a single weight
+            model = build_model(name)
+        config = model.config
+        rows.append({"preset": name, "levels": config["levels"], "wired levels": config["wired_levels"],
+                     "units per block": config["units_per_block"], "base filters": config["base_filters"],
+                     **model_costs(model)})
+    return pd.DataFrame(rows).set_index("preset")
+
+
+# --- the diagram ----------------------------------------------------------------------------
+
+
+def plot_architecture(model: UNet3D, input_shape: tuple[int, ...] = (1, 4, *PATCH_128)) -> Figure:
+    """Draw ``model`` as a U: one box per block with its channels and output size, arrows for pooling,
+    upsampling and skip connections. Everything is read from the model (its config and a traced forward
+    pass on ``input_shape``), so the picture is right for any preset; unwired levels are drawn dashed.
+    """
+    config = model.config
+    levels, wired, units = config["levels"], config["wired_levels"], config["units_per_block"]
+    rows = _trace(model, input_shape)
+    shapes = {row["block"]: row["output shape"] for row in rows}  # a block's last layer gives its output
+    channels = [config["base_filters"] * 2**level for level in range(levels)]
+    step_x, step_y, width, height = 1.5, 1.45, 1.35, 0.95
+    fig, ax = plt.subplots(figsize=(2.5 + 3.0 * (levels - 1), 1.8 + 1.45 * levels))
+
+    def spatial(name: str) -> str:
+        return "×".join(map(str, shapes[name][1:])) if name in shapes else "built, not run"
+
+    def box(x: float, y: float, title: str, lines: str, level: int) -> None:
+        used = level <= wired
+        colour = plt.cm.Blues(0.25 + 0.6 * (level - 1) / max(levels - 1, 1)) if used else "#eeeeee"
+        ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height,
+                                    boxstyle="round,pad=0.02", facecolor=colour, edgecolor="#333333",
+                                    linestyle="-" if used else "--", linewidth=1.2))
+        text_colour = "white" if used and level > (levels + 1) / 2 else "black"
+        ax.text(x, y + 0.2, title, ha="center", va="center", fontsize=9, weight="bold", color=text_colour)
+        ax.text(x, y - 0.15, lines, ha="center", va="center", fontsize=7.5, color=text_colour)
+
+    def arrow(start: tuple[float, float], end: tuple[float, float], colour: str, label: str = "",
+              style: str = "-", used: bool = True) -> None:
+        props = {"arrowstyle": "-|>", "linestyle": style, "linewidth": 1.4}
+        ax.annotate("", xy=end, xytext=start, arrowprops={**props, "color": colour if used else "#bbb"})
+        if label:
+            horizontal = start[1] == end[1]
+            ax.text((start[0] + end[0]) / 2 + (0 if horizontal else 0.08), (start[1] + end[1]) / 2 +
+                    (0.08 if horizontal else 0), label, fontsize=7, color=colour if used else "#999999",
+                    ha="center" if horizontal else "left", va="bottom" if horizontal else "center")
+
+    right = 2 * (levels - 1) * step_x
+    for level in range(1, levels + 1):
+        x_enc, y = (level - 1) * step_x, -(level - 1) * step_y
+        c_in = config["in_channels"] if level == 1 else channels[level - 2]
+        name = model.encoder_name(level)
+        box(x_enc, y, name, f"{c_in}→{channels[level - 1]} ch, {units}× conv 3³\n{spatial(name)}", level)
+        if level < levels:
+            below = (level * step_x, -level * step_y)
+            arrow((x_enc + 0.2, y - height / 2), (below[0] - 0.2, below[1] + height / 2), "#c0392b",
+                  "max-pool ÷2", used=level < wired)
+            x_dec = right - (level - 1) * step_x
+            dec_used = level < wired
+            box(x_dec, y, f"dec{level}", f"{2 * channels[level - 1]}→{channels[level - 1]} ch, "
+                f"{units}× conv 3³\n{spatial(f'dec{level}')}", level if dec_used else levels + 1)
+            arrow((x_enc + width / 2, y), (x_dec - width / 2, y), "#7f8c8d", "skip: concat", "--", dec_used)
+            arrow((right - level * step_x + 0.2, -level * step_y + height / 2), (x_dec - 0.2, y - height / 2),
+                  "#27ae60", f"upconv{level} ×2", used=dec_used)
+    ax.text(-width / 2 - 0.1, height / 2 + 0.25, f"input {config['in_channels']}×" + "×".join(
+        map(str, input_shape[2:])), fontsize=8, ha="left")
+    ax.text(right + width / 2 + 0.1, height / 2 + 0.25,
+            f"Dropout3d({config['dropout']}) → final_conv 1³ {channels[0]}→{config['num_classes']}",
+            fontsize=8, ha="right")
+    used = _used_parameters(rows)
+    built = count_parameters(model)
+    title = f"UNet3D: {levels} levels, f={config['base_filters']}, {units} units/block — {built:,} parameters"
+    if used != built:
+        title += f" ({used:,} used: {wired} of {levels} levels wired)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(-width, right + width)
+    ax.set_ylim(-(levels - 1) * step_y - height, height + 0.5)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
