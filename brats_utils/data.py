@@ -1,0 +1,304 @@
+"""From cached cases to training batches: patient split, patches, foreground oversampling, augmentation.
+
+- :func:`split_cases`: the authors' patient-level 80/20 split (``train_test_split`` of the
+  sorted case ids with ``random_state=42``), saved as CSV so runs are comparable.
+- :class:`PatchDataset`: random patches read from memory-mapped cache arrays (only the
+  patch's bytes are read), a share of them centred on tumour, padded where the volume is
+  smaller than the patch, augmented. Every item's randomness comes from
+  ``(seed, index)`` alone, so a run is reproducible whatever the number of loader workers.
+- :class:`EpochShuffleSampler`: a new order and new patches every epoch, still seeded.
+- :class:`VolumeDataset`: whole cropped volumes for validation.
+- :func:`make_augmentation`: the paper's flips and rotation with albumentations, applied
+  to the whole 3D patch at once (the authors drew them per slice, breaking 3D consistency).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no registry check (and warning) on import
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from brats_utils.config import Profile
+from brats_utils.errors import CacheError
+from brats_utils.preprocess import PreprocessedCase, cache_entries, load_cached, load_foreground
+
+Shape3D = tuple[int, int, int]
+
+
+# --- patient-level split -------------------------------------------------------------
+
+
+def split_cases(case_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int = 42,
+                csv_path: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """Split case ids into (train, validation) at patient level, as the authors did.
+
+    Reproduces scikit-learn's ``train_test_split(sorted(case_ids), test_size=val_fraction,
+    random_state=seed)`` without depending on it: ``ceil(val_fraction * n)`` validation
+    cases are the first entries of ``np.random.RandomState(seed).permutation(n)``, the
+    rest are training cases, both in that permuted order. For the 369 BraTS 2020 cases
+    this gives the paper's 295 / 74. With ``csv_path`` the split is also written there
+    (columns ``case_id,split``, sorted by case id).
+    """
+    ids = sorted(case_ids)
+    n_val = math.ceil(val_fraction * len(ids))
+    if not 0 <= n_val < len(ids):
+        raise ValueError(f"cannot hold out {n_val} of {len(ids)} cases for validation "
+                         f"(val_fraction={val_fraction})")
+    order = np.random.RandomState(seed).permutation(len(ids))
+    val = [ids[i] for i in order[:n_val]]
+    train = [ids[i] for i in order[n_val:]]
+    if csv_path is not None:
+        csv_path = Path(csv_path)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame({"case_id": train + val, "split": ["train"] * len(train) + ["val"] * len(val)})
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
+        table.sort_values("case_id").to_csv(tmp, index=False)
+        os.replace(tmp, csv_path)
+    return train, val
+
+
+# --- augmentation --------------------------------------------------------------------
+
+
+def make_augmentation(p: float = 0.5, *, max_angle: float = 0.0) -> A.Compose:
+    """The paper's augmentation: horizontal flip, vertical flip and a 90-degree rotation, each with ``p``.
+
+    The transforms are 2D but albumentations applies them with the same parameters to
+    every slice of a ``volume``/``mask3d``, i.e. in-plane and consistent in 3D. All of them
+    move voxels without interpolation, so labels stay labels. ``max_angle > 0`` adds a
+    small free rotation (linear for the image, nearest-neighbour for the mask, zero fill).
+    Only geometric transforms: in albumentations 2.0.8 RandomBrightnessContrast, GaussNoise
+    and MultiplicativeNoise fail on ``volume`` alone.
+    """
+    transforms = [A.HorizontalFlip(p=p), A.VerticalFlip(p=p), A.RandomRotate90(p=p)]
+    if max_angle > 0:
+        transforms.append(A.Rotate(limit=max_angle, fill=0, fill_mask=0, p=p))
+    return A.Compose(transforms)
+
+
+def _seed_transform(transform: A.BasicTransform | A.BaseCompose, rng: np.random.Generator) -> None:
+    """Give ``transform`` and each transform inside it its own seed drawn from ``rng``.
+
+    ``Compose.set_random_seed`` (and ``Compose(seed=...)``) in albumentations 2.0.8 give
+    every child the *same* seed, so two flips with p = 0.5 always fire together.
+    """
+    transform.set_random_seed(int(rng.integers(2**32)))
+    for child in getattr(transform, "transforms", []):
+        _seed_transform(child, rng)
+
+
+def augment_patch(transform: Callable, image: np.ndarray, labels: np.ndarray, *,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an albumentations transform to image ``[C, X, Y, Z]`` and labels ``[X, Y, Z]`` together.
+
+    albumentations wants depth first and channels last: the spatial axes are reversed to
+    ``volume [Z, Y, X, C]`` and ``mask3d [Z, Y, X]`` (so "horizontal" is x, as in the
+    figures), then turned back. The transform is seeded from ``rng`` for reproducibility.
+    """
+    if hasattr(transform, "set_random_seed"):
+        _seed_transform(transform, rng)
+    out = transform(volume=image.transpose(3, 2, 1, 0), mask3d=labels.transpose(2, 1, 0))
+    return (np.ascontiguousarray(out["volume"].transpose(3, 2, 1, 0)),
+            np.ascontiguousarray(out["mask3d"].transpose(2, 1, 0)))
+
+
+# --- patches -------------------------------------------------------------------------
+
+
+def extract_patch(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The block ``[..., start : start + size]`` of the last three axes; parts outside the array are 0.
+
+    ``start`` may be negative or run past the end (padding); only the voxels inside the
+    array are read, so on a memmap this touches just the patch's bytes.
+    """
+    out = np.zeros(array.shape[:-3] + tuple(size), dtype=array.dtype)
+    src, dst = [], []
+    for begin, length, extent in zip(start, size, array.shape[-3:], strict=True):
+        lo, hi = max(begin, 0), min(begin + length, extent)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - begin, max(hi, lo) - begin))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def choose_patch_start(shape: Shape3D, patch_size: Shape3D, foreground: np.ndarray,
+                       foreground_fraction: float, rng: np.random.Generator) -> tuple[int, int, int]:
+    """Corner of a patch: centred on a tumour voxel with probability ``foreground_fraction``, else uniform.
+
+    ``foreground`` holds rows ``(label, x, y, z)``; a tumour label is first drawn
+    uniformly among those present, so small sub-regions (enhancing tumour) are seen as
+    often as large ones. Along an axis where the volume is smaller than the patch, the
+    volume is centred in the patch (the start is negative: zero padding).
+    """
+    shape, patch = np.asarray(shape), np.asarray(patch_size)
+    fits = shape >= patch
+    low = np.where(fits, 0, (shape - patch) // 2)  # negative (volume centred) where it is smaller
+    high = np.where(fits, shape - patch, low)
+    if len(foreground) and rng.random() < foreground_fraction:
+        label = rng.choice(np.unique(foreground[:, 0]))
+        rows = foreground[foreground[:, 0] == label]
+        centre = rows[rng.integers(len(rows)), 1:]
+        start = np.clip(centre - patch // 2, low, high)
+    else:
+        start = rng.integers(low, high + 1)
+    return tuple(int(s) for s in start)
+
+
+class PatchDataset(Dataset):
+    """Random training patches from cache entries, ``samples_per_volume`` per case and epoch.
+
+    ``__getitem__`` returns ``(image float32 [4, *patch_size], labels int64 [*patch_size])``;
+    ``patch_size=None`` returns whole cropped volumes. The randomness of item ``index``
+    depends only on ``(seed, index)``; indices beyond ``len(self)`` are allowed and stand
+    for later epochs (see :class:`EpochShuffleSampler`). Arrays are memory-mapped lazily
+    in the process that reads them, so the dataset is safe to share with loader workers.
+    ``augment``: ``True`` for :func:`make_augmentation`, or any albumentations transform.
+    """
+
+    def __init__(self, entries: Sequence[str | Path], *, patch_size: Shape3D | None = (128, 128, 128),
+                 samples_per_volume: int = 2, foreground_fraction: float = 0.5,
+                 augment: bool | Callable = False, seed: int = 42) -> None:
+        if not entries:
+            raise CacheError("no cache entries to sample patches from", expected="at least one entry")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        self.entries = [Path(e) for e in entries]
+        self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
+        self.samples_per_volume = int(samples_per_volume)
+        self.foreground_fraction = float(foreground_fraction)
+        self.transform = make_augmentation() if augment is True else (augment or None)
+        self.seed = int(seed)
+        self._opened: dict[int, tuple[PreprocessedCase, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        """Workers receive the dataset without open memmaps and open their own."""
+        return {**self.__dict__, "_opened": {}}
+
+    def __len__(self) -> int:
+        return len(self.entries) * self.samples_per_volume
+
+    def _open(self, volume: int) -> tuple[PreprocessedCase, np.ndarray]:
+        if volume not in self._opened:
+            case = load_cached(self.entries[volume], mmap=True)
+            if case.labels is None:
+                raise CacheError("cache entry has no labels to train on", case_id=case.case_id,
+                                 path=self.entries[volume], expected="a training case with a segmentation")
+            self._opened[volume] = (case, load_foreground(self.entries[volume]))
+        return self._opened[volume]
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``index`` as numpy arrays: image float32 ``[4, *patch]``, labels uint8 ``[*patch]``."""
+        case, foreground = self._open((index % len(self)) // self.samples_per_volume)
+        rng = np.random.default_rng([self.seed, index])
+        shape = case.labels.shape
+        if self.patch_size is None:
+            start, size = (0, 0, 0), shape
+        else:
+            size = self.patch_size
+            start = choose_patch_start(shape, size, foreground, self.foreground_fraction, rng)
+        image = extract_patch(case.image, start, size).astype(np.float32)
+        labels = extract_patch(case.labels, start, size)
+        if self.transform is not None:
+            image, labels = augment_patch(self.transform, image, labels, rng=rng)
+        return image, labels
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = self.sample(index)
+        return torch.from_numpy(image), torch.from_numpy(labels.astype(np.int64))
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Yields every item of a :class:`PatchDataset` once per epoch in a seeded random order.
+
+    Epoch ``e`` yields indices ``e * size + permutation``, so each epoch draws new patches
+    (and new augmentations) while staying reproducible. The epoch advances by itself at
+    each pass; :meth:`set_epoch` sets it (when resuming a run). It lives in the main
+    process, so this works with persistent loader workers.
+    """
+
+    def __init__(self, size: int, seed: int = 42) -> None:
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass draws."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) + self.epoch * self.size
+        self.epoch += 1
+        return iter(order.tolist())
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack ``(image [C, *s], labels [*s])`` items, zero-padding each to the largest shape of the batch.
+
+    Patches share one shape and are stacked as they are; whole cropped volumes differ in
+    size and are padded at the end of each axis (0 is the background of both arrays).
+    """
+    shapes = [item[1].shape for item in batch]
+    if len(set(shapes)) > 1:
+        target = [max(s[axis] for s in shapes) for axis in range(3)]
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            widths = [w for axis in reversed(range(3)) for w in (0, target[axis] - t.shape[-3 + axis])]
+            return torch.nn.functional.pad(t, widths)
+
+        batch = [(pad(image), pad(labels), *rest) for image, labels, *rest in batch]
+    return default_collate(batch)
+
+
+class VolumeDataset(Dataset):
+    """Whole cropped validation volumes: ``(image float32 [4, h, w, d], labels int64 [h, w, d], case_id)``."""
+
+    def __init__(self, entries: Sequence[str | Path]) -> None:
+        self.entries = [Path(e) for e in entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        case = load_cached(self.entries[index], mmap=True)
+        if case.labels is None:
+            raise CacheError("cache entry has no labels to validate against", case_id=case.case_id,
+                             path=self.entries[index], expected="a training case with a segmentation")
+        image = torch.from_numpy(np.asarray(case.image, dtype=np.float32))
+        return image, torch.from_numpy(case.labels.astype(np.int64)), case.case_id
+
+
+def make_loaders(profile: Profile, cache_dir: str | Path, *,
+                 split_csv: str | Path | None = None) -> tuple[DataLoader, VolumeDataset]:
+    """Training patches (a DataLoader) and validation volumes for the profile's cache.
+
+    The cached cases (the first ``profile.max_cases`` if set) are split with
+    :func:`split_cases`; the split is saved to ``split_csv`` (default
+    ``profile.run_dir / "split.csv"``). Workers and batch size come from the profile;
+    memory is pinned only when CUDA is available.
+    """
+    entries = cache_entries(cache_dir)[: profile.max_cases]
+    if not entries:
+        raise CacheError("the cache holds no entries", path=cache_dir,
+                         expected="a cache built by ensure_cache")
+    by_id = {entry.name: entry for entry in entries}
+    train_ids, val_ids = split_cases(list(by_id), val_fraction=profile.val_fraction, seed=profile.seed,
+                                     csv_path=split_csv or profile.run_dir / "split.csv")
+    patches = PatchDataset([by_id[i] for i in train_ids], patch_size=profile.patch_size,
+                           samples_per_volume=profile.samples_per_volume,
+                           foreground_fraction=profile.foreground_fraction, augment=profile.augment,
+                           seed=profile.seed)
+    loader = DataLoader(patches, batch_size=profile.batch_size,
+                        sampler=EpochShuffleSampler(len(patches), seed=profile.seed),
+                        num_workers=profile.num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=profile.num_workers > 0, collate_fn=pad_collate)
+    return loader, VolumeDataset([by_id[i] for i in val_ids])
