@@ -1,0 +1,182 @@
+"""Reading BraTS cases into arrays and writing segmentations, with every check on the way.
+
+:func:`load_case` turns a :class:`~brats_utils.download.Case` into a float32 image
+``[4, H, W, D]`` (channels in ``config.MODALITIES`` order) and uint8 labels in {0, 1, 2, 4}.
+It never trusts the stored data type (real files are int16 or float32, labels uint8 or
+float): it reads, checks, then casts. Anything unexpected raises an error from
+:mod:`brats_utils.errors` that names the case, the file and the expectation. Input files
+are only read (Kaggle mounts them read-only); :func:`save_segmentation` writes atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nibabel as nib
+import numpy as np
+
+from brats_utils.config import FILE_LABELS, MODALITIES
+from brats_utils.errors import (
+    LabelValueError,
+    MissingModalityError,
+    NonFiniteError,
+    NotAVolumeError,
+    ShapeMismatchError,
+    UnreadableFileError,
+)
+
+if TYPE_CHECKING:
+    from brats_utils.download import Case
+
+_LABELS_EXPECTED = "labels in {" + ", ".join(map(str, FILE_LABELS)) + "}"
+
+
+@dataclass
+class LoadedCase:
+    """One case in memory: image ``[4, H, W, D]`` float32, labels uint8 or ``None``, geometry."""
+
+    case_id: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    affine: np.ndarray
+    header: nib.Nifti1Header
+
+
+def open_volume(path: str | Path, *, case_id: str | None = None) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (header only) and check it holds one 3D volume.
+
+    A trailing axis of length 1 (``H x W x D x 1``) is accepted as 3D. Raises
+    :class:`UnreadableFileError` or :class:`NotAVolumeError`.
+    """
+    path = Path(path)
+    try:
+        image = nib.load(path)
+    except FileNotFoundError as err:
+        raise UnreadableFileError("file not found", case_id=case_id, path=path,
+                                  expected="an existing NIfTI file") from err
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise UnreadableFileError(f"not a readable NIfTI image ({err})", case_id=case_id, path=path,
+                                  expected="a .nii or .nii.gz file") from err
+    shape = image.shape
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]) or min(shape[:3]) < 2:
+        raise NotAVolumeError(f"holds an array of shape {shape}", case_id=case_id, path=path,
+                              expected="a 3D volume")
+    return image
+
+
+def _read(image: nib.Nifti1Image, path: Path, case_id: str | None, dtype: type | None) -> np.ndarray:
+    """The voxel array of an opened image, as stored (``dtype=None``) or cast, 3D."""
+    try:
+        data = image.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(image.dataobj)
+    except Exception as err:  # truncated files fail here, not at open: ValueError, EOFError, zlib.error...
+        kind = type(err).__name__
+        raise UnreadableFileError(f"could not read the voxel data ({kind}: {err})", case_id=case_id,
+                                  path=path, expected="a complete, uncorrupted NIfTI file") from err
+    data = np.asarray(data).reshape(image.shape[:3])
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise NonFiniteError(f"{count} NaN or infinite voxels", case_id=case_id, path=path,
+                             expected="finite values only")
+    return data
+
+
+def read_volume(path: str | Path, *, case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read one image volume as float32 ``[H, W, D]`` (scaling applied) and its NIfTI image."""
+    image = open_volume(path, case_id=case_id)
+    return _read(image, Path(path), case_id, np.float32), image
+
+
+def read_labels(path: str | Path, *, case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read a segmentation as uint8 ``[H, W, D]`` with values in {0, 1, 2, 4}.
+
+    Accepts any stored type (uint8, int16, float32 ...) as long as every value is one of the
+    BraTS labels; raises :class:`LabelValueError` listing the offending values otherwise.
+    """
+    path = Path(path)
+    image = open_volume(path, case_id=case_id)
+    data = _read(image, path, case_id, None)
+    if data.dtype.kind not in "biuf":
+        raise LabelValueError(f"stored as {data.dtype}", case_id=case_id, path=path,
+                              expected=_LABELS_EXPECTED)
+    if data.dtype == np.uint8:  # the usual case: counting is cheaper than sorting
+        values = np.flatnonzero(np.bincount(data.ravel(), minlength=256))
+    else:
+        values = np.unique(data)
+    unexpected = [v for v in values.tolist() if v not in FILE_LABELS]
+    if unexpected:
+        shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+        raise LabelValueError(f"unexpected label values [{shown}]", case_id=case_id, path=path,
+                              expected=_LABELS_EXPECTED)
+    return data.astype(np.uint8), image
+
+
+def load_case(case: Case) -> LoadedCase:
+    """Load and check one case: float32 image ``[4, H, W, D]``, uint8 labels (or ``None``).
+
+    The affine and header are those of the FLAIR file. Raises (from :mod:`brats_utils.errors`)
+    :class:`MissingModalityError`, :class:`UnreadableFileError`, :class:`NotAVolumeError`,
+    :class:`NonFiniteError`, :class:`ShapeMismatchError` or :class:`LabelValueError`.
+    """
+    reference = None
+    image = None
+    for channel, modality in enumerate(MODALITIES):
+        path = case.modalities.get(modality)
+        if path is None or not Path(path).is_file():
+            raise MissingModalityError(f"no {modality} file", case_id=case.case_id, path=path or case.folder,
+                                       expected=f"a file ending in _{modality}.nii or _{modality}.nii.gz")
+        volume, nifti = read_volume(path, case_id=case.case_id)
+        if reference is None:
+            reference = nifti
+            image = np.empty((len(MODALITIES), *volume.shape), dtype=np.float32)
+        elif volume.shape != image.shape[1:]:
+            raise ShapeMismatchError(f"{modality} has shape {volume.shape}", case_id=case.case_id, path=path,
+                                     expected=f"the shape of {MODALITIES[0]}, {image.shape[1:]}")
+        image[channel] = volume
+    labels = None
+    if case.seg is not None:
+        labels, _ = read_labels(case.seg, case_id=case.case_id)
+        if labels.shape != image.shape[1:]:
+            raise ShapeMismatchError(f"segmentation has shape {labels.shape}", case_id=case.case_id,
+                                     path=case.seg, expected=f"the image shape {image.shape[1:]}")
+    return LoadedCase(case.case_id, image, labels, reference.affine.copy(), reference.header.copy())
+
+
+def save_segmentation(
+    labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header: nib.Nifti1Header | None = None
+) -> Path:
+    """Write labels as a uint8 NIfTI (BraTS submission format) with the reference geometry.
+
+    ``labels`` must be 3D with values in {0, 1, 2, 4} (file labels, not training labels).
+    ``header`` (e.g. ``LoadedCase.header``) is copied so that the file matches the input
+    scan; its data type and scaling are reset for uint8. The file is written under a
+    temporary name in the same folder and renamed, so a reader never sees half a file.
+    """
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise NotAVolumeError(f"labels have shape {labels.shape}", path=path, expected="a 3D array")
+    unexpected = sorted(set(np.unique(labels).tolist()) - set(FILE_LABELS))
+    if unexpected:
+        raise LabelValueError(f"unexpected label values {unexpected}", path=path,
+                              expected=_LABELS_EXPECTED + " (convert training labels with 3 -> 4 first)")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    if suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"segmentation path must end in .nii or .nii.gz, got {path}")
+    header = header.copy() if header is not None else nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(labels.astype(np.uint8), affine, header=header)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.set_qform(affine, code=max(int(header["qform_code"]), 1))
+    image.set_sform(affine, code=max(int(header["sform_code"]), 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
