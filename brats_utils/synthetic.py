@@ -156,7 +156,9 @@ def _tumour(shape: Shape3D, brain_semi_axes: np.ndarray, brain_centre: np.ndarra
     necrosis = _ramp((core_radius * necrosis_fraction - d_core) / 1.5)
     if not has_enhancing and rng.random() < 0.5:
         necrosis = np.zeros_like(necrosis)  # many low-grade cores are solid
-    return box, np.maximum(oedema, core), core, necrosis
+    # oedema surrounds the core by at least two voxels: the regions are nested
+    oedema = np.maximum(oedema, _ramp((core_radius + 2.0 - d_core) / 1.5))
+    return box, oedema, core, necrosis
 
 
 def synthesize_case(

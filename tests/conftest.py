@@ -33,6 +33,12 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(root, SYNTHETIC_TRAIN, SYNTHETIC_VAL, SYNTHETIC_SHAPE, seed=SYNTHETIC_SEED)
 
 
+@pytest.fixture(scope="session")
+def synthetic_shape() -> tuple[int, int, int]:
+    """Volume shape of every case of ``synthetic_root``."""
+    return SYNTHETIC_SHAPE
+
+
 @pytest.fixture
 def copy_case(synthetic_root: Path, tmp_path: Path):
     """Factory: ``copy_case("BraTS20_Training_001")`` copies a case folder into ``tmp_path``.
