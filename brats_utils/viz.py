@@ -232,7 +232,7 @@ def _show(ax, rgb: np.ndarray, title: str, axis: int, *, letters: bool = False) 
 
 
 def _grid_size(rows: int, columns: int, plane_shape: tuple[int, ...], width: float,
-               extra_height: float = 1.0) -> tuple[float, float]:
+               extra_height: float = 0.7) -> tuple[float, float]:
     """Figure size for a grid of ``plane_shape`` pictures, ``width`` inches each, plus room for titles."""
     return width * columns, rows * (width * plane_shape[0] / plane_shape[1] + 0.45) + extra_height
 
