@@ -26,6 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits (autocast) are upcast: sums over a million voxels need float32."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def soft_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -44,12 +49,12 @@ def soft_dice_loss(
         batch_dice: sum over the whole batch (one Dice per class) instead of per sample.
 
     Returns:
-        A scalar: 1 - mean Dice. Computed in float32 even under autocast.
+        A scalar: 1 - mean Dice, in float32 (or float64 for float64 logits) even under autocast.
     """
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"target shape {list(target.shape)} does not match logits {list(logits.shape)} "
                          f"(expected target [B, X, Y, Z] for logits [B, C, X, Y, Z])")
-    probs = torch.softmax(logits.float(), dim=1)
+    probs = torch.softmax(_at_least_float32(logits), dim=1)
     one_hot = F.one_hot(target.long(), num_classes=logits.shape[1]).movedim(-1, 1).to(probs.dtype)
     summed_axes = tuple(range(2, logits.ndim))
     if batch_dice:
@@ -78,7 +83,7 @@ class CombinedLoss(nn.Module):
 
     def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The two terms and their weighted sum: ``{"ce": ..., "dice": ..., "loss": ...}`` (for logging)."""
-        ce = F.cross_entropy(logits.float(), target.long())
+        ce = F.cross_entropy(_at_least_float32(logits), target.long())
         dice = soft_dice_loss(logits, target, **self.dice_options)
         return {"ce": ce, "dice": dice, "loss": self.ce_weight * ce + self.dice_weight * dice}
 

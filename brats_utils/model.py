@@ -321,7 +321,7 @@ def _trace(model: UNet3D, input_shape: tuple[int, ...]) -> list[dict]:
 
     def record(name: str):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-            kernel, stride = _triple(module.kernel_size), _triple(module.stride)
+            kernel, stride, padding = map(_triple, (module.kernel_size, module.stride, module.padding))
             batch = output.shape[0]
             if isinstance(module, nn.Conv3d):  # every output voxel: c_in · k³ multiply-adds per channel
                 macs = output[0].numel() * module.in_channels // module.groups * math.prod(kernel)
@@ -330,7 +330,8 @@ def _trace(model: UNet3D, input_shape: tuple[int, ...]) -> list[dict]:
             else:
                 macs = 0  # pooling compares, it does not multiply
             rows.append({"layer": name, "block": name.split(".")[0], "type": type(module).__name__,
-                         "kernel": kernel[0], "stride": stride[0], "output shape": tuple(output.shape[1:]),
+                         "kernel": kernel[0], "stride": stride[0], "padding": padding[0],
+                         "output shape": tuple(output.shape[1:]),
                          "parameters": sum(p.numel() for p in module.parameters()), "MACs": macs})
         return hook
 
@@ -352,24 +353,29 @@ def _used_parameters(rows: list[dict]) -> int:
 def receptive_field(rows: list[dict]) -> int:
     """Receptive field (voxels along one axis) of the convolution/pooling path, from traced layer rows.
 
-    In a U-Net every layer, in execution order, lies on the deepest path (down through every level,
-    back up through every decoder), and that path has the widest view. Along it, with ``jump`` the
-    input-voxel distance between neighbouring features: a layer of kernel ``k`` and stride ``s`` adds
-    ``(k - 1) · jump`` and multiplies ``jump`` by ``s``; a transposed convolution divides ``jump`` by
-    ``s`` and adds ``(ceil(k / s) - 1) · jump`` (nothing for k = s = 2: each output voxel sees one input).
+    In a U-Net every layer, in execution order, lies on the deepest path (down through every level and
+    back up through every decoder), and that path sees the most: any skip path's view is contained in it.
+    Walking that path backwards from one output voxel, the interval ``[lo, hi]`` of voxels it depends on
+    becomes ``[s·lo - p, s·hi - p + k - 1]`` through a convolution or pooling (kernel k, stride s,
+    padding p) and ``[ceil((lo - k + 1) / s), floor(hi / s)]`` through a transposed convolution. The
+    floors make the result depend on where the voxel sits on the pooling grid, so every position of one
+    grid period is tried and the widest interval is returned. (The textbook recurrence ``rf += (k-1)·jump``
+    misses that rounding and comes out a few voxels short once a network goes down and back up.)
     Instance normalisation is left out: its mean and variance make every output depend a little on the
     whole input.
     """
-    field, jump = 1.0, 1.0
-    for row in rows:
-        k, s = row["kernel"], row["stride"]
-        if row["type"] == "ConvTranspose3d":
-            jump /= s
-            field += (math.ceil(k / s) - 1) * jump
-        else:
-            field += (k - 1) * jump
-            jump *= s
-    return int(field)
+    period = math.prod(row["stride"] for row in rows if row["type"] != "ConvTranspose3d")
+    widest = 0
+    for position in range(period):
+        lo = hi = position
+        for row in reversed(rows):
+            k, s, p = row["kernel"], row["stride"], row["padding"]
+            if row["type"] == "ConvTranspose3d":
+                lo, hi = -((k - 1 - lo) // s), hi // s  # -((k-1-lo)//s) is ceil((lo-k+1)/s)
+            else:
+                lo, hi = s * lo - p, s * hi - p + k - 1
+        widest = max(widest, hi - lo + 1)
+    return widest
 
 
 def model_costs(model: UNet3D) -> dict[str, float]:
@@ -403,7 +409,7 @@ def summarize(model: UNet3D, input_shape: tuple[int, ...] = (1, 4, *PATCH_128)) 
     and a whole volume, receptive field). Built-but-unwired levels do not appear as rows.
     """
     table = pd.DataFrame(_trace(model, input_shape))
-    total = {"layer": "total", "block": "", "type": "", "kernel": pd.NA, "stride": pd.NA,
+    total = {"layer": "total", "block": "", "type": "", "kernel": pd.NA, "stride": pd.NA, "padding": pd.NA,
              "output shape": "",
              "parameters": table["parameters"].sum(), "MACs": table["MACs"].sum()}
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
