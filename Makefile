@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-dev
 TEST_ENV := BRATS_PROFILE=ci BRATS_DATA_DIR=$(CURDIR)/data/test BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures \
 	NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 
-.PHONY: demo test lint unit notebooks lab bench setup clean
+.PHONY: demo test lint unit notebooks notebook-outputs lab bench setup clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+## make notebook-outputs: record the outputs nbval compares (# NBVAL_CHECK_OUTPUT cells), as CI sees them
+notebook-outputs: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo import \
+	record_checked_outputs as rec; [rec(Path(p)) for p in sys.argv[1:]]' $(or $(NB),notebooks/[0-9][0-9]_*.ipynb)
 
 ## make lab: JupyterLab on the notebooks
 lab: $(STAMP)

@@ -26,6 +26,25 @@ def series_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
 
 
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+
+
+def _execute(notebook: nbformat.NotebookNode, folder: Path) -> float:
+    """Run a notebook in place in a fresh kernel whose working directory is ``folder``."""
+    client = NotebookClient(notebook, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(folder)}})
+    start = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - start
+
+
+def _write_atomic(notebook: nbformat.NotebookNode, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    nbformat.write(notebook, tmp)
+    os.replace(tmp, target)
+
+
 def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:
     """Run one notebook top to bottom in its own folder; save the executed copy; return seconds.
 
@@ -33,18 +52,40 @@ def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:
     re-raises nbclient's ``CellExecutionError``, whose message shows the cell and traceback.
     """
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
     try:
-        client.execute()
+        return _execute(notebook, path.parent)
     finally:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / path.name
-        tmp = target.with_suffix(".tmp")
-        nbformat.write(notebook, tmp)
-        os.replace(tmp, target)
-    return time.perf_counter() - start
+        _write_atomic(notebook, out_dir / path.name)
+
+
+def record_checked_outputs(path: Path) -> None:
+    """Execute ``path`` and save it back with outputs only in its ``# NBVAL_CHECK_OUTPUT`` cells.
+
+    nbval compares a cell only against outputs saved in the notebook, so the checked cells
+    must carry them; every other cell is committed clean. Run it with the environment of
+    ``make test`` (``make notebook-outputs`` does) so the recorded outputs are the ones CI sees.
+    Only text survives: images and widget states are never compared.
+    """
+    notebook = nbformat.read(path, as_version=4)
+    _execute(notebook, path.parent)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        keep = CHECK_MARKER in cell.source
+        cell.outputs = [_text_only(o) for o in cell.outputs if keep and _has_text(o)]
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)
+    _write_atomic(notebook, path)
+
+
+def _has_text(output: nbformat.NotebookNode) -> bool:
+    return output.output_type == "stream" or "text/plain" in output.get("data", {})
+
+
+def _text_only(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    if output.output_type == "stream":
+        return output
+    return nbformat.v4.new_output("execute_result", data={"text/plain": output.data["text/plain"]})
 
 
 def run_series(profile_name: str = "demo", notebooks: list[Path] | None = None) -> None:

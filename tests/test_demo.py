@@ -43,3 +43,17 @@ def test_series_is_found_in_numbered_order(tmp_path):
     for name in ["02_b.ipynb", "01_a.ipynb", "_setup.ipynb", "10_z.ipynb"]:
         _write_notebook(tmp_path / name, "pass")
     assert [p.name for p in demo.series_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_z.ipynb"]
+
+
+def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
+    nb = _write_notebook(tmp_path / "03_rec.ipynb",
+                         "# NBVAL_CHECK_OUTPUT\nprint('kept')\n21 * 2",
+                         "print('dropped')",
+                         "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import HTML\nHTML('<b>x</b>')")
+    demo.record_checked_outputs(nb)
+    cells = nbformat.read(nb, as_version=4).cells
+    assert [o.get("text") for o in cells[0].outputs] == ["kept\n", None]
+    assert cells[0].outputs[1]["data"] == {"text/plain": "42"}
+    assert cells[1].outputs == []
+    assert list(cells[2].outputs[0]["data"]) == ["text/plain"]
+    assert all(c.execution_count is None for c in cells)
