@@ -1,0 +1,539 @@
+"""Training that survives a Colab disconnect: the paper's recipe, checkpoints, exact resume.
+
+The recipe (all settings come from the run :class:`~brats_utils.config.Profile`):
+
+- loss: :class:`~brats_utils.losses.CombinedLoss`, 0.3 cross-entropy + 0.7 soft Dice;
+- optimiser: AdamW (lr 5e-4, weight decay 5e-4);
+- schedule: ``ReduceLROnPlateau`` on the validation loss (x0.5 after 2 epochs without
+  improvement, floor 1e-6);
+- early stopping on the validation loss (patience 10, minimum improvement 1e-3);
+- gradient-norm clipping (1.5, as the authors' final code);
+- mixed precision (autocast + ``GradScaler``) on CUDA only, full precision elsewhere.
+
+Every epoch ends with a validation on whole validation volumes (sliding window when a
+volume is larger than the inference window) that reports the loss, the paper's metric
+(hard Dice averaged over the four labels, background included) and the BraTS region
+Dice (WT, TC, ET). The **best checkpoint is chosen by the paper's metric**, as the
+authors did, so our "best" is comparable with their 0.79.
+
+Files of a run (``profile.run_dir`` unless told otherwise)::
+
+    run_dir/history.csv              one row per epoch, rewritten atomically every epoch
+    run_dir/checkpoints/last.pt      the resume point, written last at every epoch
+    run_dir/checkpoints/best.pt      highest validation paper Dice so far
+    run_dir/checkpoints/epoch_005.pt every ``checkpoint_every`` epochs
+
+Exact resume: every epoch starts by seeding Python, NumPy and torch from
+``(profile.seed, epoch)``, so the patches, augmentations and dropout masks of epoch k do
+not depend on whether the process was restarted in between. On a CPU, a run killed
+after epoch k and resumed therefore produces the same history as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from brats_utils.config import Profile
+from brats_utils.errors import CheckpointError
+
+CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "scheduler_state_dict",
+                   "scaler_state_dict", "early_stopping", "epoch", "rng_state", "config", "history")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
+                   "val_dice_ET", "lr", "grad_norm", "seconds")
+#: Profile fields that may change between a run and its resumption (they do not alter
+#: what the epochs already trained would have computed).
+RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
+                               "num_workers", "tta", "compare_presets", "compare_epochs",
+                               "compare_steps_per_epoch"})
+#: Metric that picks the best checkpoint: the paper's 4-label mean Dice, as the authors did.
+BEST_METRIC = "val_paper_dice"
+
+
+# --- small building blocks -----------------------------------------------------------
+
+
+def pick_device() -> torch.device:
+    """CUDA if present, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class EarlyStopping:
+    """Stop when the monitored loss has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Improvement means ``loss < best - min_delta`` (the usual rule of Keras and Lightning).
+    The authors' code also reset the counter when the loss rose by less than ``min_delta``;
+    we do not, so a slowly worsening loss does stop the run.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def step(self, loss: float) -> bool:
+        """Record one epoch's loss; return True when training should stop."""
+        if loss < self.best - self.min_delta:
+            self.best = loss
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return self.should_stop
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the patience is used up."""
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue counting after a restart."""
+        return {"patience": self.patience, "min_delta": self.min_delta, "best": self.best,
+                "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (patience and min_delta stay as constructed)."""
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+    def __repr__(self) -> str:
+        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, best={self.best:.4g}, "
+                f"bad_epochs={self.bad_epochs})")
+
+
+def seed_everything(seed: int, epoch: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) from ``(seed, epoch)``."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) ^ int(state[1]))
+
+
+def rng_state() -> dict:
+    """The random generators' states in a form ``torch.load(weights_only=True)`` accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                  "gauss": float(numpy_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where the devices match)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
+                         "gauss": numpy_state["gauss"],
+                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
+                                   "pos": numpy_state["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Folder of a run's checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def history_csv_path(run_dir: Path) -> Path:
+    """The history table of a run."""
+    return Path(run_dir) / "history.csv"
+
+
+def atomic_torch_save(obj: object, path: Path) -> Path:
+    """``torch.save`` to a temporary name beside ``path``, flush to disk, then rename.
+
+    A crash at any moment leaves either the previous file or the new one, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a training checkpoint onto the CPU, safely (``weights_only``), and check its keys.
+
+    Raises :class:`~brats_utils.errors.CheckpointError` when the file is missing, unreadable
+    (truncated, not a torch file) or lacks any of :data:`CHECKPOINT_KEYS`.
+    """
+    path = Path(path)
+    expected = "a checkpoint written by brats_utils.train"
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path=path, expected=expected)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors ...
+        raise CheckpointError(f"checkpoint cannot be read ({type(error).__name__}: {error})",
+                              path=path, expected=expected) from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint holds a {type(checkpoint).__name__}, not a dict",
+                              path=path, expected=expected)
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {', '.join(missing)}", path=path,
+                              expected=f"keys {', '.join(CHECKPOINT_KEYS)}")
+    return checkpoint
+
+
+def check_compatible(checkpoint: dict, profile: Profile, model: nn.Module, path: Path) -> None:
+    """Raise :class:`CheckpointError` if the checkpoint belongs to another model or run setup."""
+    if dict(checkpoint["model_config"]) != dict(model.config):
+        differing = sorted(k for k in set(checkpoint["model_config"]) | set(model.config)
+                           if checkpoint["model_config"].get(k) != model.config.get(k))
+        raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
+                              path=path, expected=f"model config {model.config}")
+    saved, current = checkpoint["config"], profile.as_dict()
+    differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if differing:
+        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
+        raise CheckpointError(f"checkpoint comes from a run with other settings ({changes})", path=path,
+                              expected="the same settings, or resume=False (--restart) to start over")
+
+
+# --- one step, one validation ----------------------------------------------------------
+
+
+def train_step(model: nn.Module, image: torch.Tensor, label: torch.Tensor, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+               clip_norm: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns the (detached) loss and the gradient norm before clipping.
+
+    With AMP the scaler multiplies the loss before ``backward`` so that small float16
+    gradients do not underflow, and ``unscale_`` divides them back before clipping, so the
+    clipping threshold is in true gradient units.
+    """
+    device_type = image.device.type
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device_type, enabled=amp):
+        loss = loss_fn(model(image), label)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), grad_norm.detach()
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, volumes, loss_fn: nn.Module, profile: Profile, device: torch.device, *,
+             amp: bool, progress: bool = False) -> dict[str, float]:
+    """Loss, paper Dice and region Dice averaged over whole validation volumes.
+
+    Each volume is predicted exactly as at inference time (:func:`brats_utils.inference.
+    sliding_window_predict` with the profile's ``sw_*`` settings: one pass when the volume
+    fits in one window). The loss is computed from the softmax probabilities, given to the
+    loss as logits ``log p``, which its softmax maps back to ``p`` exactly.
+    """
+    from brats_utils.inference import sliding_window_predict
+    from brats_utils.metrics import region_dice_torch
+
+    model.eval()
+    count = len(volumes) if profile.max_val_cases is None else min(len(volumes), profile.max_val_cases)
+    totals: dict[str, float] = {}
+    for index in tqdm(range(count), desc="validation", leave=False, disable=not progress):
+        image, label, _case_id = volumes[index]
+        probs = sliding_window_predict(model, image, patch_size=profile.sw_patch_size,
+                                       overlap=profile.sw_overlap, sw_batch_size=profile.sw_batch_size,
+                                       device=device, amp=amp)
+        loss = loss_fn(torch.log(probs.clamp_min(1e-8))[None], label[None])
+        dice = region_dice_torch(probs.argmax(dim=0), label)
+        scores = {"val_loss": float(loss), "val_paper_dice": dice["PaperDice"],
+                  **{f"val_dice_{region}": dice[f"Dice_{region}"] for region in ("WT", "TC", "ET")}}
+        for key, value in scores.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return {key: value / count for key, value in totals.items()}
+
+
+def epoch_batches(loader, steps: int | None, epoch: int) -> Iterator:
+    """The batches of training epoch ``epoch`` (from 1): ``steps`` of them, or one pass if None.
+
+    Passes over the loader are numbered ``(epoch - 1) * passes_per_epoch + i`` and handed to
+    the sampler's ``set_epoch``, so epoch k draws the same patches whether or not the run
+    was restarted in between.
+    """
+    passes = 1 if steps is None else math.ceil(steps / len(loader))
+    set_epoch = getattr(loader.sampler, "set_epoch", None)
+    produced = 0
+    for index in range(passes):
+        if set_epoch is not None:
+            set_epoch((epoch - 1) * passes + index)
+        for batch in loader:
+            yield batch
+            produced += 1
+            if produced == steps:
+                return
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    history: pd.DataFrame
+    best_checkpoint: Path
+    last_checkpoint: Path
+    run_dir: Path
+    device: str
+    stopped_early: bool
+
+    @property
+    def best_epoch(self) -> int:
+        """Epoch of the best checkpoint (highest validation paper Dice)."""
+        return int(self.history.loc[self.history[BEST_METRIC].idxmax(), "epoch"])
+
+    @property
+    def best(self) -> pd.Series:
+        """The history row of the best epoch."""
+        return self.history.loc[self.history[BEST_METRIC].idxmax()]
+
+    def __repr__(self) -> str:
+        best = self.best
+        ending = "stopped early" if self.stopped_early else "finished"
+        return (f"TrainResult: {len(self.history)} epochs on {self.device} ({ending}), "
+                f"{self.history['seconds'].sum() / 60:.1f} min\n"
+                f"  best epoch {self.best_epoch}: paper Dice {best['val_paper_dice']:.3f}, "
+                f"WT {best['val_dice_WT']:.3f}, TC {best['val_dice_TC']:.3f}, ET {best['val_dice_ET']:.3f}, "
+                f"val loss {best['val_loss']:.4f}\n"
+                f"  best checkpoint {self.best_checkpoint}\n"
+                f"  last checkpoint {self.last_checkpoint}\n"
+                f"  history         {history_csv_path(self.run_dir)}")
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds besides the random generators: the run's live objects."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    history: list[dict]
+
+    @classmethod
+    def create(cls, profile: Profile, device: torch.device, *, amp: bool) -> TrainingState:
+        """A fresh model (seeded with ``profile.seed``) and the paper's optimiser, schedule and stopper."""
+        from brats_utils.model import build_model
+
+        seed_everything(profile.seed)
+        model = build_model(profile.model_preset, dropout=profile.dropout).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=profile.plateau_factor, patience=profile.plateau_patience,
+            min_lr=profile.min_lr)
+        return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp),
+                   EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta), [])
+
+    def checkpoint(self, profile: Profile) -> dict:
+        """The checkpoint dict (keys :data:`CHECKPOINT_KEYS`) after the last epoch of the history."""
+        return {"model_state_dict": self.model.state_dict(), "model_config": dict(self.model.config),
+                "optimizer_state_dict": self.optimizer.state_dict(),
+                "scheduler_state_dict": self.scheduler.state_dict(),
+                "scaler_state_dict": self.scaler.state_dict(),
+                "early_stopping": self.stopper.state_dict(), "epoch": len(self.history),
+                "rng_state": rng_state(), "config": profile.as_dict(), "history": self.history}
+
+    def restore(self, checkpoint: dict) -> None:
+        """Continue from a checkpoint checked by :func:`check_compatible`."""
+        self.model.load_state_dict(checkpoint["model_state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
+            self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        self.stopper.load_state_dict(checkpoint["early_stopping"])
+        self.history = [dict(row) for row in checkpoint["history"]]
+        set_rng_state(checkpoint["rng_state"])
+
+
+def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profile, device: torch.device,
+                epoch: int, *, amp: bool, progress: bool = False) -> dict[str, float]:
+    """One epoch of optimisation; returns the mean training loss and mean gradient norm (before clipping)."""
+    seed_everything(profile.seed, epoch)
+    state.model.train()
+    loss_sum = torch.zeros((), device=device)
+    norm_sum = torch.zeros((), device=device)
+    finite_norms = torch.zeros((), device=device)
+    steps = 0
+    batches = epoch_batches(loader, profile.steps_per_epoch, epoch)
+    for image, label in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress,
+                             total=profile.steps_per_epoch or len(loader)):
+        loss, grad_norm = train_step(state.model, image.to(device, non_blocking=True),
+                                     label.to(device, non_blocking=True), loss_fn, state.optimizer,
+                                     state.scaler, clip_norm=profile.grad_clip_norm, amp=amp)
+        loss_sum += loss
+        finite = torch.isfinite(grad_norm)  # with AMP, an overflowing step is skipped by the scaler
+        norm_sum += torch.where(finite, grad_norm, 0.0)
+        finite_norms += finite
+        steps += 1
+    return {"train_loss": float(loss_sum) / steps,
+            "grad_norm": float(norm_sum) / max(float(finite_norms), 1.0)}
+
+
+def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
+          max_epochs: int | None = None, progress: bool = True,
+          device: str | torch.device | None = None) -> TrainResult:
+    """Train the profile's U-Net, resuming from ``run_dir/checkpoints/last.pt`` when it exists.
+
+    ``max_epochs`` overrides ``profile.epochs`` (e.g. to extend a finished run by one epoch).
+    ``resume=False`` deletes the run's checkpoints and history and starts over. Returns a
+    :class:`TrainResult`. Raises :class:`~brats_utils.errors.CheckpointError` when the last
+    checkpoint is damaged or comes from another architecture or other settings.
+    """
+    from brats_utils.data import make_loaders
+    from brats_utils.losses import CombinedLoss
+    from brats_utils.preprocess import ensure_cache
+
+    run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
+    epochs = profile.epochs if max_epochs is None else max_epochs
+    if epochs < 1:
+        raise ValueError(f"need at least one epoch, got {epochs}")
+    device = torch.device(device) if device is not None else pick_device()
+    amp = profile.amp and device.type == "cuda"
+    last_path, best_path = checkpoint_dir(run_dir) / "last.pt", checkpoint_dir(run_dir) / "best.pt"
+
+    loader, val_volumes = make_loaders(profile, ensure_cache(profile, progress=progress),
+                                       split_csv=run_dir / "split.csv")
+    loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
+    state = TrainingState.create(profile, device, amp=amp)
+    if resume and last_path.exists():
+        checkpoint = load_checkpoint(last_path)
+        check_compatible(checkpoint, profile, state.model, last_path)
+        state.restore(checkpoint)
+        if progress:
+            tqdm.write(f"Resuming {run_dir} after epoch {checkpoint['epoch']}.")
+    elif not resume:
+        for old in [*checkpoint_dir(run_dir).glob("*.pt"), history_csv_path(run_dir)]:
+            old.unlink(missing_ok=True)
+
+    start = len(state.history) + 1
+    if state.stopper.should_stop and progress and start <= epochs:
+        tqdm.write(f"This run stopped early at epoch {start - 1}; use resume=False to start over.")
+    remaining = range(start, start if state.stopper.should_stop else epochs + 1)
+    for epoch in tqdm(remaining, desc=f"training {profile.name}", unit="epoch", initial=start - 1,
+                      total=epochs, disable=not progress or not remaining):
+        started = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch,
+               **train_epoch(state, loader, loss_fn, profile, device, epoch, amp=amp, progress=progress),
+               **validate(state.model, val_volumes, loss_fn, profile, device, amp=amp, progress=progress),
+               "lr": lr, "seconds": time.perf_counter() - started}
+        state.scheduler.step(row["val_loss"])
+        state.stopper.step(row["val_loss"])
+        is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
+        state.history.append({key: row[key] for key in HISTORY_COLUMNS})
+
+        _atomic_csv(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
+        checkpoint = state.checkpoint(profile)
+        if is_best:
+            atomic_torch_save(checkpoint, best_path)
+        if epoch % profile.checkpoint_every == 0:
+            atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
+        atomic_torch_save(checkpoint, last_path)  # last: the resume point is written after the others
+        if progress:
+            tqdm.write(_epoch_line(row, epochs))
+        if state.stopper.should_stop:
+            if progress:
+                tqdm.write(f"Early stop: the validation loss has not improved by more than "
+                           f"{state.stopper.min_delta} for {state.stopper.patience} epochs.")
+            break
+
+    return TrainResult(history=pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
+                       best_checkpoint=best_path, last_checkpoint=last_path, run_dir=run_dir,
+                       device=str(device), stopped_early=state.stopper.should_stop)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+            f"paper Dice {row['val_paper_dice']:.3f}  WT {row['val_dice_WT']:.3f}  "
+            f"TC {row['val_dice_TC']:.3f}  ET {row['val_dice_ET']:.3f}  lr {row['lr']:.1e}  "
+            f"{row['seconds']:.0f} s")
+
+
+def _atomic_csv(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def is_finished(checkpoint: dict, profile: Profile) -> bool:
+    """Whether a run's last checkpoint marks it complete (all epochs done, or stopped early)."""
+    stopper = EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta)
+    stopper.load_state_dict(checkpoint["early_stopping"])
+    return checkpoint["epoch"] >= profile.epochs or stopper.should_stop
+
+
+def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
+    """The profile's best checkpoint, training (or finishing an interrupted run) first if needed."""
+    run_dir = profile.run_dir
+    last_path, best_path = checkpoint_dir(run_dir) / "last.pt", checkpoint_dir(run_dir) / "best.pt"
+    if last_path.exists() and best_path.exists() and is_finished(load_checkpoint(last_path), profile):
+        return best_path
+    return train(profile, resume=True, progress=progress).best_checkpoint
+
+
+# --- the paper's Figure 4 -------------------------------------------------------------------
+
+
+def plot_history(history: pd.DataFrame):
+    """Loss, Dice and learning rate over the epochs (like the paper's Figure 4).
+
+    The dashed line marks the best epoch (highest validation paper Dice).
+    """
+    import matplotlib.pyplot as plt
+
+    from brats_utils.config import REGION_COLORS
+
+    fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    epochs = history["epoch"]
+    ax_loss.plot(epochs, history["train_loss"], "o-", label="training (patches)")
+    ax_loss.plot(epochs, history["val_loss"], "s-", label="validation (whole volumes)")
+    ax_loss.set(title="Loss: 0.3 CE + 0.7 soft Dice", xlabel="epoch", ylabel="loss")
+    ax_dice.plot(epochs, history["val_paper_dice"], "k.-", label="paper metric (4 labels incl. background)")
+    for region in ("WT", "TC", "ET"):
+        ax_dice.plot(epochs, history[f"val_dice_{region}"], ".-", color=REGION_COLORS[region], label=region)
+    ax_dice.set(title="Validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1.02))
+    ax_lr.plot(epochs, history["lr"], "o-", color="tab:purple")
+    ax_lr.set(title="Learning rate (ReduceLROnPlateau)", xlabel="epoch", ylabel="learning rate", yscale="log")
+    best_epoch = history.loc[history[BEST_METRIC].idxmax(), "epoch"]
+    for ax in (ax_loss, ax_dice, ax_lr):
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        ax.grid(alpha=0.3)
+    ax_loss.legend()
+    ax_dice.legend(fontsize="small")
+    return fig
