@@ -186,6 +186,9 @@ def find_local_brats2020() -> Path | None:
     """
     env_root = os.environ.get(ROOT_ENV)
     if env_root:
+        if not Path(env_root).expanduser().is_dir():
+            raise DatasetNotFoundError(f"${ROOT_ENV} names a folder that does not exist", path=env_root,
+                                       expected="the folder where you unzipped BraTS 2020")
         root = _dataset_root(Path(env_root).expanduser())
         if root is None:
             raise DatasetNotFoundError(f"${ROOT_ENV} holds no BraTS 2020 training folder", path=env_root,

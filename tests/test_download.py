@@ -207,6 +207,9 @@ def test_local_copies_are_used_without_network(offline_world: Path, synthetic_ro
     monkeypatch.setenv("BRATS_ROOT", str(offline_world / "empty"))
     with pytest.raises(DatasetNotFoundError, match="BRATS_ROOT"):
         download_brats2020()
+    monkeypatch.setenv("BRATS_ROOT", str(offline_world / "typo"))
+    with pytest.raises(DatasetNotFoundError, match="BRATS_ROOT names a folder that does not exist"):
+        download_brats2020()
 
 
 def test_ensure_dataset_synthetic_profile_never_touches_the_network(
