@@ -77,6 +77,11 @@ def _stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
 
 
+def _files_ending(files: list[Path], role: str) -> list[Path]:
+    """The NIfTI files whose name (without extension) ends in ``_<role>``, e.g. ``_t1`` but not ``_t1ce``."""
+    return [p for p in files if _stem(p).endswith(f"_{role}")]
+
+
 def find_split_dirs(root: str | Path, *, max_depth: int = SEARCH_DEPTH) -> dict[str, Path]:
     """The training and validation folders at or below ``root``.
 
@@ -121,7 +126,7 @@ def case_from_folder(folder: str | Path) -> Case:
     files = sorted(p for p in folder.iterdir() if _is_nifti(p))
     modalities: dict[str, Path] = {}
     for modality in MODALITIES:
-        matches = [p for p in files if _stem(p).endswith(f"_{modality}")]
+        matches = _files_ending(files, modality)
         if not matches:
             raise MissingModalityError(f"no {modality} file", case_id=case_id, path=folder,
                                        expected=f"a file ending in _{modality}.nii or _{modality}.nii.gz")
@@ -130,7 +135,7 @@ def case_from_folder(folder: str | Path) -> Case:
                              case_id=case_id, path=folder, expected=f"exactly one {modality} file")
         modalities[modality] = matches[0]
     rest = [p for p in files if p not in modalities.values()]
-    named = [p for p in rest if _stem(p).endswith("_seg")]
+    named = _files_ending(rest, "seg")
     candidates = named or rest
     if len(candidates) > 1:
         raise BratsError(f"cannot tell the segmentation among {', '.join(p.name for p in candidates)}",
@@ -260,7 +265,7 @@ def _check_case(folder: Path, split: str, read_label_values: bool) -> dict:
     row: dict = {"split": split, "case_id": folder.name}
     names = [p for p in folder.iterdir() if _is_nifti(p)]
     for modality in MODALITIES:
-        row[modality] = any(_stem(p).endswith(f"_{modality}") for p in names)
+        row[modality] = bool(_files_ending(names, modality))
     row.update(seg="", shape="", image_dtype="", seg_dtype="", labels="", notes="", problems="")
     try:
         case = case_from_folder(folder)
@@ -276,10 +281,10 @@ def _check_case(folder: Path, split: str, read_label_values: bool) -> dict:
             problems.append(f"{path.name}: {err.problem}")
             continue
         shapes.add(image.shape[:3])
-        dtypes.add(str(image.get_data_dtype()))
+        dtypes.add(image.get_data_dtype().name)
     if case.seg is not None:
         row["seg"] = case.seg.name
-        if not _stem(case.seg).endswith("_seg"):
+        if not _files_ending([case.seg], "seg"):
             row["notes"] = "segmentation misnamed (found by elimination)"
         try:
             if read_label_values:
@@ -287,7 +292,7 @@ def _check_case(folder: Path, split: str, read_label_values: bool) -> dict:
                 row["labels"] = "{" + ",".join(map(str, np.flatnonzero(np.bincount(labels.ravel())))) + "}"
             else:
                 image = open_volume(case.seg, case_id=case.case_id)
-            row["seg_dtype"] = str(image.get_data_dtype())
+            row["seg_dtype"] = image.get_data_dtype().name
             shapes.add(image.shape[:3])
         except BratsError as err:
             problems.append(f"{case.seg.name}: {err.problem}")
