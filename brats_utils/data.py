@@ -72,12 +72,11 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int
 def make_augmentation(p: float = 0.5, *, max_angle: float = 0.0) -> A.Compose:
     """The paper's augmentation: horizontal flip, vertical flip and a 90-degree rotation, each with ``p``.
 
-    The transforms are 2D but albumentations applies them with the same parameters to
-    every slice of a ``volume``/``mask3d``, i.e. in-plane and consistent in 3D. All of them
-    move voxels without interpolation, so labels stay labels. ``max_angle > 0`` adds a
-    small free rotation (linear for the image, nearest-neighbour for the mask, zero fill).
-    Only geometric transforms: in albumentations 2.0.8 RandomBrightnessContrast, GaussNoise
-    and MultiplicativeNoise fail on ``volume`` alone.
+    All three act in the axial plane and, through :func:`augment_patch`, identically on
+    every slice, every modality and the mask. They move voxels without interpolation, so
+    labels stay labels. ``max_angle > 0`` adds a small free rotation (linear for the image,
+    nearest-neighbour for the mask, zero fill). Only geometric transforms: in albumentations
+    2.0.8 RandomBrightnessContrast, GaussNoise and MultiplicativeNoise fail on 3D targets.
     """
     transforms = [A.HorizontalFlip(p=p), A.VerticalFlip(p=p), A.RandomRotate90(p=p)]
     if max_angle > 0:
@@ -100,15 +99,18 @@ def augment_patch(transform: Callable, image: np.ndarray, labels: np.ndarray, *,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Apply an albumentations transform to image ``[C, X, Y, Z]`` and labels ``[X, Y, Z]`` together.
 
-    albumentations wants depth first and channels last: the spatial axes are reversed to
-    ``volume [Z, Y, X, C]`` and ``mask3d [Z, Y, X]`` (so "horizontal" is x, as in the
-    figures), then turned back. The transform is seeded from ``rng`` for reproducibility.
+    The arrays are handed over as they lie in memory: the modalities as ``images``
+    ``[N, H, W, channels]`` and the labels as a multi-channel ``mask`` ``[H, W, channels]``,
+    with ``H, W = x, y`` and the z slices as channels. A 2D transform then moves every axial
+    slice of every modality and of the mask with one set of random parameters: the same
+    result as the ``volume``/``mask3d`` targets (depth first, channels last), without the
+    two full transposes those need, which cost ten times more than the flips on a 128^3 patch.
+    The transform is seeded from ``rng`` for reproducibility.
     """
     if hasattr(transform, "set_random_seed"):
         _seed_transform(transform, rng)
-    out = transform(volume=image.transpose(3, 2, 1, 0), mask3d=labels.transpose(2, 1, 0))
-    return (np.ascontiguousarray(out["volume"].transpose(3, 2, 1, 0)),
-            np.ascontiguousarray(out["mask3d"].transpose(2, 1, 0)))
+    out = transform(images=image, mask=labels)
+    return np.ascontiguousarray(out["images"]), np.ascontiguousarray(out["mask"])
 
 
 # --- patches -------------------------------------------------------------------------

@@ -192,11 +192,15 @@ def test_augmentation_keeps_modalities_and_mask_aligned(shape):
 def test_augmentation_draws_all_eight_flip_rotation_combinations_independently():
     # flips and quarter turns of a square plane form the 8-element dihedral group; with the
     # albumentations 2.0.8 shared-seed behaviour both flips always fire together (fewer outcomes)
-    image, labels = _image_and_function_of_it((6, 6, 2))
+    image, labels = _image_and_function_of_it((6, 6, 3))
+    # reference: the 8 symmetries of the axial (x, y) plane, the same for every z slice
+    symmetries = {np.rot90(flipped, k, axes=(0, 1)).tobytes()
+                  for flipped in (labels, labels[::-1]) for k in range(4)}
+    assert len(symmetries) == 8
     transform = make_augmentation(p=0.5)
     outcomes = {augment_patch(transform, image, labels, rng=np.random.default_rng(s))[1].tobytes()
                 for s in range(200)}
-    assert len(outcomes) == 8
+    assert outcomes == symmetries
 
 
 def test_free_rotation_keeps_labels_in_the_label_set():
