@@ -51,6 +51,14 @@ TRAIN_REGIONS: dict[str, tuple[int, ...]] = {
 }
 #: Tumour labels scored one by one, named as in config.LABEL_NAMES, in training labels.
 TRAIN_TUMOUR_LABELS: dict[str, int] = {LABEL_NAMES[v]: _TRAIN_OF_FILE[v] for v in FILE_LABELS if v}
+#: Columns of the per-case table: the challenge's four scores per region, then per-label Dice
+#: (``Dice_ET`` is both the region and label 4) and the paper's metric.
+COLUMNS: tuple[str, ...] = (
+    *(f"{score}_{region}" for score in ("Dice", "Hausdorff95", "Sensitivity", "Specificity")
+      for region in REGIONS),
+    *(f"Dice_{name}" for name in ("background", *TRAIN_TUMOUR_LABELS) if name not in REGIONS),
+    "PaperDice",
+)
 
 
 # --- rules: counts -> scores (the single definition used everywhere) ------------------
@@ -218,7 +226,7 @@ def case_metrics(pred_file_labels: np.ndarray, true_file_labels: np.ndarray,
     scores = scores_from_confusion(confusion_matrix(pred, truth))
     for name, labels in TRAIN_REGIONS.items():
         scores[f"Hausdorff95_{name}"] = hd95(np.isin(pred, labels), np.isin(truth, labels), spacing)
-    return scores
+    return {column: scores[column] for column in COLUMNS}
 
 
 # --- torch: fast validation during training --------------------------------------------

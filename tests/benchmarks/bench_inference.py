@@ -1,0 +1,174 @@
+"""Whole-volume inference of the paper's model: ours against MONAI's ``sliding_window_inference``.
+
+Same model, same input, same settings (overlap 0.5, Gaussian weighting with sigma =
+patch / 8, softmax probabilities blended, one window per forward pass, inference mode),
+measured side by side in one run. Each measurement runs in a fresh child process so its
+peak memory (``ru_maxrss`` growth during the call) is its own.
+
+The full setting (a 240 x 240 x 155 volume, 128^3 patches: 3 x 3 x 2 = 18 windows) costs
+about 10 s per window on a 2-core CPU, so by default every length is scaled by
+``BENCH_INFERENCE_SCALE`` (0.375: a 90 x 90 x 58 volume, 48^3 patches), which keeps the
+same 18-window layout at 1/19 of the cost; one 128^3 forward pass is
+also timed to give the full-size estimate. ``BENCH_INFERENCE_SCALE=1`` runs the full
+setting (several minutes; add ``BENCH_INFERENCE_TTA=0`` to skip the 8x test-time flips).
+Our pipeline's own speed-up, cropping to the brain first, is measured on the same synthetic
+case, and test-time flips on that crop. ``BENCH_INFERENCE_REPEATS`` (default 2) runs of ours
+and MONAI alternate and the fastest of each is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FULL_SHAPE = (240, 240, 155)
+FULL_PATCH = 128
+
+
+def _scaled() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Volume shape and patch size at the configured scale (patch a multiple of 4 for the U-Net)."""
+    scale = float(os.environ.get("BENCH_INFERENCE_SCALE", "0.375"))
+    patch = max(16, int(round(FULL_PATCH * scale / 4)) * 4)
+    return tuple(int(round(n * scale)) for n in FULL_SHAPE), (patch,) * 3
+
+
+def _synthetic_image(shape: tuple[int, int, int]):
+    """A z-scored synthetic case (head, brain, tumour) on ``shape``, as the network sees it."""
+    import numpy as np
+
+    from brats_utils.preprocess import brain_mask, zscore_in_mask
+    from brats_utils.synthetic import synthesize_case
+
+    image, _ = synthesize_case(shape=shape, seed=0)
+    return np.ascontiguousarray(zscore_in_mask(image, brain_mask(image)))
+
+
+def _measure(method: str) -> dict:
+    """Run one method once (after a warm-up on a small input) and return its time and memory."""
+    import numpy as np
+    import torch
+
+    from brats_utils.inference import sliding_window_predict
+    from brats_utils.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("paper").eval()
+    shape, patch = _scaled()
+    image = _synthetic_image(shape)
+    tensor = torch.from_numpy(image)
+    with torch.inference_mode():
+        model(torch.zeros(1, 4, *patch))  # warm-up: oneDNN primitive creation for this shape
+
+    if method == "monai":
+        from monai.inferers import sliding_window_inference
+
+        def run():
+            with torch.inference_mode():
+                return sliding_window_inference(
+                    tensor[None], roi_size=patch, sw_batch_size=1, overlap=0.5, mode="gaussian",
+                    sigma_scale=0.125, predictor=lambda x: torch.softmax(model(x), dim=1))[0]
+    elif method == "window":
+        full = torch.zeros(1, 4, FULL_PATCH, FULL_PATCH, FULL_PATCH)
+        with torch.inference_mode():
+            model(full)
+
+        def run():
+            with torch.inference_mode():
+                return model(full)
+    elif method.startswith("crop"):
+        from brats_utils.io import LoadedCase
+        from brats_utils.preprocess import preprocess_case
+        from brats_utils.synthetic import synthesize_case
+
+        raw, _ = synthesize_case(shape=shape, seed=0)
+
+        def run():
+            cropped = preprocess_case(LoadedCase("bench", raw, None, np.eye(4), None), margin=2)
+            run.cropped_shape = cropped.image.shape[1:]
+            return sliding_window_predict(model, cropped.image, patch_size=patch, overlap=0.5,
+                                          sw_batch_size=1, tta=method == "crop_tta")
+    else:
+        def run():
+            return sliding_window_predict(model, tensor, patch_size=patch, overlap=0.5, mode="gaussian",
+                                          sw_batch_size=1)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    output = run()
+    seconds = time.perf_counter() - start
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    result = {"seconds": seconds, "peak_mib": peak_mib, "shape": list(shape), "patch": list(patch)}
+    if method in ("ours", "monai"):
+        np.save(Path(os.environ["BENCH_OUT"]) / f"{method}.npy", output.argmax(0).numpy().astype(np.uint8))
+    if method.startswith("crop"):
+        result["cropped_shape"] = [int(n) for n in run.cropped_shape]
+    return result
+
+
+def _child(method: str, out_dir: Path) -> dict:
+    env = {**os.environ, "BENCH_OUT": str(out_dir)}
+    done = subprocess.run([sys.executable, __file__, method], env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child {method!r} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Print times, ratios and peak memory of our sliding window and MONAI's on the same volume."""
+    import tempfile
+
+    import numpy as np
+
+    try:
+        import monai  # noqa: F401
+
+        have_monai = True
+    except ImportError:
+        have_monai = False
+        print("MONAI is not installed (pip install -e '.[bench]'): measuring our inference alone.")
+    shape, patch = _scaled()
+    print(f"paper model (340,596 parameters), volume {shape}, patch {patch}, overlap 0.5, gaussian, "
+          f"1 window per pass, CPU")
+    repeats = int(os.environ.get("BENCH_INFERENCE_REPEATS", "2"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        window = _child("window", out)
+        print(f"one {FULL_PATCH}^3 forward pass: {window['seconds']:.1f} s -> full volume "
+              f"{FULL_SHAPE} with 18 windows: about {18 * window['seconds']:.0f} s")
+        methods = ["ours", "monai"] if have_monai else ["ours"]
+        runs = {m: [] for m in methods}
+        for _ in range(repeats):  # alternate, so that drifting machine load hits both alike
+            for m in methods:
+                runs[m].append(_child(m, out))
+        best = {m: min(r["seconds"] for r in rs) for m, rs in runs.items()}
+        peak = {m: max(r["peak_mib"] for r in rs) for m, rs in runs.items()}
+        label = {"ours": "ours", "monai": "MONAI"}
+        for m in methods:
+            print(f"{label[m]:<17}{best[m]:7.1f} s   peak +{peak[m]:6.0f} MiB   (best of {repeats})")
+        if have_monai:
+            agree = np.mean(np.load(out / "ours.npy") == np.load(out / "monai.npy"))
+            print(f"MONAI / ours time ratio: {best['monai'] / best['ours']:.2f} (> 1: ours faster); "
+                  f"argmax agreement {agree:.3%} (MONAI steps windows by int(patch / 2) and clips the "
+                  "last, ours spreads them evenly; its Gaussian is floored at 1e-3)")
+        crop = _child("crop", out)
+        print(f"ours, brain crop {crop['seconds']:7.1f} s   peak +{crop['peak_mib']:6.0f} MiB   "
+              f"(crop {tuple(crop['cropped_shape'])}: {best['ours'] / crop['seconds']:.2f}x faster "
+              "than the whole volume)")
+        if os.environ.get("BENCH_INFERENCE_TTA", "1") != "0":
+            tta = _child("crop_tta", out)
+            print(f"  + 8-flip TTA   {tta['seconds']:7.1f} s   peak +{tta['peak_mib']:6.0f} MiB   "
+                  f"({tta['seconds'] / crop['seconds']:.1f}x the time without TTA)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        print(json.dumps(_measure(sys.argv[1])))
+    else:
+        main()
