@@ -62,7 +62,8 @@ def record_checked_outputs(path: Path) -> None:
     """Execute ``path`` and save it back with outputs only in its ``# NBVAL_CHECK_OUTPUT`` cells.
 
     nbval compares a cell only against outputs saved in the notebook, so the checked cells
-    must carry them; every other cell is committed clean. Run it with the environment of
+    must carry them, with their execution count (nbval skips cells it sees as never run);
+    every other cell is committed clean. Run it with the environment of
     ``make test`` (``make notebook-outputs`` does) so the recorded outputs are the ones CI sees.
     Only text survives: images and widget states are never compared.
     """
@@ -73,7 +74,8 @@ def record_checked_outputs(path: Path) -> None:
             continue
         keep = CHECK_MARKER in cell.source
         cell.outputs = [_text_only(o) for o in cell.outputs if keep and _has_text(o)]
-        cell.execution_count = None
+        if not keep:
+            cell.execution_count = None
         cell.metadata.pop("execution", None)
     _write_atomic(notebook, path)
 
@@ -83,9 +85,10 @@ def _has_text(output: nbformat.NotebookNode) -> bool:
 
 
 def _text_only(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    if output.output_type == "stream":
-        return output
-    return nbformat.v4.new_output("execute_result", data={"text/plain": output.data["text/plain"]})
+    if output.output_type != "stream":
+        output.data = {"text/plain": output.data["text/plain"]}
+        output.metadata = {}
+    return output
 
 
 def run_series(profile_name: str = "demo", notebooks: list[Path] | None = None) -> None:

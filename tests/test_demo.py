@@ -56,4 +56,6 @@ def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
     assert cells[0].outputs[1]["data"] == {"text/plain": "42"}
     assert cells[1].outputs == []
     assert list(cells[2].outputs[0]["data"]) == ["text/plain"]
-    assert all(c.execution_count is None for c in cells)
+    assert cells[0].execution_count == 1 and cells[2].execution_count == 3  # nbval needs them
+    assert cells[1].execution_count is None
+    nbformat.validate(nbformat.read(nb, as_version=4))
