@@ -360,6 +360,12 @@ def _write_validation(folder: Path, n_val: int, shape: Shape3D, seed: int, affin
     _write_csv(folder / "survival_evaluation.csv", ["BraTS20ID", "Age", "ResectionStatus"], survival)
 
 
+def _is_complete(root: Path, params: dict) -> bool:
+    """Whether ``root`` holds a finished synthetic dataset written with ``params``."""
+    marker = root / MARKER_NAME
+    return marker.is_file() and json.loads(marker.read_text()) == params
+
+
 def write_synthetic_dataset(
     root: str | Path, n_train: int, n_val: int, shape: Shape3D = (240, 240, 155), seed: int = 42
 ) -> Path:
@@ -384,10 +390,9 @@ def write_synthetic_dataset(
     root = Path(root)
     shape = tuple(int(n) for n in shape)
     params = {"n_train": int(n_train), "n_val": int(n_val), "shape": list(shape), "seed": int(seed)}
-    marker = root / MARKER_NAME
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if _is_complete(root, params):
         return root
-    if root.exists() and any(root.iterdir()) and not marker.is_file():
+    if root.exists() and any(root.iterdir()) and not (root / MARKER_NAME).is_file():
         raise BratsError("refusing to write a synthetic dataset into a folder that holds other files",
                          path=root, expected="a missing or empty folder, or one written by this function")
     if n_train < 1 or n_val < 0:
@@ -404,10 +409,15 @@ def write_synthetic_dataset(
         _write_training(train_dir, n_train, shape, seed, affine)
         _write_validation(val_dir, n_val, shape, seed, affine)
         (tmp / MARKER_NAME).write_text(json.dumps(params))
+        if _is_complete(root, params):  # another process wrote the same dataset meanwhile
+            return root
         if root.exists():
             shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if not _is_complete(root, params):  # lost a race against an identical writer: fine
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
