@@ -19,7 +19,7 @@ built to teach the same lessons as the real data:
 
 Everything is vectorised numpy: smooth random fields are sums of a few low-frequency
 cosines evaluated separably (three small matrix products), so a full 240x240x155 case
-takes a fraction of a second.
+takes about half a second of CPU time.
 """
 
 from __future__ import annotations
