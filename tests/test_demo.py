@@ -50,8 +50,12 @@ def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
                          "# NBVAL_CHECK_OUTPUT\nprint('kept')\n21 * 2",
                          "print('dropped')",
                          "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import HTML\nHTML('<b>x</b>')")
+    notebook = nbformat.read(nb, as_version=4)
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    nbformat.write(notebook, nb)
     demo.record_checked_outputs(nb)
     cells = nbformat.read(nb, as_version=4).cells
+    assert "widgets" not in nbformat.read(nb, as_version=4).metadata
     assert [o.get("text") for o in cells[0].outputs] == ["kept\n", None]
     assert cells[0].outputs[1]["data"] == {"text/plain": "42"}
     assert cells[1].outputs == []
