@@ -59,10 +59,12 @@ def main() -> None:
         root = write_synthetic_dataset(Path(tmp) / "dataset", 1, 0, SHAPE, seed=0)
         [case] = find_dataset(root, split="training")
 
+        tracemalloc.start()
         start = time.perf_counter()
         loaded = load_case(case)
         read_s = time.perf_counter() - start
-        tracemalloc.start()
+        _, read_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
         start = time.perf_counter()
         pre = preprocess_case(loaded, margin=2)
         preprocess_s = time.perf_counter() - start
@@ -73,8 +75,9 @@ def main() -> None:
         write_s = time.perf_counter() - start
         size_mb = cache_size_bytes([entry]) / 1e6
         cropped = "x".join(map(str, pre.image.shape[1:]))
-        print(f"one {'x'.join(map(str, SHAPE))} case: read NIfTI {read_s:.2f} s, "
-              f"preprocess {preprocess_s:.2f} s (peak {peak / 1e6:.0f} MB above the loaded case), "
+        print(f"one {'x'.join(map(str, SHAPE))} case: "
+              f"read NIfTI {read_s:.2f} s (peak {read_peak / 1e6:.0f} MB), "
+              f"preprocess {preprocess_s:.2f} s (peak {peak / 1e6:.0f} MB, loaded case included), "
               f"write cache {write_s:.2f} s")
         print(f"cache entry: {size_mb:.1f} MB on disk (cropped to {cropped}; float16 image, uint8 labels)")
 
