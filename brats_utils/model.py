@@ -2,9 +2,12 @@
 
 One class, :class:`UNet3D`, builds every model of the paper (``paper/ARCHITECTURES.md``)::
 
-    [B, 4, X, Y, Z] → enc1 ─────────── skip ─────────── dec1 → Dropout3d → final_conv → [B, 4, X, Y, Z]
-                        └ max-pool → enc2 ─ skip ─ dec2 ┘ upconv1
-                                      └ enc3 ┘ upconv2       (enc3: the bottom level, after max-pool)
+    input [B, 4, X, Y, Z]                                   logits [B, 4, X, Y, Z]
+      enc1 ──────────── skip: concat ────────────→ dec1 → Dropout3d → final_conv ↗
+        ↓ max-pool                                   ↑ upconv1
+        enc2 ───── skip: concat ─────→ dec2
+          ↓ max-pool                     ↑ upconv2
+          enc3 (the bottom level) ───────┘
 
 - a *block* is ``units_per_block`` units of Conv3d(3³, padding 1, bias) → InstanceNorm3d (no affine,
   so no parameters) → LeakyReLU(0.01), held in an ``nn.Sequential`` whose convolutions sit at
