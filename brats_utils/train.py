@@ -23,10 +23,12 @@ Files of a run (``profile.run_dir`` unless told otherwise)::
     run_dir/checkpoints/best.pt      highest validation paper Dice so far
     run_dir/checkpoints/epoch_005.pt every ``checkpoint_every`` epochs
 
-Exact resume: every epoch starts by seeding Python, NumPy and torch from
-``(profile.seed, epoch)``, so the patches, augmentations and dropout masks of epoch k do
-not depend on whether the process was restarted in between. On a CPU, a run killed
-after epoch k and resumed therefore produces the same history as an uninterrupted run.
+Exact resume: a checkpoint holds the model, optimiser, scheduler, scaler, early-stopping
+state, random-generator states, settings and history. Every epoch also seeds Python, NumPy
+and torch from ``(profile.seed, epoch)`` and tells the patch sampler which epoch it is
+(:func:`epoch_batches`), so the patches, augmentations and dropout masks of epoch k do not
+depend on whether the process was restarted in between. On a CPU, a run killed after
+epoch k and resumed produces the same history as an uninterrupted run (tested).
 """
 
 from __future__ import annotations
@@ -208,9 +210,12 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def check_compatible(checkpoint: dict, profile: Profile, model: nn.Module, path: Path) -> None:
-    """Raise :class:`CheckpointError` if the checkpoint belongs to another model or run setup."""
-    if dict(checkpoint["model_config"]) != dict(model.config):
+def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.Module | None = None) -> None:
+    """Raise :class:`CheckpointError` if the checkpoint belongs to other settings (or to another ``model``).
+
+    Only the fields in :data:`RESUMABLE_CHANGES` (epochs, patience, ...) may differ.
+    """
+    if model is not None and dict(checkpoint["model_config"]) != dict(model.config):
         differing = sorted(k for k in set(checkpoint["model_config"]) | set(model.config)
                            if checkpoint["model_config"].get(k) != model.config.get(k))
         raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
@@ -370,7 +375,11 @@ class TrainingState:
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from a checkpoint checked by :func:`check_compatible`."""
-        self.model.load_state_dict(checkpoint["model_state_dict"])
+        try:
+            self.model.load_state_dict(checkpoint["model_state_dict"])
+        except RuntimeError as error:  # same settings, but the model code changed since
+            raise CheckpointError(f"checkpoint weights do not fit the model: {error}",
+                                  expected=f"weights of {self.model.config}") from error
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
@@ -432,7 +441,7 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
     state = TrainingState.create(profile, device, amp=amp)
     if resume and last_path.exists():
         checkpoint = load_checkpoint(last_path)
-        check_compatible(checkpoint, profile, state.model, last_path)
+        check_compatible(checkpoint, profile, last_path, state.model)
         state.restore(checkpoint)
         if progress:
             tqdm.write(f"Resuming {run_dir} after epoch {checkpoint['epoch']}.")
@@ -499,11 +508,18 @@ def is_finished(checkpoint: dict, profile: Profile) -> bool:
 
 
 def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's best checkpoint, training (or finishing an interrupted run) first if needed."""
+    """The profile's best checkpoint, training (or finishing an interrupted run) first if needed.
+
+    Raises :class:`~brats_utils.errors.CheckpointError` when the existing run used other settings
+    (start it over with ``train(profile, resume=False)`` or ``python -m brats_utils train --restart``).
+    """
     run_dir = profile.run_dir
     last_path, best_path = checkpoint_dir(run_dir) / "last.pt", checkpoint_dir(run_dir) / "best.pt"
-    if last_path.exists() and best_path.exists() and is_finished(load_checkpoint(last_path), profile):
-        return best_path
+    if last_path.exists() and best_path.exists():
+        checkpoint = load_checkpoint(last_path)
+        check_compatible(checkpoint, profile, last_path)
+        if is_finished(checkpoint, profile):
+            return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint
 
 

@@ -260,6 +260,9 @@ def test_ensure_trained_reuses_a_finished_run_and_resumes_an_unfinished_one(prof
     monkeypatch.setattr(train_module, "train", must_not_train)
     assert ensure_trained(profile) == profile.run_dir / "checkpoints" / "best.pt"
 
+    with pytest.raises(CheckpointError, match="other settings"):  # never reuse a run made otherwise
+        ensure_trained(profile.with_overrides(patch_size=(16, 16, 16)))
+
     longer = profile.with_overrides(epochs=3)  # the same run is now unfinished: it resumes
     seen = {}
     monkeypatch.setattr(train_module, "train", lambda p, **kw: seen.update(profile=p, **kw) or two_epochs)
