@@ -65,6 +65,9 @@ DICE_COLUMNS = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
 #: File names of the two figures in ``config.FIGURES_DIR``.
 DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"
+#: Profile fields that do not change a preset's row (the study's budget is already in epochs/steps_per_epoch).
+NOT_IN_FINGERPRINT = frozenset({"name", "description", "num_workers", "checkpoint_every", "compare_presets",
+                                "compare_epochs", "compare_steps_per_epoch"})
 _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -251,8 +254,9 @@ def architecture_table(presets: tuple[str, ...] | list[str]) -> pd.DataFrame:
 
 
 def _fingerprint(profile: Profile, device: torch.device) -> dict:
-    """What a finished row depends on, in its JSON form (tuples become lists)."""
-    return json.loads(json.dumps({"profile": profile.as_dict(), "device": device.type}))
+    """What a finished row depends on (all settings but :data:`NOT_IN_FINGERPRINT`), as JSON reads it."""
+    settings = {k: v for k, v in profile.as_dict().items() if k not in NOT_IN_FINGERPRINT}
+    return json.loads(json.dumps({"profile": settings, "device": device.type}))
 
 
 def _read_row(path: Path, fingerprint: dict) -> dict | None:
@@ -320,8 +324,8 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
     from brats_utils.train import pick_device
 
     presets = tuple(profile.compare_presets)
-    if not presets:
-        raise ValueError(f"profile {profile.name!r} names no compare_presets to compare")
+    if not presets or len(set(presets)) != len(presets):
+        raise ValueError(f"profile {profile.name!r} must name distinct compare_presets, got {presets}")
     out_dir = Path(out_dir) if out_dir is not None else comparison_dir(profile)
     device = torch.device(device) if device is not None else pick_device()
     static = architecture_table(presets).set_index("preset")
