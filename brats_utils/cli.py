@@ -62,7 +62,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
     root = Path(args.root) if args.root else ensure_dataset(profile_from_args(args))
     table, summary = verify_dataset(root)
-    print(summary.to_string())
+    print(summary.T.to_string())
     problems = table[table["problems"].astype(bool)] if "problems" in table else table.iloc[:0]
     if len(problems):
         print(problems.to_string())
@@ -104,7 +104,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     root = Path(args.truth) if args.truth else ensure_dataset(profile)
     out_csv = Path(args.out) if args.out else Path(args.predictions) / "metrics.csv"
     _, summary = evaluate(Path(args.predictions), find_dataset(root, split="training"), out_csv=out_csv)
-    print(summary.to_string())
+    print(summary.T.to_string())
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -127,13 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--profile", choices=list(PROFILES), help="run profile (default: $BRATS_PROFILE or demo)")
+        p.add_argument("--profile", choices=list(PROFILES),
+                       help="run profile (default: $BRATS_PROFILE or demo)")
         p.add_argument("--set", dest="overrides", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="override one profile field, e.g. --set epochs=3 (repeatable)")
         p.set_defaults(func=func)
         return p
 
-    p = add("download", _cmd_download, "download BraTS 2020 from Kaggle with kagglehub (or find a local copy)")
+    p = add("download", _cmd_download,
+            "download BraTS 2020 from Kaggle with kagglehub (or find a local copy)")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p = add("synth", _cmd_synth, "write the synthetic stand-in dataset in the Kaggle layout")
     p.add_argument("--out", help="target folder (default: the profile's data/synthetic/...)")
