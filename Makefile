@@ -8,9 +8,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-dev
-# tests write into a scratch area, never over data/ or the README's figures
-TEST_ENV := BRATS_PROFILE=ci BRATS_DATA_DIR=$(CURDIR)/data/test BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures \
-	NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
+# tests write into a scratch area, never over data/ or the README's figures; the notebooks
+# always start from an empty one, so their checked outputs are the ones recorded
+TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
+NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
 
 .PHONY: demo test lint unit notebooks notebook-outputs lab bench setup clean
 
@@ -40,14 +41,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(TEST_ENV) $(BIN)/pytest tests -q
+	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/unit $(BIN)/pytest tests -q
 
 notebooks: $(STAMP)
-	$(TEST_ENV) $(BIN)/pytest --nbval-lax notebooks -q -p no:cacheprovider
+	rm -rf $(NOTEBOOK_DATA)
+	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/pytest --nbval-lax notebooks -q -p no:cacheprovider
 
 ## make notebook-outputs: record the outputs nbval compares (# NBVAL_CHECK_OUTPUT cells), as CI sees them
 notebook-outputs: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo import \
+	rm -rf $(NOTEBOOK_DATA)
+	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo import \
 	record_checked_outputs as rec; [rec(Path(p)) for p in sys.argv[1:]]' $(or $(NB),notebooks/[0-9][0-9]_*.ipynb)
 
 ## make lab: JupyterLab on the notebooks

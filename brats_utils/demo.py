@@ -15,7 +15,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from brats_utils.config import DATA_DIR, FIGURES_DIR, REPO_ROOT, get_profile
+from brats_utils.config import DATA_DIR, FIGURES_DIR, REPO_ROOT, Profile, get_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = DATA_DIR / "executed"
@@ -65,7 +65,7 @@ def record_checked_outputs(path: Path) -> None:
     must carry them, with their execution count (nbval skips cells it sees as never run);
     every other cell is committed clean. Run it with the environment of
     ``make test`` (``make notebook-outputs`` does) so the recorded outputs are the ones CI sees.
-    Only text survives: images and widget states are never compared.
+    Only text survives (plain and HTML): images and widget states are never compared.
     """
     notebook = nbformat.read(path, as_version=4)
     _execute(notebook, path.parent)
@@ -81,13 +81,18 @@ def record_checked_outputs(path: Path) -> None:
     _write_atomic(notebook, path)
 
 
+def _is_compared(mime: str) -> bool:
+    """nbval compares every output field except images and widget views."""
+    return not mime.startswith("image/") and mime != "application/vnd.jupyter.widget-view+json"
+
+
 def _has_text(output: nbformat.NotebookNode) -> bool:
-    return output.output_type == "stream" or "text/plain" in output.get("data", {})
+    return output.output_type == "stream" or any(map(_is_compared, output.get("data", {})))
 
 
 def _text_only(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
     if output.output_type != "stream":
-        output.data = {"text/plain": output.data["text/plain"]}
+        output.data = {mime: value for mime, value in output.data.items() if _is_compared(mime)}
         output.metadata = {}
     return output
 
@@ -114,24 +119,28 @@ def run_series(profile_name: str = "demo", notebooks: list[Path] | None = None) 
     print(results_summary(profile))
 
 
-def results_summary(profile) -> str:
-    """A short text table of what the series produced (trained model, architecture study)."""
+def results_summary(profile: Profile) -> str:
+    """A short text table of what the series produced: held-out scores and the architecture study."""
     import pandas as pd
 
     from brats_utils.compare import comparison_csv_path
-    from brats_utils.train import history_csv_path
 
+    data = "synthetic data" if profile.data_source == "synthetic" else "BraTS 2020"
     lines = []
-    history_csv = history_csv_path(profile.run_dir)
-    if history_csv.exists():
-        history = pd.read_csv(history_csv)
-        best = history.loc[history["val_paper_dice"].idxmax()]
-        lines.append(f"\nPaper model, best validation epoch {int(best['epoch'])} of {len(history)} "
-                     "(synthetic data):" if profile.data_source == "synthetic" else ":")
-        lines.append(best[["val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET"]].to_string())
+    summary_csv = profile.run_dir / "predictions-heldout" / "metrics_summary.csv"
+    if summary_csv.exists():
+        summary = pd.read_csv(summary_csv, index_col=0)
+        columns = [c for c in summary.columns if c.startswith(("Dice_", "Hausdorff95_")) or c == "PaperDice"]
+        lines += [f"\nPaper model on the held-out validation cases ({data}; notebook 06):",
+                  summary.loc[["Mean", "Median"], columns].T.round(3).to_string()]
     table_csv = comparison_csv_path(profile)
     if table_csv.exists():
         table = pd.read_csv(table_csv)
-        lines.append("\nArchitecture study:")
-        lines.append(table.to_string(index=False))
+        keep = [c for c in table.columns if c in STUDY_COLUMNS]
+        lines += [f"\nArchitecture study ({data}, short budget; notebook 07):",
+                  table[keep].round(3).to_string(index=False)]
     return "\n".join(lines)
+
+
+STUDY_COLUMNS = ("preset", "built parameters", "trained parameters", "MACs per voxel",
+                 "seconds per training step", "val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")

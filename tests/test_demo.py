@@ -49,7 +49,9 @@ def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
     nb = _write_notebook(tmp_path / "03_rec.ipynb",
                          "# NBVAL_CHECK_OUTPUT\nprint('kept')\n21 * 2",
                          "print('dropped')",
-                         "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import HTML\nHTML('<b>x</b>')")
+                         "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import HTML\nHTML('<b>x</b>')",
+                         "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import display\n"
+                         "display({'image/png': 'iVBORw0KGgo=', 'text/plain': '<Figure>'}, raw=True)")
     notebook = nbformat.read(nb, as_version=4)
     notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     nbformat.write(notebook, nb)
@@ -59,7 +61,30 @@ def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
     assert [o.get("text") for o in cells[0].outputs] == ["kept\n", None]
     assert cells[0].outputs[1]["data"] == {"text/plain": "42"}
     assert cells[1].outputs == []
-    assert list(cells[2].outputs[0]["data"]) == ["text/plain"]
+    assert [o["data"] for o in cells[3].outputs] == [{"text/plain": "<Figure>"}]
+    assert sorted(cells[2].outputs[0]["data"]) == ["text/html", "text/plain"]
     assert cells[0].execution_count == 1 and cells[2].execution_count == 3  # nbval needs them
     assert cells[1].execution_count is None
     nbformat.validate(nbformat.read(nb, as_version=4))
+
+
+def test_results_summary_reads_the_evaluation_and_the_study(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from brats_utils import compare, config
+
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path)
+    profile = config.get_profile("ci")
+    assert demo.results_summary(profile) == ""  # nothing run yet
+    heldout = profile.run_dir / "predictions-heldout"
+    heldout.mkdir(parents=True)
+    pd.DataFrame({"Dice_WT": [0.91, 0.93], "Hausdorff95_WT": [4.0, 3.0], "PaperDice": [0.8, 0.8],
+                  "Sensitivity_WT": [0.9, 0.9]},
+                 index=["Mean", "Median"]).to_csv(heldout / "metrics_summary.csv")
+    study = compare.comparison_csv_path(profile)
+    study.parent.mkdir(parents=True)
+    table = pd.DataFrame({"preset": ["paper"], "built parameters": [340596], "device": ["cpu"]})
+    table.to_csv(study, index=False)
+    text = demo.results_summary(profile)
+    assert "0.91" in text and "0.93" in text and "Hausdorff95_WT" in text and "Sensitivity" not in text
+    assert "340596" in text and "device" not in text and "synthetic data" in text
