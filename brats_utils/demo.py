@@ -32,7 +32,8 @@ CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
 def _execute(notebook: nbformat.NotebookNode, folder: Path) -> float:
     """Run a notebook in place in a fresh kernel whose working directory is ``folder``."""
     client = NotebookClient(notebook, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(folder)}})
+                            resources={"metadata": {"path": str(folder)}},
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no transport chatter
     start = time.perf_counter()
     client.execute()
     return time.perf_counter() - start
