@@ -57,9 +57,10 @@ notebook-outputs: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
-## make bench: speed and memory, printed as ratios measured side by side
+## make bench [ONLY=inference]: speed and memory, printed as ratios measured side by side (MONAI for reference)
 bench: $(STAMP)
-	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python tests/benchmarks/run.py
+	@$(BIN)/python -c "import monai" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,bench]"
+	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python tests/benchmarks/run.py $(ONLY)
 
 clean:
 	rm -rf $(VENV) data/test data/executed .pytest_cache .ruff_cache
