@@ -3,7 +3,7 @@
 Same model, same input, same settings (overlap 0.5, Gaussian weighting with sigma =
 patch / 8, softmax probabilities blended, one window per forward pass, inference mode),
 measured side by side in one run. Each measurement runs in a fresh child process so its
-peak memory (``ru_maxrss`` growth during the call) is its own.
+peak memory (resident-set high-water mark during the call, see ``compare.peak_memory``) is its own.
 
 The full setting (a 240 x 240 x 155 volume, 128^3 patches: 3 x 3 x 2 = 18 windows) costs
 about 10 s per window on a 2-core CPU, so by default every length is scaled by
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -71,6 +70,7 @@ def _measure(method: str) -> dict:
     import numpy as np
     import torch
 
+    from brats_utils.compare import peak_memory
     from brats_utils.inference import sliding_window_predict
     from brats_utils.model import build_model
 
@@ -115,13 +115,12 @@ def _measure(method: str) -> dict:
             return sliding_window_predict(model, tensor, patch_size=patch, overlap=0.5, mode="gaussian",
                                           sw_batch_size=1)
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     model.seconds = 0.0
-    output = run()
-    seconds = time.perf_counter() - start
-    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    result = {"seconds": seconds, "network": model.seconds, "peak_mib": peak_mib}
+    with peak_memory(torch.device("cpu")) as memory:
+        start = time.perf_counter()
+        output = run()
+        seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "network": model.seconds, "peak_mib": memory["MiB"]}
     if method in ("ours", "monai"):
         np.save(Path(os.environ["BENCH_OUT"]) / f"{method}.npy", output.numpy())
     if method.startswith("crop"):
