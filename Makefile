@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 
 ## make demo: the whole notebook series on the synthetic default, figures into figures/
 demo: $(STAMP)
-	NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg $(BIN)/python -m brats_utils demo
+	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m brats_utils demo
 
 ## make test: lint, unit tests, then every notebook top to bottom (nbval, ci profile)
 test: lint unit notebooks

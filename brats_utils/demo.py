@@ -49,13 +49,19 @@ def _write_atomic(notebook: nbformat.NotebookNode, target: Path) -> None:
 def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:
     """Run one notebook top to bottom in its own folder; save the executed copy; return seconds.
 
+    The copy keeps every output, figures included (a non-interactive ``MPLBACKEND`` such as
+    Agg is not passed on to the kernel, since it would silently drop them).
+
     A failing cell still leaves the executed copy (up to the error) in ``out_dir`` and
     re-raises nbclient's ``CellExecutionError``, whose message shows the cell and traceback.
     """
     notebook = nbformat.read(path, as_version=4)
+    backend = os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend keeps the figures
     try:
         return _execute(notebook, path.parent)
     finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
         _write_atomic(notebook, out_dir / path.name)
 
 

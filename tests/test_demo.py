@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
@@ -27,6 +29,16 @@ def test_executes_in_the_notebook_folder_with_the_profile_and_keeps_outputs(tmp_
     executed = nbformat.read(out / "01_x.ipynb", as_version=4)
     assert executed.cells[1].outputs[0]["text"] == "42\n"
     assert nbformat.read(nb, as_version=4).cells[1].outputs == []  # the source stays clean
+
+
+def test_executed_copy_keeps_figures_even_under_a_headless_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = _write_notebook(tmp_path / "01_plot.ipynb",
+                         "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+    demo.execute_notebook(nb, tmp_path / "executed")
+    outputs = nbformat.read(tmp_path / "executed" / "01_plot.ipynb", as_version=4).cells[0].outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert os.environ["MPLBACKEND"] == "Agg"  # restored for the caller
 
 
 def test_a_failing_notebook_raises_and_leaves_its_executed_copy(tmp_path):
