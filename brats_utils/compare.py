@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 from brats_utils import config
 from brats_utils.config import REGION_COLORS, Profile
 from brats_utils.errors import CheckpointError
+from brats_utils.files import write_csv_atomic, write_json_atomic
 
 #: The names the paper gives its five models (section 5.1).
 PAPER_NAMES: dict[str, str] = {
@@ -267,19 +268,6 @@ def _read_row(path: Path, fingerprint: dict) -> dict | None:
     return saved.get("row") if saved.get("fingerprint") == fingerprint else None
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
-def _write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def measure_preset(preset: str, profile: Profile, run_dir: Path, device: torch.device, *,
                    progress: bool = True) -> dict:
     """Train one preset with the study's budget and measure it: one table row (without the static columns).
@@ -336,9 +324,9 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
         row = _read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_preset(preset, profile, run_dir, device, progress=progress)
-            _write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
+            write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
         rows.append({"preset": preset, **static.loc[preset].to_dict(), **row})
-        _write_csv_atomic(pd.DataFrame(rows), comparison_csv_path(profile, out_dir))
+        write_csv_atomic(pd.DataFrame(rows), comparison_csv_path(profile, out_dir))
     table = pd.DataFrame(rows)
     save_figures(table)
     return table

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from brats_utils.config import Profile
 from brats_utils.errors import CacheError
+from brats_utils.files import write_csv_atomic
 from brats_utils.preprocess import PreprocessedCase, cache_entries, load_cached, load_foreground
 
 Shape3D = tuple[int, int, int]
@@ -57,12 +58,8 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int
     val = [ids[i] for i in order[:n_val]]
     train = [ids[i] for i in order[n_val:]]
     if csv_path is not None:
-        csv_path = Path(csv_path)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame({"case_id": train + val, "split": ["train"] * len(train) + ["val"] * len(val)})
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
-        table.sort_values("case_id").to_csv(tmp, index=False)
-        os.replace(tmp, csv_path)
+        write_csv_atomic(table.sort_values("case_id"), csv_path)
     return train, val
 
 

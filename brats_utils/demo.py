@@ -16,6 +16,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from brats_utils.config import DATA_DIR, FIGURES_DIR, REPO_ROOT, Profile, get_profile
+from brats_utils.files import atomic_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = DATA_DIR / "executed"
@@ -40,10 +41,8 @@ def _execute(notebook: nbformat.NotebookNode, folder: Path) -> float:
 
 
 def _write_atomic(notebook: nbformat.NotebookNode, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    nbformat.write(notebook, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        nbformat.write(notebook, tmp)
 
 
 def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:

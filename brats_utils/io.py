@@ -10,7 +10,6 @@ are only read (Kaggle mounts them read-only); :func:`save_segmentation` writes a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from brats_utils.errors import (
     ShapeMismatchError,
     UnreadableFileError,
 )
+from brats_utils.files import atomic_path
 
 if TYPE_CHECKING:
     from brats_utils.download import Case
@@ -171,12 +171,7 @@ def save_segmentation(
     image.header.set_slope_inter(1.0, 0.0)
     image.set_qform(affine, code=max(int(header["qform_code"]), 1))
     image.set_sform(affine, code=max(int(header["sform_code"]), 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 

@@ -23,8 +23,6 @@ percentile (linear interpolation) of that list, in mm (spacing 1 mm).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from scipy import ndimage
 
 from brats_utils.config import FILE_LABELS, LABEL_NAMES, REGIONS, TRAIN_LABELS
 from brats_utils.errors import BratsError, ShapeMismatchError
+from brats_utils.files import write_csv_atomic
 from brats_utils.preprocess import to_train_labels
 
 #: HD95 of a region present in exactly one of prediction and truth: the volume diagonal in mm.
@@ -270,20 +269,6 @@ def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _write_csv_atomic(table: pd.DataFrame, path: Path, *, index: bool) -> Path:
-    """Write a CSV under a temporary name in the target folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=index)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _prediction_path(pred_dir: Path, case_id: str) -> Path | None:
     """``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``), or None when there is no prediction."""
     for suffix in (".nii.gz", ".nii"):
@@ -327,7 +312,7 @@ def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | 
     summary = summarize(per_case)
     if out_csv is not None:
         out_csv = Path(out_csv)
-        _write_csv_atomic(per_case, out_csv, index=True)
-        _write_csv_atomic(summary, out_csv.with_name(f"{out_csv.name.removesuffix('.csv')}_summary.csv"),
-                          index=True)
+        write_csv_atomic(per_case, out_csv, index=True)
+        write_csv_atomic(summary, out_csv.with_name(f"{out_csv.name.removesuffix('.csv')}_summary.csv"),
+                         index=True)
     return per_case, summary

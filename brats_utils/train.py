@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from brats_utils.config import Profile
 from brats_utils.errors import CheckpointError
+from brats_utils.files import atomic_path, write_csv_atomic
 
 CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "scheduler_state_dict",
                    "scaler_state_dict", "early_stopping", "epoch", "rng_state", "config", "history")
@@ -172,16 +173,10 @@ def atomic_torch_save(obj: object, path: Path) -> Path:
     A crash at any moment leaves either the previous file or the new one, never half a file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
@@ -466,7 +461,8 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
         is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
 
-        _atomic_csv(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
+        history = pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS))
+        write_csv_atomic(history, history_csv_path(run_dir))
         checkpoint = state.checkpoint(profile)
         if is_best:
             atomic_torch_save(checkpoint, best_path)
@@ -491,13 +487,6 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"paper Dice {row['val_paper_dice']:.3f}  WT {row['val_dice_WT']:.3f}  "
             f"TC {row['val_dice_TC']:.3f}  ET {row['val_dice_ET']:.3f}  lr {row['lr']:.1e}  "
             f"{row['seconds']:.0f} s")
-
-
-def _atomic_csv(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def is_finished(checkpoint: dict, profile: Profile) -> bool:

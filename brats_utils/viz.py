@@ -17,8 +17,6 @@ Colours: the tumour labels use ``config.LABEL_COLORS`` and the BraTS regions
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from matplotlib.patches import Patch
 
 from brats_utils import config
 from brats_utils.config import FILE_LABELS, LABEL_COLORS, LABEL_NAMES, MODALITIES, REGION_COLORS
+from brats_utils.files import atomic_path
 
 #: Axis number of each viewing plane (the array axis that is held fixed).
 AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -62,15 +61,8 @@ def save_figure(fig: Figure, name: str, *, dpi: int = 120) -> Path:
     path = Path(config.FIGURES_DIR) / name
     if not path.suffix:
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix[1:])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
