@@ -25,16 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import ndimage
 
 from brats_utils.config import FILE_LABELS, LABEL_NAMES, REGIONS, TRAIN_LABELS
 from brats_utils.errors import BratsError, ShapeMismatchError
 from brats_utils.files import write_csv_atomic
 from brats_utils.preprocess import to_train_labels
+
+if TYPE_CHECKING:  # torch is needed only by region_dice_torch's callers, who have it loaded
+    import torch
 
 #: HD95 of a region present in exactly one of prediction and truth: the volume diagonal in mm.
 HD95_PENALTY = 373.12866
@@ -250,7 +253,7 @@ def region_dice_torch(pred_train_labels: torch.Tensor, true_train_labels: torch.
     keys = (*(f"Dice_{name}" for name in TRAIN_REGIONS), "PaperDice")
     totals = dict.fromkeys(keys, 0.0)
     for p, t in zip(pred, truth, strict=True):
-        counts = torch.bincount(t * num_classes + p, minlength=num_classes**2)
+        counts = (t * num_classes + p).bincount(minlength=num_classes**2)
         scores = scores_from_confusion(counts.reshape(num_classes, num_classes).cpu().numpy())
         for key in keys:
             totals[key] += scores[key]
