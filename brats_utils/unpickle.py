@@ -364,14 +364,14 @@ def read_pickled_checkpoint(path: str | os.PathLike) -> object:
     path = Path(path)
     try:
         with path.open("rb") as file:
-            head = file.read(2)
-            file.seek(0)
             if zipfile.is_zipfile(file):
                 with zipfile.ZipFile(file) as archive:
                     return _read_zip(path, archive)
-            if head[:1] != pickle.PROTO:
+            file.seek(0)
+            if file.read(1) != pickle.PROTO:
                 raise CheckpointError("not a checkpoint: neither a zip archive nor a binary pickle stream", path=path,
                                       expected="a file written by torch.save")
+            file.seek(0)
             obj = _unpickle(file, None, path)
     except FileNotFoundError:
         raise CheckpointError("checkpoint file not found", path=path) from None

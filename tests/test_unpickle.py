@@ -1,0 +1,199 @@
+"""Reading pickled whole-model checkpoints (the authors' ``BratsCV_best.pt``) without running their code.
+
+The checkpoints here are real ``torch.save`` files of real modules; the malicious ones carry live
+payloads (each would create a marker file if unpickled normally, which one test shows), and the reader
+must refuse them before anything runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from brats_utils.errors import CheckpointError
+from brats_utils.model import PRESETS, UNet3D, build_model, load_pretrained
+from brats_utils.unpickle import Record, read_pickled_checkpoint, read_pickled_state_dict
+
+#: The authors' notebook defined their model as ``__main__.ImprovedUNet3D``.
+ImprovedUNet3D = type("ImprovedUNet3D", (UNet3D,), {"__module__": "__main__", "__qualname__": "ImprovedUNet3D"})
+
+
+@pytest.fixture
+def authors_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, nn.DataParallel]:
+    """``torch.save(DataParallel(ImprovedUNet3D))`` as on the authors' two Kaggle T4s; the class is gone after."""
+    torch.manual_seed(0)
+    wrapped = nn.DataParallel(ImprovedUNet3D(**PRESETS["paper"]))
+    # what DataParallel records on a two-GPU machine (here there is none, so set it by hand)
+    wrapped.device_ids, wrapped.output_device, wrapped.src_device_obj = [0, 1], 0, torch.device("cuda", 0)
+    path = tmp_path / "BratsCV_best.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["__main__"], "ImprovedUNet3D", ImprovedUNet3D, raising=False)
+        torch.save(wrapped, path)
+    return path, wrapped
+
+
+def test_the_authors_whole_model_file_needs_their_class_and_is_refused_by_weights_only(authors_best):
+    path, _ = authors_best
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    with pytest.raises(AttributeError, match="ImprovedUNet3D"):  # the normal reader would import __main__'s class
+        torch.load(path, weights_only=False)
+
+
+def test_the_state_dict_of_a_pickled_data_parallel_model_loads_into_the_paper_preset(authors_best):
+    path, wrapped = authors_best
+    state = read_pickled_state_dict(path)
+    expected = wrapped.state_dict()
+    assert list(state) == list(expected)
+    assert all(key.startswith("module.enc1.") for key in list(state)[:4])
+    assert all(torch.equal(state[key], expected[key]) for key in expected)
+
+    model = load_pretrained(build_model("paper"), state).eval()
+    x = torch.randn(1, 4, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), wrapped.module.eval()(x))
+
+
+def test_the_other_objects_come_back_as_inert_records(authors_best):
+    path, _ = authors_best
+    record = read_pickled_checkpoint(path)
+    assert isinstance(record, Record) and record.dotted_name == "torch.nn.parallel.data_parallel.DataParallel"
+    assert record.attributes["src_device_obj"] == torch.device("cuda", 0)
+    inner = record.attributes["_modules"]["module"]
+    assert inner.dotted_name == "__main__.ImprovedUNet3D"
+    assert inner.attributes["config"] == {**build_model("paper").config}
+    assert inner.attributes["_modules"]["enc1"].dotted_name == "torch.nn.modules.container.Sequential"
+
+
+def test_a_fresh_interpreter_without_the_class_reads_it(authors_best, tmp_path):
+    path, wrapped = authors_best
+    out = tmp_path / "state.pt"
+    code = ("import sys, torch; from brats_utils.unpickle import read_pickled_state_dict; "
+            "torch.save(read_pickled_state_dict(sys.argv[1]), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(path), str(out)], check=True)
+    state = torch.load(out, weights_only=True)
+    assert list(state) == list(wrapped.state_dict())
+
+
+def test_an_epoch_checkpoint_with_optimizer_state_and_custom_objects_loads(tmp_path, monkeypatch):
+    model = build_model("paper", base_filters=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(1, 4, 8, 8, 8)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    Settings = type("Settings", (), {"__module__": "__main__", "__qualname__": "Settings"})
+    settings = Settings()
+    settings.patch = (128, 128, 128)
+    checkpoint = {"epoch": 41, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                  "scheduler_state_dict": scheduler.state_dict(), "best_val_dice": 0.79, "history": [0.5, 0.7],
+                  "settings": settings, "note": b"raw bytes"}
+    path = tmp_path / "epoch_041.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["__main__"], "Settings", Settings, raising=False)
+        torch.save(checkpoint, path)
+
+    state = read_pickled_state_dict(path)
+    assert list(state) == list(model.state_dict())
+    assert all(torch.equal(state[key], value) for key, value in model.state_dict().items())
+    whole = read_pickled_checkpoint(path)
+    adam = whole["optimizer_state_dict"]
+    assert adam["param_groups"] == optimizer.state_dict()["param_groups"]
+    assert torch.equal(adam["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert (whole["epoch"], whole["best_val_dice"], whole["history"], whole["note"]) == (41, 0.79, [0.5, 0.7],
+                                                                                       b"raw bytes")
+    assert whole["settings"].dotted_name == "__main__.Settings"
+    assert whole["settings"].attributes == {"patch": (128, 128, 128)}
+
+
+def _payloads(marker: Path) -> dict[str, tuple]:
+    """``global refused first -> (callable, args)``; each call would create ``marker``."""
+    python = f"open({str(marker)!r}, 'w').close()"
+    return {
+        f"{os.system.__module__}.system": (os.system, (f"touch {marker}",)),
+        "builtins.eval": (eval, (python,)),
+        "builtins.exec": (exec, (python,)),
+        "subprocess.call": (subprocess.call, (["touch", str(marker)],)),
+        "subprocess.Popen": (subprocess.Popen, (["touch", str(marker)],)),
+        "functools.partial": (functools.partial(os.system, f"touch {marker}"), ()),
+    }
+
+
+class Payload:
+    """An object whose unpickling calls ``reduce[0](*reduce[1])``."""
+
+    def __init__(self, reduce: tuple) -> None:
+        self.reduce = reduce
+
+    def __reduce__(self) -> tuple:
+        return self.reduce
+
+
+@pytest.mark.parametrize("refused", list(_payloads(Path("m"))))
+def test_a_checkpoint_whose_pickle_calls_a_function_is_refused_before_it_runs(refused, tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model_state_dict": build_model("paper", base_filters=2).state_dict(),
+                "extra": Payload(_payloads(marker)[refused])}, path)
+    for read in (read_pickled_state_dict, read_pickled_checkpoint):
+        with pytest.raises(CheckpointError, match=rf"calls {refused}\b.*file {path}"):
+            read(path)
+    assert not marker.exists()
+
+
+def test_a_raw_pickle_stream_is_read_with_the_same_restrictions(tmp_path):
+    marker = tmp_path / "pwned"
+    # getattr(__import__('os'), 'system')('touch <marker>') in opcodes: GLOBAL, MARK, STRING, TUPLE, REDUCE
+    stream = (b"\x80\x02cbuiltins\ngetattr\n(cbuiltins\n__import__\n(S'os'\ntRS'system'\ntR(S'touch "
+              + str(marker).encode() + b"'\ntR.")
+    pickle.loads(stream)  # live: the normal unpickler runs it
+    assert marker.exists()
+    marker.unlink()
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(stream)
+    with pytest.raises(CheckpointError, match=rf"calls builtins.__import__.*file {path}"):
+        read_pickled_checkpoint(path)
+    assert not marker.exists()
+
+    os_system = tmp_path / "evil_os.pkl"
+    os_system.write_bytes(pickle.dumps(Payload((os.system, (f"touch {marker}",))), protocol=4))
+    with pytest.raises(CheckpointError, match="calls .*system"):
+        read_pickled_checkpoint(os_system)
+    assert not marker.exists()
+
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"epoch": 3, "scores": {1, 2}}, protocol=2))
+    assert read_pickled_checkpoint(plain) == {"epoch": 3, "scores": {1, 2}}
+
+
+def test_files_that_hold_no_checkpoint_give_a_clear_error(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=rf"neither a zip archive nor a binary pickle stream, file {text}"):
+        read_pickled_state_dict(text)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_pickled_state_dict(tmp_path / "absent.pt")
+
+    truncated = tmp_path / "truncated.pt"
+    torch.save(build_model("paper", base_filters=2).state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match=str(truncated)):
+        read_pickled_state_dict(truncated)
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy"):
+        read_pickled_state_dict(legacy)
+
+    no_weights = tmp_path / "numbers.pt"
+    torch.save({"epoch": 3}, no_weights)
+    with pytest.raises(CheckpointError, match="holds no model weights"):
+        read_pickled_state_dict(no_weights)
