@@ -167,7 +167,8 @@ def _rebuild_tensor(storage: object, storage_offset: object, size: object, strid
 
 
 def _rebuild_tensor_v2(storage: object, storage_offset: object, size: object, stride: object,
-                       requires_grad: object, backward_hooks: object, metadata: object = None) -> torch.Tensor:
+                       requires_grad: object, backward_hooks: object,
+                       metadata: object = None) -> torch.Tensor:
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
@@ -302,10 +303,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: object) -> _Storage:
         """``('storage', storage type, key, location, numel)`` -> the storage's bytes from the archive."""
         if self._storages is None:
-            raise CheckpointError("the pickle refers to tensor storages but the file is not a torch zip archive",
-                                  path=self._source, expected="a checkpoint written by torch.save (torch >= 1.6)")
+            raise CheckpointError("the pickle refers to tensor storages but the file is no torch zip archive",
+                                  path=self._source, expected="a torch.save file (torch >= 1.6)")
         if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
-                or not isinstance(pid[1], torch.dtype) or not isinstance(pid[2], str) or type(pid[4]) is not int):
+                or not isinstance(pid[1], torch.dtype) or not isinstance(pid[2], str)
+                or type(pid[4]) is not int):
             raise CheckpointError(f"malformed storage reference {pid!r}", path=self._source,
                                   expected="('storage', <torch storage class>, key, location, numel)")
         _, dtype, key, _location, numel = pid
@@ -369,8 +371,8 @@ def read_pickled_checkpoint(path: str | os.PathLike) -> object:
                     return _read_zip(path, archive)
             file.seek(0)
             if file.read(1) != pickle.PROTO:
-                raise CheckpointError("not a checkpoint: neither a zip archive nor a binary pickle stream", path=path,
-                                      expected="a file written by torch.save")
+                raise CheckpointError("not a checkpoint: neither a zip archive nor a binary pickle stream",
+                                      path=path, expected="a file written by torch.save")
             file.seek(0)
             obj = _unpickle(file, None, path)
     except FileNotFoundError:

@@ -23,12 +23,13 @@ from brats_utils.model import PRESETS, UNet3D, build_model, load_pretrained
 from brats_utils.unpickle import Record, read_pickled_checkpoint, read_pickled_state_dict
 
 #: The authors' notebook defined their model as ``__main__.ImprovedUNet3D``.
-ImprovedUNet3D = type("ImprovedUNet3D", (UNet3D,), {"__module__": "__main__", "__qualname__": "ImprovedUNet3D"})
+ImprovedUNet3D = type("ImprovedUNet3D", (UNet3D,),
+                      {"__module__": "__main__", "__qualname__": "ImprovedUNet3D"})
 
 
 @pytest.fixture
 def authors_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, nn.DataParallel]:
-    """``torch.save(DataParallel(ImprovedUNet3D))`` as on the authors' two Kaggle T4s; the class is gone after."""
+    """``torch.save(DataParallel(ImprovedUNet3D))`` as on the authors' two T4s; the class is gone after."""
     torch.manual_seed(0)
     wrapped = nn.DataParallel(ImprovedUNet3D(**PRESETS["paper"]))
     # what DataParallel records on a two-GPU machine (here there is none, so set it by hand)
@@ -44,7 +45,7 @@ def test_the_authors_whole_model_file_needs_their_class_and_is_refused_by_weight
     path, _ = authors_best
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
-    with pytest.raises(AttributeError, match="ImprovedUNet3D"):  # the normal reader would import __main__'s class
+    with pytest.raises(AttributeError, match="ImprovedUNet3D"):  # the normal reader needs __main__'s class
         torch.load(path, weights_only=False)
 
 
@@ -92,9 +93,10 @@ def test_an_epoch_checkpoint_with_optimizer_state_and_custom_objects_loads(tmp_p
     Settings = type("Settings", (), {"__module__": "__main__", "__qualname__": "Settings"})
     settings = Settings()
     settings.patch = (128, 128, 128)
-    checkpoint = {"epoch": 41, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
-                  "scheduler_state_dict": scheduler.state_dict(), "best_val_dice": 0.79, "history": [0.5, 0.7],
-                  "settings": settings, "note": b"raw bytes"}
+    checkpoint = {"epoch": 41, "model_state_dict": model.state_dict(),
+                  "optimizer_state_dict": optimizer.state_dict(),
+                  "scheduler_state_dict": scheduler.state_dict(),
+                  "best_val_dice": 0.79, "history": [0.5, 0.7], "settings": settings, "note": b"raw bytes"}
     path = tmp_path / "epoch_041.pt"
     with monkeypatch.context() as patch:
         patch.setattr(sys.modules["__main__"], "Settings", Settings, raising=False)
@@ -177,7 +179,8 @@ def test_a_raw_pickle_stream_is_read_with_the_same_restrictions(tmp_path):
 def test_files_that_hold_no_checkpoint_give_a_clear_error(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match=rf"neither a zip archive nor a binary pickle stream, file {text}"):
+    not_a_checkpoint = rf"neither a zip archive nor a binary pickle stream, file {text}"
+    with pytest.raises(CheckpointError, match=not_a_checkpoint):
         read_pickled_state_dict(text)
     with pytest.raises(CheckpointError, match="not found"):
         read_pickled_state_dict(tmp_path / "absent.pt")
