@@ -29,8 +29,8 @@ import a named module and never call a named object that is not known to be harm
   device the file names (``cuda:0`` for the authors) is ignored, everything lands on the CPU.
 
 What remains possible: a hostile file can still make this reader use memory in proportion to its own
-size, or produce a wrong state dict (which :func:`brats_utils.model.load_pretrained` then rejects by key
-and shape). It cannot run code.
+size (compressed archive members are refused, so no zip bomb), or produce a wrong state dict (which
+:func:`brats_utils.model.load_pretrained` then rejects by key and shape). It cannot run code.
 
 The file layout is torch's zip format (torch >= 1.6): ``<name>/data.pkl`` (the pickle),
 ``<name>/data/<key>`` (one member per storage) and ``<name>/byteorder``. The legacy pre-1.6 format
@@ -271,12 +271,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Args:
         file: the pickle stream.
-        storages: ``key -> bytes`` of the archive's storages (``data/<key>`` members); ``None`` when the
-            stream has none (a persistent id then is an error).
+        storages: ``(key, expected size in bytes) -> bytes`` of the archive's storages (``data/<key>``
+            members); ``None`` when the stream has none (a persistent id then is an error).
         source: the file being read, for error messages.
     """
 
-    def __init__(self, file: io.BufferedIOBase, storages: Callable[[str], bytes] | None,
+    def __init__(self, file: io.BufferedIOBase, storages: Callable[[str, int], bytes] | None,
                  source: Path | None) -> None:
         super().__init__(file)
         self._storages = storages
@@ -312,16 +312,12 @@ class RestrictedUnpickler(pickle.Unpickler):
                                   expected="('storage', <torch storage class>, key, location, numel)")
         _, dtype, key, _location, numel = pid
         if key not in self._loaded:
-            data = self._storages(key)
-            itemsize = dtype.itemsize
-            if len(data) != numel * itemsize:
-                raise CheckpointError(f"storage {key} holds {len(data)} bytes, its reference says "
-                                      f"{numel} x {itemsize}", path=self._source)
-            self._loaded[key] = _Storage(bytearray(data), dtype)
+            self._loaded[key] = _Storage(bytearray(self._storages(key, numel * dtype.itemsize)), dtype)
         return self._loaded[key]
 
 
-def _unpickle(stream: io.BufferedIOBase, storages: Callable[[str], bytes] | None, path: Path) -> object:
+def _unpickle(stream: io.BufferedIOBase, storages: Callable[[str, int], bytes] | None,
+              path: Path) -> object:
     try:
         return RestrictedUnpickler(stream, storages, path).load()
     except CheckpointError:
@@ -337,17 +333,27 @@ def _read_zip(path: Path, archive: zipfile.ZipFile) -> object:
         raise CheckpointError("zip file without exactly one <name>/data.pkl", path=path,
                               expected="a torch.save zip archive")
     prefix = pickles[0].removesuffix("data.pkl")
-    byteorder = f"{prefix}byteorder"
-    if byteorder in archive.namelist() and archive.read(byteorder).decode() != "little":
-        raise CheckpointError("big-endian checkpoints are not supported", path=path)
-
-    def storage(key: str) -> bytes:
+    def member(name: str) -> zipfile.ZipInfo:
         try:
-            return archive.read(f"{prefix}data/{key}")
+            info = archive.getinfo(name)
         except KeyError:
-            raise CheckpointError(f"storage {key!r} is missing from the archive", path=path) from None
+            raise CheckpointError(f"{name} is missing from the archive", path=path) from None
+        if info.compress_type != zipfile.ZIP_STORED:  # torch never compresses; a compressed one may be a bomb
+            raise CheckpointError(f"{name} is compressed", path=path,
+                                  expected="uncompressed members, as torch writes them")
+        return info
 
-    with archive.open(pickles[0]) as stream:
+    def storage(key: str, nbytes: int) -> bytes:
+        info = member(f"{prefix}data/{key}")
+        if info.file_size != nbytes:
+            raise CheckpointError(f"storage {key} holds {info.file_size} bytes, its reference says {nbytes}",
+                                  path=path)
+        return archive.read(info)
+
+    byteorder = f"{prefix}byteorder"
+    if byteorder in archive.namelist() and archive.read(member(byteorder)) != b"little":
+        raise CheckpointError("big-endian checkpoints are not supported", path=path)
+    with archive.open(member(pickles[0])) as stream:
         return _unpickle(stream, storage, path)
 
 

@@ -8,10 +8,13 @@ must refuse them before anything runs.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import pickle
 import subprocess
 import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,6 +151,55 @@ def test_a_checkpoint_whose_pickle_calls_a_function_is_refused_before_it_runs(re
         with pytest.raises(CheckpointError, match=rf"calls {refused}\b.*file {path}"):
             read(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("refused", "reduce"), [
+    ("builtins.getattr", (getattr, ("text", "upper"))),
+    ("importlib.import_module", (importlib.import_module, ("json",))),
+])
+def test_a_harmless_call_is_refused_too(refused, reduce, tmp_path):
+    """The reader cannot tell a harmless call from a harmful one, so it makes none."""
+    path = tmp_path / "call.pt"
+    torch.save([Payload(reduce)], path)
+    with pytest.raises(CheckpointError, match=rf"calls {refused}\b"):
+        read_pickled_checkpoint(path)
+
+
+def _rewrite_archive(path: Path, edit: Callable[[str, bytes], tuple[bytes, int]]) -> None:
+    """Rewrite every member of a torch zip archive through ``edit(name, data) -> (data, compression)``."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(name, archive.read(name)) for name in archive.namelist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:
+            data, compression = edit(name, data)
+            archive.writestr(name, data, compress_type=compression)
+
+
+def test_storages_saved_on_a_gpu_land_on_the_cpu(tmp_path):
+    """The authors' files name ``cuda:0`` as every storage's location; protocol 2 has no frames, so the
+    location string can be spliced into the pickle to make such a file without a GPU."""
+    state = build_model("paper", base_filters=2).state_dict()
+    path = tmp_path / "gpu.pt"
+    torch.save(state, path)
+    cpu, cuda = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"
+
+    def to_cuda(name: str, data: bytes) -> tuple[bytes, int]:
+        if name.endswith("/data.pkl"):
+            assert data.count(cpu) == 1  # memoised: written once, referenced by every storage
+            data = data.replace(cpu, cuda)
+        return data, zipfile.ZIP_STORED
+
+    _rewrite_archive(path, to_cuda)
+    loaded = read_pickled_state_dict(path)
+    assert all(value.device.type == "cpu" and torch.equal(value, state[key]) for key, value in loaded.items())
+
+
+def test_a_compressed_archive_member_is_refused(tmp_path):
+    path = tmp_path / "compressed.pt"
+    torch.save({"w": torch.zeros(1000)}, path)
+    _rewrite_archive(path, lambda name, data: (data, zipfile.ZIP_DEFLATED))
+    with pytest.raises(CheckpointError, match="is compressed"):
+        read_pickled_state_dict(path)
 
 
 def test_a_raw_pickle_stream_is_read_with_the_same_restrictions(tmp_path):
