@@ -14,8 +14,8 @@ import a named module and never call a named object that is not known to be harm
 
 * :meth:`RestrictedUnpickler.find_class` never imports anything. It maps a short allow-list of globals
   to this module's own re-implementations (tensor rebuilding, ``OrderedDict``, ``set``, ``torch.device``,
-  ``copyreg``'s object-creation helpers, ...) and every other name to an *inert record class*: a fresh
-  subclass of :class:`Record` carrying only the dotted name.
+  numpy numbers, ``copyreg``'s object-creation helpers, ...) and every other name to an *inert record
+  class*: a fresh subclass of :class:`Record` carrying only the dotted name.
 * Creating an instance without calling its constructor (``NEWOBJ``, ``copyreg.__newobj__``,
   ``copyreg._reconstructor``) is how pickle rebuilds ordinary objects such as ``nn.Module``; on a record
   class it makes a :class:`Record`, and ``BUILD`` hands the object's state to
@@ -50,12 +50,14 @@ import codecs
 import io
 import os
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 
 from brats_utils.errors import CheckpointError
@@ -118,7 +120,9 @@ class Record(metaclass=_RecordType):
         """The state as a dict of attributes (``{}`` when the state is not a dict)."""
         state = self.state
         if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slot values) of a class with slots
-            state = {**(state[0] or {}), **(state[1] or {})}
+            parts = [part for part in state if part is not None]
+            state = {k: v for part in parts for k, v in part.items()} if all(
+                isinstance(part, dict) for part in parts) else None
         return state if isinstance(state, dict) else {}
 
 
@@ -208,6 +212,36 @@ def _encode_latin1(text: object, encoding: object = "utf-8") -> bytes:
     return codecs.encode(text, "latin1")
 
 
+class _NumpyDtype:
+    """A pickled ``numpy.dtype``: its type code and, once ``BUILD`` has run, its byte order."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.byteorder = "="
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
+            raise TypeError(f"unexpected numpy dtype state {state!r}")
+        self.byteorder = state[1]
+
+
+def _numpy_dtype(code: object, align: object = False, copy: object = True) -> _NumpyDtype:
+    """``numpy.dtype('f8', False, True)``: only numeric and boolean type codes."""
+    if not isinstance(code, str) or not re.fullmatch(r"[biufc]\d{1,2}", code):
+        raise TypeError(f"only numeric numpy dtypes are read, got {code!r}")
+    return _NumpyDtype(code)
+
+
+def _numpy_scalar(dtype: object, data: object) -> np.generic:
+    """``numpy.core.multiarray.scalar(dtype, raw bytes)``: how a numpy number (a metric, say) is pickled."""
+    if not isinstance(dtype, _NumpyDtype) or not isinstance(data, bytes):
+        raise TypeError("a numpy scalar is rebuilt from a numeric dtype and its bytes")
+    np_dtype = np.dtype(dtype.code).newbyteorder(dtype.byteorder)
+    if len(data) != np_dtype.itemsize:
+        raise ValueError(f"{len(data)} bytes for a numpy {np_dtype} scalar")
+    return np.frombuffer(data, dtype=np_dtype)[0]
+
+
 def _check_record_class(cls: object) -> _RecordType:
     if not isinstance(cls, _RecordType):
         raise TypeError(f"object creation is allowed for recorded classes only, got {cls!r}")
@@ -250,6 +284,10 @@ _SAFE_CALLS: dict[str, Callable[..., object]] = {
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "torch.device": _device,
+    "torch.Size": _container(tuple),
+    "numpy.dtype": _numpy_dtype,
+    "numpy.core.multiarray.scalar": _numpy_scalar,  # numpy 1.x
+    "numpy._core.multiarray.scalar": _numpy_scalar,  # numpy 2
     "collections.OrderedDict": _container(OrderedDict),
     "builtins.set": _container(set),
     "builtins.frozenset": _container(frozenset),

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -99,7 +100,9 @@ def test_an_epoch_checkpoint_with_optimizer_state_and_custom_objects_loads(tmp_p
     checkpoint = {"epoch": 41, "model_state_dict": model.state_dict(),
                   "optimizer_state_dict": optimizer.state_dict(),
                   "scheduler_state_dict": scheduler.state_dict(),
-                  "best_val_dice": 0.79, "history": [0.5, 0.7], "settings": settings, "note": b"raw bytes"}
+                  "best_val_dice": 0.79, "history": [0.5, 0.7], "settings": settings, "note": b"raw bytes",
+                  "numpy": [np.float64(0.79), np.float32(1.5), np.int64(41), np.bool_(True)],
+                  "shape": torch.Size([2, 3])}
     path = tmp_path / "epoch_041.pt"
     with monkeypatch.context() as patch:
         patch.setattr(sys.modules["__main__"], "Settings", Settings, raising=False)
@@ -114,6 +117,8 @@ def test_an_epoch_checkpoint_with_optimizer_state_and_custom_objects_loads(tmp_p
     assert torch.equal(adam["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
     assert (whole["epoch"], whole["best_val_dice"], whole["history"], whole["note"]) == (41, 0.79, [0.5, 0.7],
                                                                                        b"raw bytes")
+    assert [(type(v), v) for v in whole["numpy"]] == [(type(v), v) for v in checkpoint["numpy"]]
+    assert whole["shape"] == (2, 3)
     assert whole["settings"].dotted_name == "__main__.Settings"
     assert whole["settings"].attributes == {"patch": (128, 128, 128)}
 
