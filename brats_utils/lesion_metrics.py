@@ -113,6 +113,21 @@ def ground_truth_lesions(truth: np.ndarray, dilation: int = GLIOMA_DILATION) -> 
     return ndimage.label(dilated, structure=_COMPONENT_STRUCTURE)
 
 
+def _crop(pred: np.ndarray, truth: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the bounding box of either, grown by ``margin`` voxels (the dilation's reach).
+
+    Nothing changes: every component lies inside the box, and the dilation stops at the box's edge
+    only where it also stops in the whole volume, at the volume's border. A tumour's box is a small
+    part of a 240 x 240 x 155 volume, so dilation and labelling get much cheaper.
+    """
+    if not (pred.any() or truth.any()):
+        return pred, truth
+    (box,) = ndimage.find_objects((pred | truth).astype(np.uint8))
+    box = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n))
+                for s, n in zip(box, pred.shape, strict=True))
+    return pred[box], truth[box]
+
+
 def lesion_wise_scores(
     pred: np.ndarray,
     truth: np.ndarray,
@@ -138,6 +153,7 @@ def lesion_wise_scores(
         raise ShapeMismatchError(f"prediction shape {pred.shape} and truth shape {truth.shape}",
                                  expected="two 3D masks of one shape")
     voxel_volume = float(np.prod(spacing))
+    pred, truth = _crop(pred, truth, margin=dilation)
     blobs, n_lesions = ground_truth_lesions(truth, dilation)
     components, _ = ndimage.label(pred, structure=_COMPONENT_STRUCTURE)
 

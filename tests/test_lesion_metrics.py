@@ -127,3 +127,17 @@ def test_label_maps_are_split_into_regions_brats_2023_by_default_2020_on_request
     # BraTS 2020 labels (ET = 4) with the 2020 region definitions
     truth_2020, pred_2020 = np.where(truth == 3, 4, truth), np.where(pred == 3, 4, pred)
     assert lesion_wise_case_metrics(pred_2020, truth_2020, REGIONS) == scores
+
+
+def test_lesions_at_the_volume_border_score_as_if_the_volume_were_larger():
+    # A sits in the corner, so its dilation is clipped by the border; padding the volume with empty
+    # space must not change any score (the scores only look at the masks, and the work is cropped)
+    corner = (slice(0, 4), slice(0, 4), slice(0, 4))
+    left, right = (slice(10, 14), slice(10, 14), slice(10, 14)), (slice(16, 20), slice(10, 14), slice(10, 14))
+    pred, truth = mask(corner, left, FAR), mask(corner, left, right)
+    result = lesion_wise_scores(pred, truth)
+    padded = lesion_wise_scores(np.pad(pred, 20), np.pad(truth, 20))
+    assert result == padded
+    # corner exact (1, 0), left ∪ right as in the merge test (2/3, 6), FAR a false positive (0, 374)
+    assert result.dice == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert result.hd95 == pytest.approx((0 + 6 + 374) / 3)
