@@ -23,7 +23,10 @@ import a named module and never call a named object that is not known to be harm
 * *Calling* a record class (``REDUCE``, ``INST``/``OBJ`` with arguments) is what a malicious
   ``__reduce__`` does, and is refused: the record classes' metaclass raises
   :class:`~brats_utils.errors.CheckpointError` naming the file and the global. So a pickle that would
-  have run ``os.system(...)`` stops at that opcode, before anything happens.
+  have run ``os.system(...)`` stops at that opcode, before anything happens. (This is why the records'
+  factories are *classes*: ``NEWOBJ`` insists on a type and calls its ``__new__`` directly, while
+  ``REDUCE`` calls the object, which for a class goes through the metaclass's ``__call__``; that is
+  where allocating and calling can be told apart without knowing what the name really is.)
 * Storages (``persistent_load``) are read as raw bytes from the archive member ``data/<key>`` with the
   dtype of their storage type, and tensors are rebuilt with ``as_strided`` after bounds checks; the
   device the file names (``cuda:0`` for the authors) is ignored, everything lands on the CPU.
