@@ -453,7 +453,9 @@ def state_dict_from_record(record: Record, prefix: str = "") -> OrderedDict[str,
         raise CheckpointError(f"{prefix or 'the checkpoint'} is not an nn.Module ({record!r})",
                               expected="an object with _parameters, _buffers and _modules")
     attributes = record.attributes
-    non_persistent = attributes.get("_non_persistent_buffers_set") or set()
+    non_persistent = attributes.get("_non_persistent_buffers_set", set())
+    if not isinstance(non_persistent, (set, frozenset)):
+        raise CheckpointError(f"{prefix}_non_persistent_buffers_set is {non_persistent!r}, not a set")
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     named = [*attributes["_parameters"].items(),
              *((n, b) for n, b in attributes["_buffers"].items() if n not in non_persistent)]

@@ -257,3 +257,15 @@ def test_files_that_hold_no_checkpoint_give_a_clear_error(tmp_path):
     torch.save({"epoch": 3}, no_weights)
     with pytest.raises(CheckpointError, match="holds no model weights"):
         read_pickled_state_dict(no_weights)
+
+
+def test_a_module_whose_weights_are_not_tensors_is_refused(tmp_path, monkeypatch):
+    Fake = type("Fake", (), {"__module__": "__main__", "__qualname__": "Fake"})
+    fake = Fake()
+    fake._parameters, fake._buffers, fake._modules = {"weight": "not a tensor"}, {}, {}
+    path = tmp_path / "fake.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["__main__"], "Fake", Fake, raising=False)
+        torch.save(fake, path)
+    with pytest.raises(CheckpointError, match=rf"weight is 'not a tensor', not a tensor, file {path}"):
+        read_pickled_state_dict(path)
