@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -269,3 +270,19 @@ def test_a_module_whose_weights_are_not_tensors_is_refused(tmp_path, monkeypatch
         torch.save(fake, path)
     with pytest.raises(CheckpointError, match=rf"weight is 'not a tensor', not a tensor, file {path}"):
         read_pickled_state_dict(path)
+
+
+def test_classes_of_modules_that_do_not_exist_here_are_recorded_without_an_import(tmp_path, monkeypatch):
+    helpers = types.ModuleType("authors_notebook_helpers")
+    Augment = type("Augment", (), {"__module__": helpers.__name__, "__qualname__": "Augment"})
+    helpers.Augment = Augment
+    augment = Augment()
+    augment.p = 0.5
+    path = tmp_path / "helpers.pt"
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, helpers.__name__, helpers)
+        torch.save({"augment": augment}, path)
+    assert helpers.__name__ not in sys.modules
+    record = read_pickled_checkpoint(path)["augment"]  # an import would fail: the module exists nowhere
+    assert (record.dotted_name, record.attributes) == ("authors_notebook_helpers.Augment", {"p": 0.5})
+    assert helpers.__name__ not in sys.modules
