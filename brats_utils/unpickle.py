@@ -35,10 +35,12 @@ What remains possible: a hostile file can still make this reader use memory in p
 size (compressed archive members are refused, so no zip bomb), or produce a wrong state dict (which
 :func:`brats_utils.model.load_pretrained` then rejects by key and shape). It cannot run code.
 
-The file layout is torch's zip format (torch >= 1.6): ``<name>/data.pkl`` (the pickle),
-``<name>/data/<key>`` (one member per storage) and ``<name>/byteorder``. The legacy pre-1.6 format
-(several pickles and raw storages in one stream) is not supported and is reported as such; a bare
-pickle stream without storages is read with the same restrictions.
+Two file layouts are read. torch's zip format (the default since torch 1.6): ``<name>/data.pkl`` (the
+pickle), ``<name>/data/<key>`` (one member per storage) and ``<name>/byteorder``. The legacy format
+(before 1.6, or ``_use_new_zipfile_serialization=False``): one stream of pickles (magic number,
+protocol, system info, the object, the storage keys) followed by the raw storages; there a pickled
+model's classes arrive as ``('module', class, file, source)`` persistent ids, whose source code is
+ignored. A bare pickle stream without storages is read with the same restrictions.
 
 After unpickling, :func:`state_dict_from_record` walks the records of ``nn.Module`` objects
 (``_parameters``, ``_buffers`` minus ``_non_persistent_buffers_set``, ``_modules``) and yields the keys
@@ -76,6 +78,7 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 _TORCH_DTYPES: dict[str, torch.dtype] = {name: value for name, value in vars(torch).items()
                                          if isinstance(value, torch.dtype)}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-1.6 torch.save stream
+_LEGACY_PROTOCOL = 1001
 
 
 # --- inert records ----------------------------------------------------------------------------
@@ -312,12 +315,13 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Args:
         file: the pickle stream.
-        storages: ``(key, expected size in bytes) -> bytes`` of the archive's storages (``data/<key>``
-            members); ``None`` when the stream has none (a persistent id then is an error).
+        storages: ``(key, expected size in bytes) -> buffer`` holding (or, in the legacy format, later
+            receiving) a storage's bytes; ``None`` when the stream has none (a persistent id then is
+            an error).
         source: the file being read, for error messages.
     """
 
-    def __init__(self, file: io.BufferedIOBase, storages: Callable[[str, int], bytes] | None,
+    def __init__(self, file: io.BufferedIOBase, storages: Callable[[str, int], bytearray] | None,
                  source: Path | None) -> None:
         super().__init__(file)
         self._storages = storages
@@ -341,23 +345,29 @@ class RestrictedUnpickler(pickle.Unpickler):
             self._records[dotted] = _record_class(dotted, self._source)
         return self._records[dotted]
 
-    def persistent_load(self, pid: object) -> _Storage:
-        """``('storage', storage type, key, location, numel)`` -> the storage's bytes from the archive."""
+    def persistent_load(self, pid: object) -> _Storage | _RecordType:
+        """A storage ``('storage', storage type, key, location, numel[, None])`` -> its bytes as a
+        :class:`_Storage`; the legacy format's ``('module', class, file, source)`` -> the (recorded) class.
+        """
+        if (isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module"
+                and isinstance(pid[1], _RecordType)):
+            return pid[1]  # the legacy format also stores the class's source code: never looked at
         if self._storages is None:
-            raise CheckpointError("the pickle refers to tensor storages but the file is no torch zip archive",
-                                  path=self._source, expected="a torch.save file (torch >= 1.6)")
-        if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
+            raise CheckpointError("the pickle refers to tensor storages but the file is no torch checkpoint",
+                                  path=self._source, expected="a torch.save file")
+        if (not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage"
                 or not isinstance(pid[1], torch.dtype) or not isinstance(pid[2], str)
-                or type(pid[4]) is not int):
+                or type(pid[4]) is not int or pid[5:] not in ((), (None,))):
             raise CheckpointError(f"malformed storage reference {pid!r}", path=self._source,
-                                  expected="('storage', <torch storage class>, key, location, numel)")
-        _, dtype, key, _location, numel = pid
+                                  expected="('storage', <torch storage class>, key, location, numel)"
+                                           " and no storage views")
+        dtype, key, numel = pid[1], pid[2], pid[4]
         if key not in self._loaded:
-            self._loaded[key] = _Storage(bytearray(self._storages(key, numel * dtype.itemsize)), dtype)
+            self._loaded[key] = _Storage(self._storages(key, numel * dtype.itemsize), dtype)
         return self._loaded[key]
 
 
-def _unpickle(stream: io.BufferedIOBase, storages: Callable[[str, int], bytes] | None,
+def _unpickle(stream: io.BufferedIOBase, storages: Callable[[str, int], bytearray] | None,
               path: Path) -> object:
     try:
         return RestrictedUnpickler(stream, storages, path).load()
@@ -384,18 +394,54 @@ def _read_zip(path: Path, archive: zipfile.ZipFile) -> object:
                                   expected="uncompressed members, as torch writes them")
         return info
 
-    def storage(key: str, nbytes: int) -> bytes:
+    def storage(key: str, nbytes: int) -> bytearray:
         info = member(f"{prefix}data/{key}")
         if info.file_size != nbytes:
             raise CheckpointError(f"storage {key} holds {info.file_size} bytes, its reference says {nbytes}",
                                   path=path)
-        return archive.read(info)
+        return bytearray(archive.read(info))
 
     byteorder = f"{prefix}byteorder"
     if byteorder in archive.namelist() and archive.read(member(byteorder)) != b"little":
         raise CheckpointError("big-endian checkpoints are not supported", path=path)
     with archive.open(member(pickles[0])) as stream:
         return _unpickle(stream, storage, path)
+
+
+def _read_legacy(path: Path, file: io.BufferedReader) -> object:
+    """The rest of a pre-1.6 file after its magic number: pickles of the protocol version, the system
+    info, the object and the storage keys, then each storage as an int64 element count and its bytes.
+
+    The object's storages are only known by size when it is unpickled; they are allocated then (at
+    most the file's size in all) and filled in place afterwards, which the tensors see.
+    """
+    version, info = _unpickle(file, None, path), _unpickle(file, None, path)
+    if version != _LEGACY_PROTOCOL or not isinstance(info, dict) or info.get("little_endian") is not True:
+        raise CheckpointError(f"unsupported legacy checkpoint (protocol {version!r}, system {info!r})",
+                              path=path, expected=f"protocol {_LEGACY_PROTOCOL}, little-endian")
+    budget = os.fstat(file.fileno()).st_size
+    buffers: dict[str, bytearray] = {}
+
+    def storage(key: str, nbytes: int) -> bytearray:
+        nonlocal budget
+        if not 0 <= nbytes <= budget:
+            raise CheckpointError(f"storage {key} claims {nbytes} bytes, more than the file holds", path=path)
+        budget -= nbytes
+        return buffers.setdefault(key, bytearray(nbytes))
+
+    obj = _unpickle(file, storage, path)
+    keys = _unpickle(file, None, path)
+    if not isinstance(keys, list) or sorted(keys) != sorted(buffers):
+        raise CheckpointError("the legacy storage list does not match the storages the object uses",
+                              path=path)
+    for key in keys:
+        buffer = buffers[key]
+        file.read(8)  # the element count; the size is already known from the storage's reference
+        data = file.read(len(buffer))
+        if len(data) != len(buffer):
+            raise CheckpointError(f"storage {key} is truncated", path=path)
+        buffer[:] = data  # same length: the tensors' views stay valid and now see the data
+    return obj
 
 
 def read_pickled_checkpoint(path: str | os.PathLike) -> object:
@@ -406,9 +452,9 @@ def read_pickled_checkpoint(path: str | os.PathLike) -> object:
     ``Record`` whose ``dotted_name`` names its class and whose ``state`` is its pickled ``__dict__``.
 
     Raises:
-        CheckpointError: the file is missing, is neither a torch zip archive nor a pickle, is a legacy
-            (pre-1.6) torch file, or its pickle would call anything not on the allow-list (the message
-            names the file and the global).
+        CheckpointError: the file is missing, is neither a torch zip archive nor a pickle, is damaged
+            or truncated, or its pickle would call anything not on the allow-list (the message names the
+            file and the global).
     """
     path = Path(path)
     try:
@@ -422,13 +468,12 @@ def read_pickled_checkpoint(path: str | os.PathLike) -> object:
                                       path=path, expected="a file written by torch.save")
             file.seek(0)
             obj = _unpickle(file, None, path)
+            if type(obj) is int and obj == _LEGACY_MAGIC:
+                return _read_legacy(path, file)
     except FileNotFoundError:
         raise CheckpointError("checkpoint file not found", path=path) from None
     except zipfile.BadZipFile as exc:
         raise CheckpointError(f"damaged zip archive ({exc})", path=path) from exc
-    if type(obj) is int and obj == _LEGACY_MAGIC:
-        raise CheckpointError("legacy (pre-1.6) torch checkpoint format is not supported", path=path,
-                              expected="a zip-format torch.save file (re-save it with torch >= 1.6)")
     return obj
 
 

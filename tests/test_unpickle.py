@@ -68,6 +68,28 @@ def test_the_state_dict_of_a_pickled_data_parallel_model_loads_into_the_paper_pr
         assert torch.equal(model(x), wrapped.module.eval()(x))
 
 
+def test_the_legacy_format_reads_too_and_is_just_as_restricted(tmp_path, monkeypatch):
+    """``_use_new_zipfile_serialization=False`` (torch < 1.6's only format) also pickles each module
+    class with its source code; neither the class nor the source is used."""
+    torch.manual_seed(0)
+    wrapped = nn.DataParallel(ImprovedUNet3D(**PRESETS["paper"]))
+    path = tmp_path / "legacy_best.pt"
+    with monkeypatch.context() as patch, pytest.warns(UserWarning, match="source code"):
+        patch.setattr(sys.modules["__main__"], "ImprovedUNet3D", ImprovedUNet3D, raising=False)
+        torch.save(wrapped, path, _use_new_zipfile_serialization=False)
+    state = read_pickled_state_dict(path)
+    assert list(state) == list(wrapped.state_dict())
+    assert all(torch.equal(state[key], value) for key, value in wrapped.state_dict().items())
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "legacy_evil.pt"
+    torch.save({"x": torch.ones(2), "y": Payload((os.system, (f"touch {marker}",)))}, evil,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=rf"calls {os.system.__module__}.system"):
+        read_pickled_checkpoint(evil)
+    assert not marker.exists()
+
+
 def test_the_other_objects_come_back_as_inert_records(authors_best):
     path, _ = authors_best
     record = read_pickled_checkpoint(path)
@@ -250,8 +272,10 @@ def test_files_that_hold_no_checkpoint_give_a_clear_error(tmp_path):
         read_pickled_state_dict(truncated)
 
     legacy = tmp_path / "legacy.pt"
-    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match="legacy"):
+    torch.save(build_model("paper", base_filters=2).state_dict(), legacy,
+               _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match=rf"storage \S+ is truncated, file {legacy}"):
         read_pickled_state_dict(legacy)
 
     no_weights = tmp_path / "numbers.pt"
