@@ -384,6 +384,7 @@ def _read_zip(path: Path, archive: zipfile.ZipFile) -> object:
         raise CheckpointError("zip file without exactly one <name>/data.pkl", path=path,
                               expected="a torch.save zip archive")
     prefix = pickles[0].removesuffix("data.pkl")
+
     def member(name: str) -> zipfile.ZipInfo:
         try:
             info = archive.getinfo(name)
@@ -431,7 +432,8 @@ def _read_legacy(path: Path, file: io.BufferedReader) -> object:
 
     obj = _unpickle(file, storage, path)
     keys = _unpickle(file, None, path)
-    if not isinstance(keys, list) or sorted(keys) != sorted(buffers):
+    if (not isinstance(keys, list) or not all(isinstance(key, str) for key in keys)
+            or set(keys) != set(buffers)):
         raise CheckpointError("the legacy storage list does not match the storages the object uses",
                               path=path)
     for key in keys:
