@@ -1,8 +1,8 @@
 """Reading pickled whole-model checkpoints (the authors' ``BratsCV_best.pt``) without running their code.
 
 The checkpoints here are real ``torch.save`` files of real modules; the malicious ones carry live
-payloads (each would create a marker file if unpickled normally, which one test shows), and the reader
-must refuse them before anything runs.
+payloads that would create a marker file if unpickled normally (the raw-stream test shows one doing
+so under ``pickle.loads``), and the reader must refuse them before anything runs.
 """
 
 from __future__ import annotations
