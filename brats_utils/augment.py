@@ -83,7 +83,7 @@ def apply_dihedral(array: np.ndarray, flips: Sequence[int], k: int) -> np.ndarra
         out = np.flip(out, axis=tuple(offset + a for a in flips))
     if k % 4:
         out = np.rot90(out, k=k, axes=(offset, offset + 1))
-    return np.ascontiguousarray(out)
+    return np.array(out, order="C")  # a copy even for the identity: the caller may write into it
 
 
 def _matrix(flips: Sequence[int], k: int) -> np.ndarray:
@@ -123,3 +123,220 @@ def tta_flips(augmentation: Dihedral | None, *, tensor_dims: bool = True) -> tup
     shift = 2 if tensor_dims else 0
     ordered = sorted(found, key=lambda c: (len(c), c))
     return tuple(tuple(a + shift for a in c) for c in ordered)
+
+
+def make_dihedral(*, mirror_all: bool = False, rot90: bool = True, p_flip: float = 0.5) -> Dihedral:
+    """The flips-and-rot90 augmentation from explicit settings.
+
+    ``mirror_all=False``: flip x and y (the paper's in-plane setting), consistent with
+    the TTA flips ``tta_flips(...)`` = the 4 subsets of {x, y}. ``mirror_all=True``: flip
+    x, y and z, consistent with all 8 flips (``inference.ALL_FLIPS``, what
+    ``predict_volume(tta=True)`` uses).
+    """
+    return Dihedral(flip_axes=(0, 1, 2) if mirror_all else (0, 1), rot90=rot90, p_flip=p_flip)
+
+
+# --- stronger augmentation: 3D spatial (one resampling) and intensity ---------------------
+
+
+def _rotation(angles_rad: Sequence[float]) -> np.ndarray:
+    """3x3 rotation about x, then y, then z (angles in radians)."""
+    ax, ay, az = angles_rad
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def sampling_grid(shape: Sequence[int], matrix: np.ndarray | None = None,
+                  control_displacements: np.ndarray | None = None) -> np.ndarray:
+    """Source voxel coordinates ``[3, X, Y, Z]`` (float32) of every output voxel of a patch of ``shape``.
+
+    ``source = centre + matrix @ (p - centre) + d(p)``: ``matrix`` (3x3, default identity)
+    rotates/scales about the patch centre; ``control_displacements`` ``[3, n, n, n]`` (in
+    voxels) are displacements on a coarse control grid spanning the patch, interpolated
+    trilinearly to every voxel (an elastic deformation; with displacements below half
+    the control spacing it cannot fold). Shared by every backend, so they differ only in
+    how they resample.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    shape = tuple(int(s) for s in shape)
+    centre = (np.asarray(shape, np.float32) - 1) / 2
+    axes = [np.arange(n, dtype=np.float32) - c for n, c in zip(shape, centre, strict=True)]
+    matrix = np.eye(3, dtype=np.float32) if matrix is None else np.asarray(matrix, np.float32)
+    # (matrix @ offset)[i] = sum_j matrix[i, j] * axes[j]: broadcast instead of a full meshgrid product
+    coords = np.empty((3, *shape), np.float32)
+    for i in range(3):
+        coords[i] = (matrix[i, 0] * axes[0][:, None, None] + matrix[i, 1] * axes[1][None, :, None]
+                     + matrix[i, 2] * axes[2][None, None, :] + centre[i])
+    if control_displacements is not None:
+        coarse = torch.from_numpy(np.ascontiguousarray(control_displacements, dtype=np.float32))[None]
+        coords += F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0].numpy()
+    return coords
+
+
+def resample_torch(image: np.ndarray, labels: np.ndarray | None,
+                   coords: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample image ``[C, X, Y, Z]`` (linear) and labels ``[X, Y, Z]`` (nearest) at ``coords``; 0 outside.
+
+    With ``torch.nn.functional.grid_sample``: its grid holds ``(z, y, x)`` normalised to
+    [-1, 1] (``align_corners=True``: -1 and 1 are the centres of the first and last voxel).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    shape = image.shape[-3:]
+    scale = np.array([2.0 / max(n - 1, 1) for n in shape], np.float32)
+    grid = np.stack([coords[axis] * scale[axis] - 1.0 for axis in (2, 1, 0)], axis=-1)  # [X, Y, Z, (z, y, x)]
+    grid = torch.from_numpy(grid)[None]
+    out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], grid,
+                        mode="bilinear", padding_mode="zeros", align_corners=True)[0].numpy()
+    if labels is None:
+        return out, None
+    lab = torch.from_numpy(labels.astype(np.float32))[None, None]
+    lab = F.grid_sample(lab, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
+    return out, lab.numpy().astype(labels.dtype)
+
+
+@dataclass(frozen=True)
+class StrongAugmentation:
+    """Flips/rot90, then 3D rotation, scaling and elastic deformation in one resampling, then intensity.
+
+    Spatial (each with its own probability): rotation about each axis by up to
+    ``rotation_degrees`` (x, y, z), isotropic scaling by a factor in ``scale``, elastic
+    deformation (random displacements up to ``elastic_displacement`` voxels on an
+    ``elastic_control_points``\\ :sup:`3` grid). Whatever fires is composed into one
+    sampling grid (:func:`sampling_grid`) and the patch is resampled once with torch's
+    ``grid_sample``: trilinear for the image, nearest-neighbour for the labels (so they stay
+    in the label set), 0 outside (the background value after preprocessing).
+
+    Intensity, per modality, only inside the brain (voxels where any modality is non-zero;
+    the background stays exactly 0 as preprocessing left it): gamma (``gamma`` range, drawn
+    log-uniformly; applied to the brain's min-max range and then re-standardised to the
+    channel's mean and std, so the z-score survives), contrast (multiplied by a factor in
+    ``multiplicative``) and brightness (plus an offset in ``additive``, z-score units),
+    Gaussian noise with a standard deviation drawn in ``noise_std``.
+
+    Call with ``(image [C, X, Y, Z], labels [X, Y, Z], rng=np.random.Generator)``; all the
+    randomness comes from ``rng``, so a seed fixes the result. Returns new arrays (float32
+    image, labels with their dtype); the inputs are not modified.
+    """
+
+    dihedral: Dihedral | None = IN_PLANE
+    p_rotation: float = 0.2
+    rotation_degrees: tuple[float, float, float] = (10.0, 10.0, 15.0)
+    p_scale: float = 0.2
+    scale: tuple[float, float] = (0.9, 1.1)
+    p_elastic: float = 0.2
+    elastic_displacement: float = 4.0
+    elastic_control_points: int = 5
+    p_gamma: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_brightness_contrast: float = 0.3
+    multiplicative: tuple[float, float] = (0.9, 1.1)
+    additive: tuple[float, float] = (-0.1, 0.1)
+    p_noise: float = 0.15
+    noise_std: tuple[float, float] = (0.0, 0.1)
+
+    def __post_init__(self) -> None:
+        for name in ("p_rotation", "p_scale", "p_elastic", "p_gamma", "p_brightness_contrast", "p_noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if min(self.scale) <= 0 or min(self.gamma) <= 0:
+            raise ValueError(f"scale and gamma ranges must be positive, got {self.scale}, {self.gamma}")
+        if self.elastic_control_points < 2:
+            raise ValueError(f"elastic_control_points must be >= 2, got {self.elastic_control_points}")
+
+    # spatial ------------------------------------------------------------------------
+
+    def draw_spatial(self, rng: np.random.Generator,
+                     shape: Sequence[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(3x3 matrix or None, control displacements ``[3, n, n, n]`` or None) for one patch."""
+        matrix = None
+        if rng.random() < self.p_rotation:
+            limits = np.radians(np.asarray(self.rotation_degrees, float))
+            matrix = _rotation(rng.uniform(-limits, limits))
+        if rng.random() < self.p_scale:
+            zoom = rng.uniform(*self.scale)  # > 1 enlarges the brain: sample closer source points
+            matrix = (np.eye(3) if matrix is None else matrix) / zoom
+        displacements = None
+        if rng.random() < self.p_elastic and self.elastic_displacement > 0:
+            n = self.elastic_control_points
+            displacements = rng.uniform(-self.elastic_displacement, self.elastic_displacement, (3, n, n, n))
+        return matrix, displacements
+
+    def spatial(self, image: np.ndarray, labels: np.ndarray | None, *,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """Only the 3D rotation/scaling/elastic part (one resampling, or none when nothing fires)."""
+        matrix, displacements = self.draw_spatial(rng, image.shape[-3:])
+        if matrix is None and displacements is None:
+            return image, labels
+        return resample_torch(image, labels, sampling_grid(image.shape[-3:], matrix, displacements))
+
+    # intensity ----------------------------------------------------------------------
+
+    def intensity(self, image: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        """Only the intensity part, on a float32 ``[C, X, Y, Z]`` image (modified in place and returned)."""
+        brain = np.any(image != 0, axis=0)
+        if not brain.any():
+            return image
+        fire = rng.random(3) < (self.p_gamma, self.p_brightness_contrast, self.p_noise)
+        if not fire.any():
+            return image
+        values = image[:, brain]  # [C, n] copy of the brain voxels
+        if fire[0]:
+            gammas = np.exp(rng.uniform(*np.log(self.gamma), size=len(values)))
+            for c, g in enumerate(gammas):
+                v = values[c]
+                lo, hi, mean, std = v.min(), v.max(), v.mean(), v.std()
+                if hi > lo:
+                    v = np.power((v - lo) / (hi - lo), g, dtype=np.float32)
+                    new_std = v.std()
+                    values[c] = (v - v.mean()) / new_std * std + mean if new_std > 0 else mean
+        if fire[1]:
+            factor = rng.uniform(*self.multiplicative, size=(len(values), 1))
+            offset = rng.uniform(*self.additive, size=(len(values), 1))
+            values = values * factor.astype(np.float32) + offset.astype(np.float32)
+        if fire[2]:
+            sigma = rng.uniform(*self.noise_std)
+            values += rng.standard_normal(values.shape, dtype=np.float32) * np.float32(sigma)
+        image[:, brain] = values
+        return image
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray | None = None, *,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.dihedral is not None:
+            image, labels = self.dihedral(image, labels, rng=rng)  # copies
+        else:
+            image = np.array(image, dtype=np.float32)
+            labels = None if labels is None else np.array(labels)
+        image, labels = self.spatial(image, labels, rng=rng)
+        image = self.intensity(np.asarray(image, dtype=np.float32), rng=rng)
+        return image, labels
+
+
+def make_strong_augmentation(*, mirror_all: bool = False,
+                             rotation_degrees: float | Sequence[float] = (10, 10, 15),
+                             scale: tuple[float, float] = (0.9, 1.1), elastic_displacement: float = 4.0,
+                             gamma: tuple[float, float] = (0.7, 1.5),
+                             multiplicative: tuple[float, float] = (0.9, 1.1),
+                             additive: tuple[float, float] = (-0.1, 0.1),
+                             noise_std: tuple[float, float] = (0.0, 0.1),
+                             p_spatial: float = 0.2, p_intensity: float = 0.3,
+                             p_noise: float = 0.15) -> StrongAugmentation:
+    """The stronger augmentation from explicit arguments (see :class:`StrongAugmentation`).
+
+    ``mirror_all`` chooses the flips (:func:`make_dihedral`) and so the consistent TTA
+    flip set (``tta_flips(aug.dihedral)``). ``p_spatial`` is the probability of each of
+    rotation, scaling and elastic deformation; ``p_intensity`` of gamma and of
+    brightness/contrast; a probability of 0 (or a zero range) switches a part off.
+    """
+    degrees = (rotation_degrees,) * 3 if np.isscalar(rotation_degrees) else tuple(rotation_degrees)
+    return StrongAugmentation(
+        dihedral=make_dihedral(mirror_all=mirror_all), p_rotation=p_spatial,
+        rotation_degrees=tuple(float(d) for d in degrees), p_scale=p_spatial, scale=tuple(scale),
+        p_elastic=p_spatial, elastic_displacement=float(elastic_displacement), p_gamma=p_intensity,
+        gamma=tuple(gamma), p_brightness_contrast=p_intensity, multiplicative=tuple(multiplicative),
+        additive=tuple(additive), p_noise=p_noise, noise_std=tuple(noise_std))
