@@ -12,7 +12,12 @@ from brats_utils.augment import (
     IN_PLANE,
     MIRROR_ALL,
     Dihedral,
+    StrongAugmentation,
     apply_dihedral,
+    make_dihedral,
+    make_strong_augmentation,
+    resample_torch,
+    sampling_grid,
     tta_flips,
 )
 from brats_utils.inference import ALL_FLIPS
@@ -189,3 +194,189 @@ def test_tta_flips_are_exactly_the_flips_training_produces(augmentation):
         if out.tobytes() in flipped:
             produced.add(flipped[out.tobytes()])
     assert tuple(sorted(produced, key=lambda c: (len(c), c))) == tta_flips(augmentation, tensor_dims=False)
+
+
+def test_make_dihedral_chooses_the_setting_and_its_tta():
+    assert make_dihedral() == IN_PLANE and make_dihedral(mirror_all=True) == MIRROR_ALL
+    assert tta_flips(make_strong_augmentation(mirror_all=True).dihedral) == ALL_FLIPS
+    assert len(tta_flips(make_strong_augmentation().dihedral)) == 4
+
+
+# --- stronger augmentation -----------------------------------------------------------
+
+SPATIAL_ONLY = dict(p_gamma=0, p_brightness_contrast=0, p_noise=0, dihedral=None)
+NO_SPATIAL = dict(p_rotation=0, p_scale=0, p_elastic=0, dihedral=None)
+
+
+def block_patch(shape=(4, 40, 44, 36), seed=0):
+    """Brain (noise in an ellipsoid, 0 outside), an off-centre labelled block, 5 in channel 0; labels 0..3."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape[1:]], indexing="ij")
+    brain = sum(g**2 for g in grid) < 0.9
+    image = (rng.normal(size=shape) * brain).astype(np.float32)
+    labels = np.zeros(shape[1:], np.uint8)
+    image[0] = 0
+    labels[8:18, 12:26, 20:28] = 2
+    image[0, 8:18, 12:26, 20:28] = 5
+    labels[22:26, 20:24, 10:14] = 1
+    labels[24:28, 28:30, 14:18] = 3
+    return image, labels
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_sampling_axes_match_numpy_indexing():
+    """A constant displacement of +1 voxel along one axis reads the next voxel along that axis only."""
+    image = np.random.default_rng(1).normal(size=(2, 6, 7, 8)).astype(np.float32)
+    labels = np.random.default_rng(2).integers(0, 4, size=(6, 7, 8)).astype(np.uint8)
+    for axis in range(3):
+        shift = np.zeros((3, 2, 2, 2))
+        shift[axis] = 1.0
+        out, out_labels = resample_torch(image, labels, sampling_grid(image.shape[1:], None, shift))
+        inside = [slice(None)] * 3
+        inside[axis] = slice(0, -1)
+        source = [slice(None)] * 3
+        source[axis] = slice(1, None)
+        np.testing.assert_allclose(out[(slice(None), *inside)], image[(slice(None), *source)], atol=1e-5)
+        np.testing.assert_array_equal(out_labels[tuple(inside)], labels[tuple(source)])
+        last = [slice(None)] * 3
+        last[axis] = -1
+        assert not out[(slice(None), *last)].any() and not out_labels[tuple(last)].any()  # 0 outside
+
+
+def test_a_quarter_turn_about_z_equals_rot90():
+    image = np.random.default_rng(3).normal(size=(2, 9, 9, 5)).astype(np.float32)
+    labels = np.random.default_rng(4).integers(0, 4, size=(9, 9, 5)).astype(np.uint8)
+    quarter = np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]])  # source = c + R (p - c)
+    out, out_labels = resample_torch(image, labels, sampling_grid(image.shape[1:], quarter))
+    np.testing.assert_allclose(out, np.rot90(image, 1, axes=(1, 2)), atol=1e-5)
+    np.testing.assert_array_equal(out_labels, np.rot90(labels, 1, axes=(0, 1)))
+
+
+def test_resampling_matches_scipy_map_coordinates():
+    import scipy.ndimage as ndi
+
+    aug = StrongAugmentation(**SPATIAL_ONLY, p_rotation=1, p_scale=1, p_elastic=1)
+    image, labels = block_patch()
+    matrix, displacements = aug.draw_spatial(np.random.default_rng(0), image.shape[1:])
+    coords = sampling_grid(image.shape[1:], matrix, displacements)
+    out, out_labels = resample_torch(image, labels, coords)
+    expected = np.stack([ndi.map_coordinates(c, coords, order=1, mode="constant", cval=0) for c in image])
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    expected_labels = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
+    assert np.mean(out_labels == expected_labels) > 0.999  # nearest: ties at exact .5 may round either way
+
+
+@pytest.mark.parametrize("part", ["rotation", "scale", "elastic", "all"])
+def test_spatial_transforms_keep_image_and_labels_aligned(part):
+    on = {"rotation": dict(p_rotation=1), "scale": dict(p_scale=1), "elastic": dict(p_elastic=1),
+          "all": dict(p_rotation=1, p_scale=1, p_elastic=1)}[part]
+    aug = StrongAugmentation(**{**SPATIAL_ONLY, **on}, rotation_degrees=(15, 15, 15), elastic_displacement=3)
+    image, labels = block_patch()
+    for seed in range(4):
+        out, out_labels = aug(image, labels, rng=np.random.default_rng(seed))
+        assert out.shape == image.shape and out_labels.shape == labels.shape
+        assert out_labels.dtype == np.uint8 and set(np.unique(out_labels)) <= {0, 1, 2, 3}
+        assert not np.array_equal(out_labels, labels)  # it did move something
+        assert dice(out[0] > 2.5, out_labels == 2) > 0.95
+        assert dice(out_labels == 2, labels == 2) > 0.3  # a small transform, not a scramble
+
+
+def test_rotations_are_3d_and_move_labels_through_the_plane():
+    aug = StrongAugmentation(**SPATIAL_ONLY, p_rotation=1, rotation_degrees=(15, 15, 0))
+    image, labels = block_patch()
+    z_slices = set(np.flatnonzero((labels == 2).any(axis=(0, 1))))
+    moved = [set(np.flatnonzero((aug(image, labels, rng=np.random.default_rng(s))[1] == 2).any(axis=(0, 1))))
+             != z_slices for s in range(5)]
+    assert any(moved)
+
+
+def test_a_155_slice_crop_passes_the_strong_augmentation():
+    image, labels = block_patch((4, 64, 64, 155))
+    aug = make_strong_augmentation(mirror_all=True, p_spatial=1, p_intensity=1, p_noise=1)
+    out, out_labels = aug(image, labels, rng=np.random.default_rng(0))
+    assert out.shape == (4, 64, 64, 155) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out_labels.shape == (64, 64, 155) and out_labels.dtype == np.uint8
+    assert set(np.unique(out_labels)) <= {0, 1, 2, 3} and 2 in out_labels
+
+
+def test_intensity_stays_in_the_brain_and_leaves_labels_alone():
+    image, labels = block_patch()
+    brain = np.any(image != 0, axis=0)
+    aug = StrongAugmentation(**NO_SPATIAL, p_gamma=1, p_brightness_contrast=1, p_noise=1)
+    out, out_labels = aug(image, labels, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out_labels, labels)
+    assert not out[:, ~brain].any()  # background exactly 0 still
+    assert np.all(np.abs(out[:, brain] - image[:, brain]).mean(axis=1) > 0)
+
+
+def test_gamma_keeps_each_channels_brain_mean_and_std():
+    image, labels = block_patch()
+    brain = np.any(image != 0, axis=0)
+    aug = StrongAugmentation(**NO_SPATIAL, p_gamma=1, gamma=(0.5, 0.6), p_brightness_contrast=0, p_noise=0)
+    out, _ = aug(image, labels, rng=np.random.default_rng(0))
+    for c in range(4):
+        before, after = image[c][brain], out[c][brain]
+        assert after.mean() == pytest.approx(before.mean(), abs=1e-4)
+        assert after.std() == pytest.approx(before.std(), rel=1e-4)
+        assert c == 0 or not np.allclose(before, after)  # channel 0 has two levels: a gamma keeps them
+        assert np.all(np.diff(after[np.argsort(before)]) >= -1e-5)  # monotone: the order of intensities stays
+
+
+def test_contrast_and_brightness_are_affine_per_channel_within_the_ranges():
+    image, labels = block_patch()
+    brain = np.any(image != 0, axis=0)
+    aug = StrongAugmentation(**NO_SPATIAL, p_gamma=0, p_brightness_contrast=1, p_noise=0)
+    factors = set()
+    for seed in range(3):
+        out, _ = aug(image, labels, rng=np.random.default_rng(seed))
+        for c in range(1, 4):
+            slope, intercept = np.polyfit(image[c][brain], out[c][brain], 1)
+            np.testing.assert_allclose(out[c][brain], slope * image[c][brain] + intercept, atol=1e-4)
+            assert 0.9 <= slope <= 1.1 and -0.1 <= intercept <= 0.1
+            factors.add(round(slope, 6))
+    assert len(factors) == 9  # a factor per channel and draw
+
+
+def test_noise_has_the_drawn_standard_deviation():
+    image, labels = block_patch()
+    brain = np.any(image != 0, axis=0)
+    aug = StrongAugmentation(**NO_SPATIAL, p_gamma=0, p_brightness_contrast=0, p_noise=1,
+                             noise_std=(0.2, 0.2))
+    out, _ = aug(image, labels, rng=np.random.default_rng(0))
+    difference = (out - image)[:, brain]
+    assert difference.std() == pytest.approx(0.2, rel=0.05) and abs(difference.mean()) < 0.01
+
+
+def test_strong_augmentation_is_deterministic_and_leaves_its_inputs_alone():
+    image, labels = block_patch()
+    kept = image.copy(), labels.copy()
+    aug = make_strong_augmentation(mirror_all=True, p_spatial=0.7, p_intensity=0.7, p_noise=0.5)
+    first = [aug(image, labels, rng=np.random.default_rng([3, i])) for i in range(6)]
+    again = [aug(image, labels, rng=np.random.default_rng([3, i])) for i in range(6)]
+    for (a, al), (b, bl) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(al, bl)
+    assert len({a.tobytes() for a, _ in first}) == 6
+    np.testing.assert_array_equal(image, kept[0])
+    np.testing.assert_array_equal(labels, kept[1])
+
+
+def test_nothing_firing_is_the_identity():
+    image, labels = block_patch()
+    aug = StrongAugmentation(**NO_SPATIAL, p_gamma=0, p_brightness_contrast=0, p_noise=0)
+    out, out_labels = aug(image, labels, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out, image)
+    np.testing.assert_array_equal(out_labels, labels)
+    assert out is not image
+
+
+def test_strong_augmentation_refuses_bad_settings():
+    with pytest.raises(ValueError):
+        StrongAugmentation(p_noise=2)
+    with pytest.raises(ValueError):
+        StrongAugmentation(scale=(0.0, 1.1))
+    with pytest.raises(ValueError):
+        StrongAugmentation(elastic_control_points=1)
