@@ -18,6 +18,11 @@ same work:
   Its spatial transforms are 2D, so the rotation is about z only and the elastic field
   has no z component.
 
+A second table: the paper's flips and rot90, numpy (:class:`brats_utils.augment.Dihedral`)
+against albumentations with the z slices as channels (today's ``data.augment_patch``),
+at depth 128 and 155 (a whole cropped volume's depth: OpenCV 5 refuses more than 128
+channels), and the default-probability strong pipeline, the rate a loader worker sees.
+
 Printed: patches per second (median of interleaved rounds, one torch thread as in a
 loader worker), and correctness on the ``[C, X, Y, Z]`` layout over a few seeds: labels
 still in {0..3} and uint8, image finite, overlap (Dice) of a labelled block with the
@@ -38,7 +43,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from brats_utils.augment import StrongAugmentation, sampling_grid
+from brats_utils.augment import IN_PLANE, MIRROR_ALL, StrongAugmentation, sampling_grid
 
 SHAPE = (128, 128, 128)
 ROUNDS = 3
@@ -170,12 +175,63 @@ def check(candidate, seeds=range(2)) -> dict:
     return result
 
 
+def albumentations_flips():
+    """Today's path: HorizontalFlip, VerticalFlip, RandomRotate90 on ``images=``/``mask=``, z as channels."""
+    import albumentations as A
+
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)])
+
+    def candidate(image, labels, seed):
+        rng = np.random.default_rng(seed)
+        for transform in pipeline.transforms:
+            transform.set_random_seed(int(rng.integers(2**32)))
+        out = pipeline(images=image, mask=labels)
+        return np.ascontiguousarray(out["images"]), np.ascontiguousarray(out["mask"])
+
+    return candidate
+
+
+def _rate(candidate, image, labels, count: int) -> float:
+    candidate(image, labels, 0)
+    start = time.perf_counter()
+    for i in range(count):
+        candidate(image, labels, i + 1)
+    return count / (time.perf_counter() - start)
+
+
+def _flips_table() -> None:
+    import cv2
+
+    default = StrongAugmentation()  # IN_PLANE flips + the default probabilities
+    def seeded(transform):
+        return lambda image, labels, seed: transform(image, labels, rng=np.random.default_rng(seed))
+
+    rows = {"numpy Dihedral IN_PLANE": seeded(IN_PLANE), "numpy Dihedral MIRROR_ALL": seeded(MIRROR_ALL),
+            f"albumentations flips, OpenCV {cv2.__version__}": albumentations_flips(),
+            "StrongAugmentation() defaults": seeded(default)}
+    print(f"\n{'flips/rot90 (and the default strong pipeline)':<46}{'depth 128':>12}{'depth 155':>12}"
+          "  patches/s")
+    for name, candidate in rows.items():
+        cells = []
+        for depth in (128, 155):
+            image = np.random.default_rng(0).normal(size=(4, 128, 128, depth)).astype(np.float32)
+            labels = (image[0] > 1).astype(np.uint8)
+            try:
+                cells.append(f"{_rate(candidate, image, labels, 4 if 'Strong' in name else 10):>12.1f}")
+            except Exception as error:  # noqa: BLE001 - what fails is the result
+                cells.append(f"{'fails':>12}")
+                message = " ".join(str(error).split())
+                failure = f"{type(error).__name__}: {message[message.find('(-'):][:70]}"
+        print(f"{name:<46}{''.join(cells)}" + (f"  ({failure})" if "fails" in "".join(cells) else ""))
+
+
 def main() -> None:
     """Print patches per second and the correctness checks of every candidate, side by side."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         _measure()
+        _flips_table()
     finally:
         torch.set_num_threads(threads)  # the benchmarks after this one keep the machine's setting
 
