@@ -285,24 +285,27 @@ class StrongAugmentation:
         fire = rng.random(3) < (self.p_gamma, self.p_brightness_contrast, self.p_noise)
         if not fire.any():
             return image
-        values = image[:, brain]  # [C, n] copy of the brain voxels
-        if fire[0]:
-            gammas = np.exp(rng.uniform(*np.log(self.gamma), size=len(values)))
-            for c, g in enumerate(gammas):
-                v = values[c]
+        inside = brain.astype(np.float32)  # multiplying by it keeps the background exactly 0
+        if fire[0]:  # needs the brain's statistics: gather and scatter that channel's brain voxels
+            gammas = np.exp(rng.uniform(*np.log(self.gamma), size=len(image)))
+            for channel, g in zip(image, gammas, strict=True):
+                v = channel[brain]
                 lo, hi, mean, std = v.min(), v.max(), v.mean(), v.std()
                 if hi > lo:
                     v = np.power((v - lo) / (hi - lo), g, dtype=np.float32)
-                    new_std = v.std()
-                    values[c] = (v - v.mean()) / new_std * std + mean if new_std > 0 else mean
+                    new_mean, new_std = v.mean(), v.std()
+                    channel[brain] = (v - new_mean) * (std / new_std) + mean if new_std > 0 else mean
         if fire[1]:
-            factor = rng.uniform(*self.multiplicative, size=(len(values), 1))
-            offset = rng.uniform(*self.additive, size=(len(values), 1))
-            values = values * factor.astype(np.float32) + offset.astype(np.float32)
+            factors = rng.uniform(*self.multiplicative, size=len(image)).astype(np.float32)
+            offsets = rng.uniform(*self.additive, size=len(image)).astype(np.float32)
+            for channel, factor, offset in zip(image, factors, offsets, strict=True):
+                channel *= factor
+                channel += offset * inside
         if fire[2]:
-            sigma = rng.uniform(*self.noise_std)
-            values += rng.standard_normal(values.shape, dtype=np.float32) * np.float32(sigma)
-        image[:, brain] = values
+            noise = rng.standard_normal(image.shape, dtype=np.float32)
+            noise *= np.float32(rng.uniform(*self.noise_std))
+            noise *= inside
+            image += noise
         return image
 
     def __call__(self, image: np.ndarray, labels: np.ndarray | None = None, *,

@@ -380,3 +380,16 @@ def test_strong_augmentation_refuses_bad_settings():
         StrongAugmentation(scale=(0.0, 1.1))
     with pytest.raises(ValueError):
         StrongAugmentation(elastic_control_points=1)
+
+
+def test_augmentations_travel_to_loader_workers():
+    import pickle
+
+    image, labels = block_patch()
+    for aug in (MIRROR_ALL, make_strong_augmentation(p_spatial=1, p_intensity=1)):
+        copy = pickle.loads(pickle.dumps(aug))
+        assert copy == aug
+        a = aug(image, labels, rng=np.random.default_rng(0))
+        b = copy(image, labels, rng=np.random.default_rng(0))
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
