@@ -147,7 +147,8 @@ def _matrix(flips: Sequence[int], k: int) -> np.ndarray:
     return np.linalg.matrix_power(quarter, k % 4) @ flip
 
 
-def tta_flips(augmentation: Dihedral | None, *, tensor_dims: bool = True) -> tuple[tuple[int, ...], ...]:
+def tta_flips(augmentation: Dihedral | StrongAugmentation | None, *,
+              tensor_dims: bool = True) -> tuple[tuple[int, ...], ...]:
     """The test-time flip set consistent with a training ``augmentation``.
 
     A flip (a set of axes) is consistent when the training transform produced exactly
@@ -160,8 +161,11 @@ def tta_flips(augmentation: Dihedral | None, *, tensor_dims: bool = True) -> tup
     only the identity. With ``tensor_dims`` (the default) the axes are numbered as dims of
     a ``[B, C, X, Y, Z]`` batch (x = 2), the form ``inference.predict_volume`` uses;
     otherwise as spatial axes (x = 0). The order is that of ``ALL_FLIPS``: by size, then
-    lexicographic, the identity ``()`` first.
+    lexicographic, the identity ``()`` first. A :class:`StrongAugmentation` counts by its
+    ``dihedral`` (its small rotations never produce an exact flip).
     """
+    if isinstance(augmentation, StrongAugmentation):
+        augmentation = augmentation.dihedral
     if augmentation is None:
         found = {()}
     else:

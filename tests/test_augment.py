@@ -210,8 +210,9 @@ def test_tta_flips_are_exactly_the_flips_training_produces(augmentation):
 
 def test_make_dihedral_chooses_the_setting_and_its_tta():
     assert make_dihedral() == IN_PLANE and make_dihedral(mirror_all=True) == MIRROR_ALL
-    assert tta_flips(make_strong_augmentation(mirror_all=True).dihedral) == ALL_FLIPS
-    assert len(tta_flips(make_strong_augmentation().dihedral)) == 4
+    assert tta_flips(make_strong_augmentation(mirror_all=True)) == ALL_FLIPS
+    assert tta_flips(make_strong_augmentation()) == tta_flips(IN_PLANE)
+    assert tta_flips(StrongAugmentation(dihedral=None)) == ((),)
 
 
 # --- stronger augmentation -----------------------------------------------------------
