@@ -74,7 +74,8 @@ def make_loaders(profile: Profile, *, progress: bool = True) -> tuple[DataLoader
 
 
 def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
-          max_epochs: int | None = None, progress: bool = True, device: str | torch.device | None = None) -> training.TrainResult:
+          max_epochs: int | None = None, progress: bool = True,
+          device: str | torch.device | None = None) -> training.TrainResult:
     """Train the profile's U-Net on its cache (built first if needed); see :func:`brats_utils.train.train`."""
     return training.train(profile, ensure_cache(profile, progress=progress), run_dir=run_dir, resume=resume,
                           max_epochs=max_epochs, progress=progress, device=device)

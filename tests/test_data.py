@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from brats_utils.config import TRAIN_LABELS, get_profile
+from brats_utils.config import get_profile
 from brats_utils.data import (
     EpochShuffleSampler,
     PatchDataset,
@@ -16,11 +16,12 @@ from brats_utils.data import (
     augment_patch,
     extract_patch,
     make_augmentation,
-    make_loaders,
     pad_collate,
     split_cases,
 )
+from brats_utils.labels import TRAIN_LABELS
 from brats_utils.preprocess import CropMeta, PreprocessedCase, write_entry
+from brats_utils.train import loaders_for
 
 
 def make_entry(cache_dir, case_id, labels, image=None, seed=0):

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from brats_utils import inference
-from brats_utils.config import MODALITIES, get_profile
+from brats_utils.config import get_profile
+from brats_utils.labels import MODALITIES
+from brats_utils.pipeline import inference_settings
 from brats_utils.inference import ALL_FLIPS, importance_map, sliding_window_predict, window_starts
 
 
@@ -145,7 +147,7 @@ class OracleModel(nn.Module):
 @pytest.fixture
 def oracle_case(tmp_path):
     """A case on an odd, asymmetric grid whose brain and tumour sit off-centre."""
-    from brats_utils.download import Case
+    from brats_utils.io import Case
 
     shape = (31, 26, 19)
     labels = np.zeros(shape, np.uint8)
@@ -175,7 +177,7 @@ def test_prediction_lines_up_with_the_input_and_exports_a_brats_nifti(oracle_cas
     case, labels, affine = oracle_case
     profile = get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1)
     out = tmp_path / "out" / "BraTS20_Training_007.nii.gz"
-    predicted = inference.predict_case(OracleModel(), case, profile=profile, out_path=out)
+    predicted = inference.predict_case(OracleModel(), case, inference_settings(profile), out_path=out)
     assert predicted.dtype == np.uint8 and predicted.shape == labels.shape
     np.testing.assert_array_equal(predicted, labels)
 
@@ -194,7 +196,7 @@ def test_predict_folder_and_evaluate_close_the_loop(oracle_case, tmp_path):
 
     case, _, _ = oracle_case
     profile = get_profile("ci").with_overrides(sw_patch_size=(16, 16, 16), tta=True)
-    paths = inference.predict_folder(OracleModel(), [case], tmp_path / "preds", profile=profile,
+    paths = inference.predict_folder(OracleModel(), [case], tmp_path / "preds", inference_settings(profile),
                                      progress=False)
     assert [p.name for p in paths] == ["BraTS20_Training_007.nii.gz"]
     per_case, _ = evaluate(tmp_path / "preds", [case], progress=False)
@@ -203,13 +205,13 @@ def test_predict_folder_and_evaluate_close_the_loop(oracle_case, tmp_path):
 
 def test_load_model_rebuilds_the_network_from_a_checkpoint(tmp_path):
     from brats_utils.model import build_model
-    from brats_utils.train import CHECKPOINT_KEYS
+    from brats_utils.checkpoints import CHECKPOINT_KEYS, load_model
 
     model = build_model("paper")
     checkpoint = dict.fromkeys(CHECKPOINT_KEYS)
     checkpoint.update(model_state_dict=model.state_dict(), model_config=model.config)
     torch.save(checkpoint, tmp_path / "best.pt")
-    loaded = inference.load_model(tmp_path / "best.pt")
+    loaded = load_model(tmp_path / "best.pt")
     assert not loaded.training
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
