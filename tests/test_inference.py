@@ -11,8 +11,19 @@ from torch import nn
 from brats_utils import inference
 from brats_utils.config import get_profile
 from brats_utils.labels import MODALITIES
+from brats_utils.inference import (
+    ALL_FLIPS,
+    average_predictors,
+    importance_map,
+    sliding_window,
+    sliding_window_predict,
+    softmax_predictor,
+    to_original_grid,
+    window_starts,
+    with_flips,
+)
 from brats_utils.pipeline import inference_settings
-from brats_utils.inference import ALL_FLIPS, importance_map, sliding_window_predict, window_starts
+from brats_utils.preprocess import CropMeta
 
 
 def pointwise_model(seed: int = 0) -> nn.Module:
@@ -127,6 +138,38 @@ def test_model_mode_is_restored_and_dropout_is_off_during_prediction():
     second = sliding_window_predict(model, image, patch_size=(8, 8, 8))
     assert model.training
     torch.testing.assert_close(first, second)
+
+
+# --- the stages alone ------------------------------------------------------------------------
+
+
+def test_flips_wrap_any_predictor_and_undo_themselves():
+    def mirror_sensitive(batch):  # probabilities that depend on the position along x
+        ramp = torch.linspace(0, 1, batch.shape[2]).view(1, 1, -1, 1, 1).expand(batch.shape[0], 1, *batch.shape[2:])
+        return torch.cat([ramp, 1 - ramp], dim=1)
+
+    batch = torch.zeros(1, 4, 6, 5, 4)
+    flipped = with_flips(mirror_sensitive, flips=((), (2,)))(batch)
+    torch.testing.assert_close(flipped, torch.full_like(flipped, 0.5))  # a ramp and its mirror average out
+    torch.testing.assert_close(with_flips(mirror_sensitive, flips=((),))(batch), mirror_sensitive(batch))
+
+
+def test_the_sliding_window_blends_any_predictor_and_an_ensemble_averages():
+    model_a, model_b = pointwise_model(0).eval(), pointwise_model(1).eval()
+    image = torch.randn(4, 20, 18, 16)
+    ensemble = average_predictors([softmax_predictor(model_a), softmax_predictor(model_b)])
+    blended = sliding_window(ensemble, image, patch_size=(8, 8, 8), overlap=0.5)
+    expected = (full_softmax(model_a, image) + full_softmax(model_b, image)) / 2
+    torch.testing.assert_close(blended, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_export_puts_the_argmax_back_on_the_grid_in_file_labels():
+    probs = torch.zeros(4, 2, 2, 2)
+    probs[3] = 1.0  # enhancing tumour everywhere in the crop
+    meta = CropMeta("c", ((1, 3), (0, 2), (2, 4)), (4, 3, 5), np.eye(4).tolist())
+    labels = to_original_grid(probs, meta)
+    assert labels.shape == (4, 3, 5) and labels.dtype == np.uint8
+    assert labels[1:3, 0:2, 2:4].tolist() == np.full((2, 2, 2), 4).tolist() and labels.sum() == 4 * 8
 
 
 # --- whole cases: back on the original grid, NIfTI export ---------------------------------------
