@@ -62,7 +62,8 @@ class LabelScheme:
     @property
     def train_regions(self) -> dict[str, tuple[int, ...]]:
         """The evaluation regions as sets of training labels."""
-        return {name: tuple(sorted(self.to_train[v] for v in values)) for name, values in self.regions.items()}
+        return {name: tuple(sorted(self.to_train[v] for v in values))
+                for name, values in self.regions.items()}
 
     def expected(self) -> str:
         """The allowed file labels in words, for error messages: ``labels in {0, 1, 2, 4}``."""

@@ -47,7 +47,8 @@ def test_a_second_writer_is_refused_naming_the_folder_and_the_holder(tmp_path):
 def test_another_process_holding_the_run_folder_stops_a_training(tmp_path, synthetic_root):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from brats_utils.files import folder_lock\n"
-         "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(tmp_path / "run")],
+         "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "run")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -55,7 +56,8 @@ def test_another_process_holding_the_run_folder_stops_a_training(tmp_path, synth
         from brats_utils.train import train
 
         with pytest.raises(FolderLockedError, match=rf"pid {holder.pid} on"):
-            train(get_profile("ci"), tmp_path / "cache", run_dir=tmp_path / "run", progress=False, device="cpu")
+            train(get_profile("ci"), tmp_path / "cache", run_dir=tmp_path / "run", progress=False,
+                  device="cpu")
     finally:
         holder.kill()
         holder.wait()

@@ -10,7 +10,6 @@ from torch import nn
 
 from brats_utils import inference
 from brats_utils.config import get_profile
-from brats_utils.labels import MODALITIES
 from brats_utils.inference import (
     ALL_FLIPS,
     average_predictors,
@@ -22,6 +21,7 @@ from brats_utils.inference import (
     window_starts,
     with_flips,
 )
+from brats_utils.labels import MODALITIES
 from brats_utils.pipeline import inference_settings
 from brats_utils.preprocess import CropMeta
 
@@ -145,7 +145,8 @@ def test_model_mode_is_restored_and_dropout_is_off_during_prediction():
 
 def test_flips_wrap_any_predictor_and_undo_themselves():
     def mirror_sensitive(batch):  # probabilities that depend on the position along x
-        ramp = torch.linspace(0, 1, batch.shape[2]).view(1, 1, -1, 1, 1).expand(batch.shape[0], 1, *batch.shape[2:])
+        ramp = torch.linspace(0, 1, batch.shape[2]).view(1, 1, -1, 1, 1)
+        ramp = ramp.expand(batch.shape[0], 1, *batch.shape[2:])
         return torch.cat([ramp, 1 - ramp], dim=1)
 
     batch = torch.zeros(1, 4, 6, 5, 4)
@@ -247,8 +248,8 @@ def test_predict_folder_and_evaluate_close_the_loop(oracle_case, tmp_path):
 
 
 def test_load_model_rebuilds_the_network_from_a_checkpoint(tmp_path):
-    from brats_utils.model import build_model
     from brats_utils.checkpoints import CHECKPOINT_KEYS, load_model
+    from brats_utils.model import build_model
 
     model = build_model("paper")
     checkpoint = dict.fromkeys(CHECKPOINT_KEYS)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from brats_utils.config import PROFILES
 from brats_utils.checkpoints import load_pretrained
+from brats_utils.config import PROFILES
 from brats_utils.errors import CheckpointError
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import (
