@@ -317,7 +317,7 @@ def _cache_cases(todo: list[tuple[Case, str]], cache_dir: Path, margin: int, wor
                  progress: bool) -> None:
     """Write the entries of ``todo`` (case, key), in this process or in ``workers`` processes."""
     bar = tqdm(total=total, initial=total - len(todo), desc="caching cases", unit="case",
-               disable=not progress)
+               disable=not progress or not todo)  # an up-to-date cache shows no bar
     with bar:
         if workers <= 1 or len(todo) <= 1:
             for case, key in todo:

@@ -111,6 +111,13 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch):
         cli.main(["cache"])
 
 
+def test_the_brats_entry_point_shows_its_own_name(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/brats", "--help"])
+    assert cli.build_parser().prog == "brats"
+    monkeypatch.setattr(sys, "argv", ["/somewhere/brats_utils/__main__.py"])
+    assert cli.build_parser().prog == "python -m brats_utils"
+
+
 def test_version_and_help_without_markup(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
