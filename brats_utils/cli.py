@@ -1,45 +1,35 @@
-"""Command line: ``python -m brats_utils <command> [--profile NAME] [--set key=value ...]``.
+"""Command line: ``brats <command> [--profile NAME] [--set key=value ...]`` (or ``python -m brats_utils``).
 
-Each command calls the same function the notebooks call; nothing here has logic
-of its own beyond parsing arguments. Modules are imported lazily so that
-``--help`` is instant.
+Each command calls the same :mod:`brats_utils.pipeline` function the notebooks call;
+nothing here has logic of its own beyond parsing arguments. Modules are imported
+lazily so that ``--help`` is instant. An error of the package (bad input, a locked
+folder, a full disk...) prints as one line and exits with status 2; any other error
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from brats_utils import __version__, config
 from brats_utils.config import PROFILES, Profile, get_profile
+from brats_utils.errors import BratsError
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """Split ``key=value`` and read the value as a Python literal when it is one.
-
-    ``epochs=3`` gives ``("epochs", 3)``, ``patch_size=(64,64,64)`` a tuple,
-    ``model_preset=l4_f16`` the plain string.
-    """
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    """``--set key=value``: the field and its value, typed and checked (see :func:`config.parse_override`)."""
     try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
+        return config.parse_override(text)
+    except BratsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
-    """The named profile with the ``--set`` overrides applied."""
-    profile = get_profile(args.profile)
-    overrides = dict(args.overrides or [])
-    unknown = sorted(set(overrides) - set(profile.as_dict()))
-    if unknown:
-        raise SystemExit(f"unknown profile field(s): {', '.join(unknown)}")
-    return profile.with_overrides(**overrides)
+    """The named profile (else ``$BRATS_PROFILE``, else demo) with the ``--set`` overrides applied."""
+    return get_profile(args.profile).with_overrides(**dict(args.overrides or []))
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
@@ -49,16 +39,14 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from brats_utils.synthetic import write_synthetic_dataset
+    from brats_utils.pipeline import ensure_synthetic
 
-    p = profile_from_args(args)
-    out = Path(args.out) if args.out else p.synthetic_dir
-    print(write_synthetic_dataset(out, p.synthetic_train_cases, p.synthetic_val_cases,
-                                  p.synthetic_shape, seed=p.seed))
+    print(ensure_synthetic(profile_from_args(args), args.out))
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
-    from brats_utils.download import ensure_dataset, verify_dataset
+    from brats_utils.download import verify_dataset
+    from brats_utils.pipeline import ensure_dataset
 
     root = Path(args.root) if args.root else ensure_dataset(profile_from_args(args))
     table, summary = verify_dataset(root)
@@ -70,72 +58,70 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from brats_utils.preprocess import ensure_cache
+    from brats_utils.pipeline import ensure_cache
 
     print(ensure_cache(profile_from_args(args)))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from brats_utils.train import train
+    from brats_utils.pipeline import train
 
-    result = train(profile_from_args(args), resume=not args.restart)
-    print(result)
+    print(train(profile_from_args(args), resume=not args.restart))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from brats_utils.download import ensure_dataset, find_dataset
-    from brats_utils.inference import load_model, predict_folder
-    from brats_utils.train import ensure_trained
+    from brats_utils.pipeline import predict_split
 
-    profile = profile_from_args(args)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ensure_trained(profile)
-    root = Path(args.input) if args.input else ensure_dataset(profile)
-    cases = find_dataset(root, split=args.split)
-    out_dir = Path(args.out) if args.out else profile.run_dir / f"predictions-{args.split}"
-    paths = predict_folder(load_model(checkpoint), cases, out_dir, profile=profile)
-    print(f"{len(paths)} segmentations written to {out_dir}")
+    paths = predict_split(profile_from_args(args), checkpoint=args.checkpoint, root=args.input,
+                          split=args.split, out_dir=args.out)
+    print(f"{len(paths)} segmentations written" + (f" to {paths[0].parent}" if paths else ""))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from brats_utils.download import ensure_dataset, find_dataset
-    from brats_utils.metrics import evaluate
+    from brats_utils.pipeline import evaluate_folder
 
     profile = profile_from_args(args)
-    root = Path(args.truth) if args.truth else ensure_dataset(profile)
-    out_csv = Path(args.out) if args.out else Path(args.predictions) / "metrics.csv"
-    _, summary = evaluate(Path(args.predictions), find_dataset(root, split="training"), out_csv=out_csv)
+    _, summary = evaluate_folder(profile, args.predictions, truth=args.truth, out_csv=args.out)
     print(summary.T.to_string())
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from brats_utils.compare import run_comparison
+    from brats_utils.pipeline import run_comparison
 
-    table = run_comparison(profile_from_args(args))
-    print(table.to_string())
+    print(run_comparison(profile_from_args(args)).to_string())
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from brats_utils.demo import run_series
 
-    run_series(profile_name=args.profile or "demo")
+    profile_from_args(args)  # checks the overrides before any notebook starts
+    overrides = [f"{key}={value!r}" for key, value in args.overrides or []]
+    run_series(get_profile(args.profile).name, overrides=overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per step of the series."""
-    parser = argparse.ArgumentParser(prog="python -m brats_utils", description=__doc__.splitlines()[0])
+    prog = "brats" if Path(sys.argv[0]).name == "brats" else "python -m brats_utils"
+    parser = argparse.ArgumentParser(prog=prog, description="The BraTS 2020 notebook series from the command "
+                                     "line: each command runs one step with a run profile.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_text: str, *,
+            profile: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func, profile=None, overrides=None)
+        if not profile:
+            return p
         p.add_argument("--profile", choices=list(PROFILES),
                        help="run profile (default: $BRATS_PROFILE or demo)")
         p.add_argument("--set", dest="overrides", action="append", type=parse_override, metavar="KEY=VALUE",
-                       help="override one profile field, e.g. --set epochs=3 (repeatable)")
-        p.set_defaults(func=func)
+                       help="override one profile field, e.g. --set epochs=3 (repeatable; the value must "
+                            "fit the field's type)")
         return p
 
     p = add("download", _cmd_download,
-            "download BraTS 2020 from Kaggle with kagglehub (or find a local copy)")
+            "download BraTS 2020 from Kaggle with kagglehub (or find a local copy)", profile=False)
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p = add("synth", _cmd_synth, "write the synthetic stand-in dataset in the Kaggle layout")
     p.add_argument("--out", help="target folder (default: the profile's data/synthetic/...)")
@@ -154,14 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="dataset folder with the ground truth (default: the profile's dataset)")
     p.add_argument("--out", help="per-case CSV (default: <predictions>/metrics.csv)")
     add("compare", _cmd_compare, "train and measure the paper's five architectures")
-    add("demo", _cmd_demo, "run the whole notebook series (the main job of `make demo`)")
+    add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m brats_utils`` and the ``brats`` script."""
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    """Entry point of ``python -m brats_utils`` and the ``brats`` script.
+
+    Returns 0, or 2 after printing a :class:`~brats_utils.errors.BratsError` as one line
+    (``brats: error: ...``) on stderr; other exceptions propagate with their traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except BratsError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

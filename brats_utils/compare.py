@@ -8,7 +8,7 @@ one table row per preset:
 - architecture: levels, wired levels, base filters, conv units per block;
 - size: parameters *built* (the paper's count, ``sum(p.numel())``) and *trained* (those the forward
   pass uses, so they receive a gradient), size in MiB at fp32, multiply-accumulates per input voxel
-  (all from :func:`brats_utils.model.preset_summary`, traced for free on the ``meta`` device);
+  (all from :func:`brats_utils.viz.preset_summary`, traced for free on the ``meta`` device);
 - cost, measured here on the device training uses: seconds per training step (one
   :func:`brats_utils.train.train_step` on a random batch of the profile's batch and patch size),
   seconds per full-volume inference (:func:`brats_utils.inference.sliding_window_predict` with the
@@ -47,10 +47,16 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from brats_utils import config
-from brats_utils.config import REGION_COLORS, Profile
+from brats_utils.checkpoints import load_model
+from brats_utils.config import Profile, data_dir
 from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
+from brats_utils.inference import sliding_window_predict
+from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS
+from brats_utils.losses import CombinedLoss
+from brats_utils.model import FULL_VOLUME, PRESETS, build_model
+from brats_utils.train import pick_device, train, train_step
+from brats_utils.viz import preset_summary, save_figure
 
 #: The names the paper gives its five models (section 5.1).
 PAPER_NAMES: dict[str, str] = {
@@ -63,7 +69,7 @@ PAPER_NAMES: dict[str, str] = {
 AS_RUN_SUFFIX = "_as_run"
 #: Columns of the paper's metric and the region Dice in the table, as named in the training history.
 DICE_COLUMNS = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
-#: File names of the two figures in ``config.FIGURES_DIR``.
+#: File names of the two figures in ``config.figures_dir()``.
 DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"
 #: Profile fields that do not change a preset's row (the study's budget is already in epochs/steps_per_epoch).
@@ -78,7 +84,7 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 def comparison_dir(profile: Profile) -> Path:
     """Folder of the study of ``profile``: one training run per preset and the table."""
-    return config.DATA_DIR / "compare" / profile.name
+    return data_dir() / "compare" / profile.name
 
 
 def comparison_csv_path(profile: Profile, out_dir: Path | None = None) -> Path:
@@ -97,16 +103,12 @@ def describe(preset: str) -> str:
     base = preset.removesuffix(AS_RUN_SUFFIX)
     name = PAPER_NAMES.get(base, base)
     if preset.endswith(AS_RUN_SUFFIX):
-        from brats_utils.model import PRESETS
-
         name += f", as the authors ran it (top {PRESETS[preset]['wired_levels']} levels wired)"
     return name
 
 
 def full_volume_shape(profile: Profile) -> tuple[int, int, int]:
     """The size of one whole input volume of the profile's dataset (240x240x155 for real BraTS)."""
-    from brats_utils.model import FULL_VOLUME
-
     return tuple(profile.synthetic_shape) if profile.data_source == "synthetic" else FULL_VOLUME
 
 
@@ -177,15 +179,11 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
     convolution does not depend on the values, so random data times it exactly; the memory includes
     the weights, gradients and AdamW state that a training run holds.
     """
-    from brats_utils.losses import CombinedLoss
-    from brats_utils.model import build_model
-    from brats_utils.train import train_step
-
     shape = tuple(profile.patch_size) if profile.patch_size is not None else full_volume_shape(profile)
     amp = profile.amp and device.type == "cuda"
     generator = torch.Generator().manual_seed(profile.seed)
-    image = torch.randn((profile.batch_size, len(config.MODALITIES), *shape), generator=generator)
-    label = torch.randint(0, len(config.TRAIN_LABELS), (profile.batch_size, *shape), generator=generator)
+    image = torch.randn((profile.batch_size, len(MODALITIES), *shape), generator=generator)
+    label = torch.randint(0, len(TRAIN_LABELS), (profile.batch_size, *shape), generator=generator)
     with peak_memory(device) as memory:
         model = build_model(preset, dropout=profile.dropout).to(device).train()
         loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
@@ -212,11 +210,9 @@ def measure_inference(model: torch.nn.Module, profile: Profile, device: torch.de
     after brain cropping). One window-sized prediction warms up first. On a GPU the memory is the
     GPU's; the probabilities handed back on the CPU are not part of it.
     """
-    from brats_utils.inference import sliding_window_predict
-
     model = model.to(device)
     generator = torch.Generator().manual_seed(profile.seed)
-    volume = torch.randn((len(config.MODALITIES), *full_volume_shape(profile)), generator=generator)
+    volume = torch.randn((len(MODALITIES), *full_volume_shape(profile)), generator=generator)
     settings = {"patch_size": profile.sw_patch_size, "overlap": profile.sw_overlap,
                 "sw_batch_size": profile.sw_batch_size, "device": device,
                 "amp": profile.amp and device.type == "cuda", "tta": profile.tta}
@@ -236,8 +232,6 @@ def measure_inference(model: torch.nn.Module, profile: Profile, device: torch.de
 
 def architecture_table(presets: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """What needs no training: architecture, built and trained parameters, size, MACs per voxel."""
-    from brats_utils.model import preset_summary
-
     summary = preset_summary(tuple(presets)).reset_index()
     table = pd.DataFrame({
         "preset": summary["preset"],
@@ -268,7 +262,7 @@ def _read_row(path: Path, fingerprint: dict) -> dict | None:
     return saved.get("row") if saved.get("fingerprint") == fingerprint else None
 
 
-def measure_preset(preset: str, profile: Profile, run_dir: Path, device: torch.device, *,
+def measure_preset(preset: str, profile: Profile, cache_dir: Path, run_dir: Path, device: torch.device, *,
                    progress: bool = True) -> dict:
     """Train one preset with the study's budget and measure it: one table row (without the static columns).
 
@@ -276,15 +270,12 @@ def measure_preset(preset: str, profile: Profile, run_dir: Path, device: torch.d
     larger ``compare_epochs`` continues it); a run whose checkpoint is damaged or was trained with
     other settings starts over, with a warning.
     """
-    from brats_utils.inference import load_model
-    from brats_utils.train import train
-
     study = study_profile(profile, preset)
     try:
-        result = train(study, run_dir=run_dir, resume=True, progress=progress, device=device)
+        result = train(study, cache_dir, run_dir=run_dir, resume=True, progress=progress, device=device)
     except CheckpointError as error:  # a damaged run, or one trained with other settings
         warnings.warn(f"{error} -- training {preset} again from the start", stacklevel=2)
-        result = train(study, run_dir=run_dir, resume=False, progress=progress, device=device)
+        result = train(study, cache_dir, run_dir=run_dir, resume=False, progress=progress, device=device)
     best = result.best
     row = {
         **{column: float(best[column]) for column in DICE_COLUMNS},
@@ -297,9 +288,12 @@ def measure_preset(preset: str, profile: Profile, run_dir: Path, device: torch.d
     return row
 
 
-def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: bool = True,
-                   device: str | torch.device | None = None) -> pd.DataFrame:
-    """Train and measure every preset of ``profile.compare_presets``; return the table (also as CSV).
+def run_comparison(profile: Profile, cache_dir: str | Path, *, out_dir: Path | None = None,
+                   progress: bool = True, device: str | torch.device | None = None) -> pd.DataFrame:
+    """Train and measure every preset of ``profile.compare_presets`` on the cached cases of ``cache_dir``.
+
+    Returns the table (also written as CSV); :func:`brats_utils.pipeline.run_comparison`
+    builds the cache first.
 
     All presets share the profile's data, split, seed and training recipe; only the architecture
     changes, and the budget is ``compare_epochs`` epochs of ``compare_steps_per_epoch`` steps. Finished
@@ -308,8 +302,6 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
     the two figures (:func:`save_figures`) at the end.
     """
     from tqdm.auto import tqdm
-
-    from brats_utils.train import pick_device
 
     presets = tuple(profile.compare_presets)
     if not presets or len(set(presets)) != len(presets):
@@ -323,7 +315,7 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
         fingerprint = _fingerprint(study_profile(profile, preset), device)
         row = _read_row(run_dir / "row.json", fingerprint)
         if row is None:
-            row = measure_preset(preset, profile, run_dir, device, progress=progress)
+            row = measure_preset(preset, profile, Path(cache_dir), run_dir, device, progress=progress)
             write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
         rows.append({"preset": preset, **static.loc[preset].to_dict(), **row})
         write_csv_atomic(pd.DataFrame(rows), comparison_csv_path(profile, out_dir))
@@ -391,10 +383,8 @@ def plot_cost_vs_parameters(table: pd.DataFrame) -> Figure:
 
 
 def save_figures(table: pd.DataFrame) -> list[Path]:
-    """Draw both figures, save them to ``config.FIGURES_DIR`` and return their paths."""
+    """Draw both figures, save them to ``config.figures_dir()`` and return their paths."""
     import matplotlib.pyplot as plt
-
-    from brats_utils.viz import save_figure
 
     paths = []
     for plot, name in ((plot_dice_vs_parameters, DICE_FIGURE), (plot_cost_vs_parameters, COST_FIGURE)):

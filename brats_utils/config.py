@@ -1,42 +1,54 @@
-"""Project-wide constants, folder locations and the named run profiles.
+"""Run profiles as plain data, the model presets they name, and the folders everything goes to.
 
 Every notebook's first code cell (tagged ``parameters``) calls :func:`get_profile`,
 which reads ``BRATS_PROFILE`` from the environment, so one variable switches the
 whole series between a seconds-long CI run, a CPU demo and real GPU training.
+``$BRATS_SET`` (``key=value`` items separated by ``;``, as ``--set`` on the command
+line) changes single fields of it, which is how ``brats demo --set epochs=3`` reaches
+the notebooks' kernels.
 
-Profiles are frozen dataclasses: derive a variant with :func:`dataclasses.replace`
-(or ``profile.with_overrides(epochs=3)``), never by mutating one.
+Profiles are frozen dataclasses written as differences from the defaults, checked when
+they are built (fractions in range, positive sizes, known presets, every field of its
+declared type): derive a variant with ``profile.with_overrides(epochs=3)``, never by
+mutating one. Nothing here reads the environment at import: :func:`data_dir` and
+:func:`figures_dir` resolve the folders when they are asked.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import os
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-# --- conventions that never change -------------------------------------------------
+from brats_utils.errors import ProfileError
 
-#: Channel order of every image tensor: the authors' order, needed to load their weights.
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-#: Label values found in BraTS 2020 segmentation files (there is no label 3).
-FILE_LABELS: tuple[int, ...] = (0, 1, 2, 4)
-#: Contiguous labels used for training (file label 4 becomes 3).
-TRAIN_LABELS: tuple[int, ...] = (0, 1, 2, 3)
-#: Names of the tumour sub-regions, keyed by file label.
-LABEL_NAMES: dict[int, str] = {0: "background", 1: "NCR/NET", 2: "ED", 4: "ET"}
-#: One colour per tumour label, used by every figure of the project.
-LABEL_COLORS: dict[int, str] = {1: "#e41a1c", 2: "#4daf4a", 4: "#ffd92f"}
-#: BraTS evaluation regions as sets of file labels.
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-#: One colour per evaluation region.
-REGION_COLORS: dict[str, str] = {"WT": "#4daf4a", "TC": "#e41a1c", "ET": "#ffd92f"}
+# --- where the data comes from --------------------------------------------------------
 
 #: The Kaggle copy of BraTS 2020 the paper used, version-pinned so a cached copy works offline.
 KAGGLE_HANDLE = "awsaf49/brats20-dataset-training-validation/versions/1"
 TRAINING_DIR_NAME = "MICCAI_BraTS2020_TrainingData"
 VALIDATION_DIR_NAME = "MICCAI_BraTS2020_ValidationData"
+
+#: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
+#: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
+#: wired into the forward pass, which is what the authors' code trained (ARCHITECTURES.md, section 5).
+#: :func:`brats_utils.model.build_model` builds them; a profile names one as ``model_preset``.
+PRESETS: dict[str, dict] = {
+    "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
+    "l4_f16": {"base_filters": 16, "levels": 4, "units_per_block": 4},  # 2,867,956
+    "l4_f32": {"base_filters": 32, "levels": 4, "units_per_block": 4},  # 11,465,188
+    "l5_f16": {"base_filters": 16, "levels": 5, "units_per_block": 4},  # 11,536,756
+    "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
+}
+PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
+#: The five models of the paper, smallest first.
+PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
 
 #: Where the notebooks live on GitHub (badges and the Colab/Kaggle setup cell).
 REPO_SLUG = "brats-teaching/brats3d-unet"
@@ -45,17 +57,23 @@ REPO_URL = f"https://github.com/{REPO_SLUG}"
 # --- folders -----------------------------------------------------------------------
 
 
-def _repo_root() -> Path:
+def repo_root() -> Path:
     """The checkout this package lives in, or the working directory when installed."""
     here = Path(__file__).resolve().parents[1]
     return here if (here / "pyproject.toml").exists() else Path.cwd()
 
 
-REPO_ROOT = _repo_root()
-#: Everything the project writes (synthetic data, caches, runs); override with BRATS_DATA_DIR.
-DATA_DIR = Path(os.environ.get("BRATS_DATA_DIR", REPO_ROOT / "data")).expanduser()
-#: Figures the notebooks save and the README shows; override with BRATS_FIGURES_DIR.
-FIGURES_DIR = Path(os.environ.get("BRATS_FIGURES_DIR", REPO_ROOT / "figures")).expanduser()
+def data_dir() -> Path:
+    """Everything the project writes (synthetic data, caches, runs): ``$BRATS_DATA_DIR`` or ``data/``.
+
+    Read at each call, never at import, so a notebook or test that sets the variable is obeyed.
+    """
+    return Path(os.environ.get("BRATS_DATA_DIR") or repo_root() / "data").expanduser()
+
+
+def figures_dir() -> Path:
+    """Figures the notebooks save and the README shows: ``$BRATS_FIGURES_DIR`` or ``figures/``."""
+    return Path(os.environ.get("BRATS_FIGURES_DIR") or repo_root() / "figures").expanduser()
 
 
 # --- run profiles ------------------------------------------------------------------
@@ -122,8 +140,13 @@ class Profile:
     compare_epochs: int = 1
     compare_steps_per_epoch: int | None = None
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check_field(field.name, getattr(self, field.name))
+        _check_ranges(self)
+
     def with_overrides(self, **changes: object) -> Profile:
-        """A copy with some fields changed; unknown names raise ``TypeError``."""
+        """A copy with some fields changed (checked again); unknown names raise ``TypeError``."""
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:
@@ -134,21 +157,112 @@ class Profile:
     def synthetic_dir(self) -> Path:
         """Where this profile's synthetic dataset is generated."""
         shape = "x".join(map(str, self.synthetic_shape))
-        return DATA_DIR / "synthetic" / f"{self.name}-{shape}-seed{self.seed}"
+        return data_dir() / "synthetic" / f"{self.name}-{shape}-seed{self.seed}"
 
     @property
     def cache_dir(self) -> Path:
         """Preprocessed-case cache of this profile."""
-        return DATA_DIR / "cache" / self.name
+        return data_dir() / "cache" / self.name
 
     @property
     def run_dir(self) -> Path:
         """Checkpoints, history and predictions of this profile's training run."""
-        return DATA_DIR / "runs" / self.name
+        return data_dir() / "runs" / self.name
 
 
-_ALL_PRESETS = ("paper", "l4_f16", "l4_f16_as_run", "l4_f32", "l4_f32_as_run",
-                "l5_f16", "l5_f16_as_run", "l5_f32", "l5_f32_as_run")
+# --- checking fields ---------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` as a checked ``(field, value)``: the value is read as a Python literal when it is one.
+
+    ``epochs=3`` gives ``("epochs", 3)``, ``patch_size=(64,64,64)`` a tuple,
+    ``model_preset=l4_f16`` the plain string. The value must fit the field's declared type
+    (``amp=yes`` is refused, not taken as a truthy string); raises :class:`ProfileError`.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ProfileError(f"expected key=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return key, check_field(key, value)
+
+
+@functools.cache
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(Profile, globalns={**globals(), "Shape3D": Shape3D})
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether ``value`` is of the type ``hint`` (the few kinds of type a Profile field has)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_field(name: str, value: object) -> object:
+    """``value`` if it fits the declared type of the Profile field ``name``, else :class:`ProfileError`."""
+    hints = _field_types()
+    if name not in hints:
+        raise ProfileError(f"unknown profile field {name!r}", expected=f"one of {', '.join(hints)}")
+    hint = hints[name]
+    if not _fits(value, hint):
+        shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        raise ProfileError(f"profile field {name} cannot be {value!r}", expected=f"a value of type {shown}")
+    return value
+
+
+def _check_ranges(p: Profile) -> None:
+    """Raise :class:`ProfileError` for a fraction out of range, a size below 1 or an unknown preset."""
+    fractions = {"val_fraction": (0 < p.val_fraction < 1, "in (0, 1)"),
+                 "foreground_fraction": (0 <= p.foreground_fraction <= 1, "in [0, 1]"),
+                 "sw_overlap": (0 <= p.sw_overlap < 1, "in [0, 1)"),
+                 "dropout": (0 <= p.dropout < 1, "in [0, 1)")}
+    problems = [f"{name}={getattr(p, name)} is not {interval}" for name, (ok, interval) in fractions.items()
+                if not ok]
+    sizes = {"synthetic_train_cases": p.synthetic_train_cases, "samples_per_volume": p.samples_per_volume,
+             "batch_size": p.batch_size, "epochs": p.epochs, "checkpoint_every": p.checkpoint_every,
+             "sw_batch_size": p.sw_batch_size, "compare_epochs": p.compare_epochs,
+             "steps_per_epoch": p.steps_per_epoch, "max_cases": p.max_cases, "max_val_cases": p.max_val_cases,
+             "compare_steps_per_epoch": p.compare_steps_per_epoch}
+    shapes = {"synthetic_shape": p.synthetic_shape, "patch_size": p.patch_size,
+              "sw_patch_size": p.sw_patch_size}
+    problems += [f"{name}={value} is not positive" for name, value in sizes.items()
+                 if value is not None and value < 1]
+    problems += [f"{name}={value} is not positive" for name, value in shapes.items()
+                 if value is not None and min(value) < 1]
+    problems += [f"{name}={getattr(p, name)} is negative" for name in ("synthetic_val_cases", "crop_margin",
+                                                                       "num_workers") if getattr(p, name) < 0]
+    if p.lr <= 0:
+        problems.append(f"lr={p.lr} is not positive")
+    unknown = [preset for preset in (p.model_preset, *p.compare_presets) if preset not in PRESETS]
+    if unknown:
+        problems.append(f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(PRESETS)})")
+    if problems:
+        raise ProfileError(f"profile {p.name!r}: " + "; ".join(problems))
+
+
+# --- the named profiles ------------------------------------------------------------------
+
+_ALL_PRESETS = tuple(name for base in PAPER_PRESETS for name in (base, f"{base}_as_run") if name in PRESETS)
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -229,15 +343,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 DEFAULT_PROFILE = "demo"
+#: Environment variable with ``key=value`` overrides of the chosen profile, separated by ``;``.
+OVERRIDES_ENV = "BRATS_SET"
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The profile called ``name``, else ``$BRATS_PROFILE``, else ``demo``.
+    """The profile called ``name``, else ``$BRATS_PROFILE``, else ``demo``, with ``$BRATS_SET`` applied.
 
-    Raises ``KeyError`` naming the known profiles when the name is unknown.
+    Raises ``KeyError`` naming the known profiles when the name is unknown, and
+    :class:`~brats_utils.errors.ProfileError` for a bad override.
     """
     name = name or os.environ.get("BRATS_PROFILE") or DEFAULT_PROFILE
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise KeyError(f"Unknown run profile {name!r}; known profiles: {', '.join(PROFILES)}") from None
+    items = [item for item in os.environ.get(OVERRIDES_ENV, "").split(";") if item.strip()]
+    return profile.with_overrides(**dict(parse_override(item) for item in items)) if items else profile

@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from brats_utils.config import Profile
 from brats_utils.errors import CacheError
 from brats_utils.files import write_csv_atomic
 from brats_utils.preprocess import PreprocessedCase, cache_entries, load_cached, load_foreground
@@ -278,28 +277,27 @@ class VolumeDataset(Dataset):
         return image, torch.from_numpy(case.labels.astype(np.int64)), case.case_id
 
 
-def make_loaders(profile: Profile, cache_dir: str | Path, *,
-                 split_csv: str | Path | None = None) -> tuple[DataLoader, VolumeDataset]:
-    """Training patches (a DataLoader) and validation volumes for the profile's cache.
+def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int | None = None,
+                 val_fraction: float = 0.2, seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
+                 samples_per_volume: int = 2, foreground_fraction: float = 0.5, augment: bool = True,
+                 batch_size: int = 2, num_workers: int = 2) -> tuple[DataLoader, VolumeDataset]:
+    """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
-    The cached cases (the first ``profile.max_cases`` if set) are split with
-    :func:`split_cases`; the split is saved to ``split_csv`` (default
-    ``profile.run_dir / "split.csv"``). Workers and batch size come from the profile;
-    memory is pinned only when CUDA is available.
+    The cached cases (the first ``max_cases`` if set) are split with :func:`split_cases`
+    (``val_fraction``, ``seed``); the split is saved to ``split_csv``. The patches follow
+    :class:`PatchDataset`'s arguments; memory is pinned only when CUDA is available.
+    (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
     """
-    entries = cache_entries(cache_dir)[: profile.max_cases]
+    entries = cache_entries(cache_dir)[:max_cases]
     if not entries:
         raise CacheError("the cache holds no entries", path=cache_dir,
-                         expected="a cache built by ensure_cache")
+                         expected="a cache built by build_cache")
     by_id = {entry.name: entry for entry in entries}
-    train_ids, val_ids = split_cases(list(by_id), val_fraction=profile.val_fraction, seed=profile.seed,
-                                     csv_path=split_csv or profile.run_dir / "split.csv")
-    patches = PatchDataset([by_id[i] for i in train_ids], patch_size=profile.patch_size,
-                           samples_per_volume=profile.samples_per_volume,
-                           foreground_fraction=profile.foreground_fraction, augment=profile.augment,
-                           seed=profile.seed)
-    loader = DataLoader(patches, batch_size=profile.batch_size,
-                        sampler=EpochShuffleSampler(len(patches), seed=profile.seed),
-                        num_workers=profile.num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=profile.num_workers > 0, collate_fn=pad_collate)
+    train_ids, val_ids = split_cases(list(by_id), val_fraction=val_fraction, seed=seed, csv_path=split_csv)
+    patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
+                           samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,
+                           augment=augment, seed=seed)
+    loader = DataLoader(patches, batch_size=batch_size, sampler=EpochShuffleSampler(len(patches), seed=seed),
+                        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=num_workers > 0, collate_fn=pad_collate)
     return loader, VolumeDataset([by_id[i] for i in val_ids])

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from brats_utils.config import DATA_DIR, FIGURES_DIR, REPO_ROOT, Profile, get_profile
+from brats_utils.config import OVERRIDES_ENV, Profile, data_dir, figures_dir, get_profile, repo_root
 from brats_utils.files import atomic_path
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-EXECUTED_DIR = DATA_DIR / "executed"
+
+def executed_dir() -> Path:
+    """Where the executed copies of the notebooks go: ``data/executed`` (git ignores it)."""
+    return data_dir() / "executed"
 
 
-def series_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The numbered notebooks of the series, in order."""
-    return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+def series_notebooks(notebook_dir: Path | None = None) -> list[Path]:
+    """The numbered notebooks of the series (default: the repository's ``notebooks/``), in order."""
+    return sorted((notebook_dir or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
@@ -45,8 +48,10 @@ def _write_atomic(notebook: nbformat.NotebookNode, target: Path) -> None:
         nbformat.write(notebook, tmp)
 
 
-def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:
+def execute_notebook(path: Path, out_dir: Path | None = None) -> float:
     """Run one notebook top to bottom in its own folder; save the executed copy; return seconds.
+
+    The copy goes to ``out_dir`` (default :func:`executed_dir`).
 
     The copy keeps every output, figures included (a non-interactive ``MPLBACKEND`` such as
     Agg is not passed on to the kernel, since it would silently drop them).
@@ -61,7 +66,7 @@ def execute_notebook(path: Path, out_dir: Path = EXECUTED_DIR) -> float:
     finally:
         if backend is not None:
             os.environ["MPLBACKEND"] = backend
-        _write_atomic(notebook, out_dir / path.name)
+        _write_atomic(notebook, (out_dir or executed_dir()) / path.name)
 
 
 def record_checked_outputs(path: Path) -> None:
@@ -103,9 +108,17 @@ def _text_only(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return output
 
 
-def run_series(profile_name: str = "demo", notebooks: list[Path] | None = None) -> None:
-    """Execute the series with ``profile_name`` and print timings, outputs and results."""
+def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
+               notebooks: list[Path] | None = None) -> None:
+    """Execute the series with ``profile_name`` and ``key=value`` overrides; print timings and results.
+
+    The kernels receive both through the environment (``BRATS_PROFILE``, ``BRATS_SET``),
+    which every notebook's parameters cell reads with :func:`brats_utils.config.get_profile`.
+    """
     os.environ["BRATS_PROFILE"] = profile_name
+    items = [item for item in (os.environ.get(OVERRIDES_ENV, ""), *overrides) if item]
+    if items:
+        os.environ[OVERRIDES_ENV] = ";".join(items)
     profile = get_profile(profile_name)
     notebooks = series_notebooks() if notebooks is None else notebooks
     print(f"Running {len(notebooks)} notebooks with the {profile.name!r} profile: {profile.description}")
@@ -116,12 +129,12 @@ def run_series(profile_name: str = "demo", notebooks: list[Path] | None = None) 
             seconds = execute_notebook(path)
         except CellExecutionError:
             print("FAILED")
-            print(f"The executed copy up to the error is in {EXECUTED_DIR / path.name}")
+            print(f"The executed copy up to the error is in {executed_dir() / path.name}")
             raise
         total += seconds
         print(f"{seconds:6.0f} s")
     print(f"All notebooks ran in {total / 60:.1f} min.")
-    print(f"Executed notebooks: {EXECUTED_DIR}\nFigures:            {FIGURES_DIR}")
+    print(f"Executed notebooks: {executed_dir()}\nFigures:            {figures_dir()}")
     print(results_summary(profile))
 
 

@@ -8,8 +8,8 @@ Where the data can come from, in the order :func:`find_local_brats2020` looks:
 
 Only :func:`download_brats2020` ever touches the network, through ``kagglehub`` with the
 version-pinned handle ``config.KAGGLE_HANDLE`` (a pinned version works offline once cached).
-:func:`ensure_dataset` is what notebooks call: real data for the real-data profiles (or when
-``$BRATS_ROOT`` is set), otherwise the synthetic stand-in in the same layout.
+:func:`brats_utils.pipeline.ensure_dataset` is what notebooks call: real data for the
+real-data profiles (or when ``$BRATS_ROOT`` is set), otherwise the synthetic stand-in.
 
 Cases are paired *inside each case folder*, never by sorting lists of files: the real
 training case 355 has its segmentation named ``W39_1998.09.19_Segm.nii``, so a sorted glob
@@ -20,17 +20,16 @@ file ending in ``_seg``, or else the one NIfTI file left once the four modalitie
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from brats_utils.config import KAGGLE_HANDLE, MODALITIES, TRAINING_DIR_NAME, VALIDATION_DIR_NAME, Profile
+from brats_utils.config import KAGGLE_HANDLE, TRAINING_DIR_NAME, VALIDATION_DIR_NAME
 from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
-from brats_utils.io import open_volume, read_labels
-from brats_utils.synthetic import write_synthetic_dataset
+from brats_utils.io import Case, open_volume, read_labels
+from brats_utils.labels import MODALITIES
 
 #: Environment variable naming a local copy of the dataset.
 ROOT_ENV = "BRATS_ROOT"
@@ -52,18 +51,8 @@ _HOW_TO_PROCEED = (
     f"(2) on Kaggle, attach the dataset '{KAGGLE_HANDLE.split('/versions')[0]}' with 'Add Input'; "
     f"(3) download and unzip it yourself and set {ROOT_ENV}=/path/to/it; "
     "or (4) use the synthetic stand-in in the same layout: "
-    "brats_utils.download.ensure_dataset(get_profile('demo')) or `python -m brats_utils synth`"
+    "brats_utils.pipeline.ensure_dataset(get_profile('demo')) or `python -m brats_utils synth`"
 )
-
-
-@dataclass(frozen=True)
-class Case:
-    """The files of one case: four modality paths (``MODALITIES`` order) and the segmentation."""
-
-    case_id: str
-    modalities: dict[str, Path]
-    seg: Path | None
-    folder: Path
 
 
 def _is_nifti(path: Path) -> bool:
@@ -242,19 +231,6 @@ def download_brats2020(*, force: bool = False) -> Path:
         raise DatasetNotFoundError("the download holds no BraTS 2020 training folder", path=path,
                                    expected=f"{TRAINING_DIR_NAME} below it")
     return root
-
-
-def ensure_dataset(profile: Profile) -> Path:
-    """The dataset root a profile works on, made if missing.
-
-    Real data when ``profile.data_source == "real"`` or ``$BRATS_ROOT`` is set (see
-    :func:`download_brats2020`); otherwise the profile's synthetic dataset at
-    ``profile.synthetic_dir``, generated on first use. Synthetic profiles never touch the network.
-    """
-    if profile.data_source == "real" or os.environ.get(ROOT_ENV):
-        return download_brats2020()
-    return write_synthetic_dataset(profile.synthetic_dir, profile.synthetic_train_cases,
-                                   profile.synthetic_val_cases, profile.synthetic_shape, seed=profile.seed)
 
 
 # --- verification ------------------------------------------------------------------------

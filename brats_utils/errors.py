@@ -62,8 +62,8 @@ class NotAVolumeError(BratsError):
     """A file holds something other than a 3D volume."""
 
 
-class LabelValueError(BratsError):
-    """A segmentation holds values outside the expected label set."""
+class LabelValueError(BratsError, ValueError):
+    """A segmentation holds values outside the expected label set (also a ``ValueError``)."""
 
 
 class NonFiniteError(BratsError):
@@ -80,3 +80,15 @@ class CacheError(BratsError):
 
 class CheckpointError(BratsError):
     """A checkpoint is corrupt or does not match the model it is loaded into."""
+
+
+class FolderLockedError(BratsError):
+    """Another process is writing the same run or cache folder."""
+
+
+class DiskFullError(BratsError):
+    """The disk filled up while writing; the previous files are left as they were."""
+
+
+class ProfileError(BratsError, ValueError):
+    """A run profile, or an override of one field, has a value it cannot have."""

@@ -1,4 +1,4 @@
-"""Whole-volume prediction: sliding window, test-time flips, back onto the original grid, NIfTI.
+"""Whole-volume prediction in stages: predictor, sliding window, test-time flips, back to NIfTI.
 
 A network trained on 128^3 patches (or any size) segments a volume of any size by
 sliding a window over it. Windows overlap (by half by default) and each window's
@@ -7,24 +7,41 @@ nnU-Net), because a convolutional network sees the least context, and errs the m
 near a window's border. The weighted sums divided by the summed weights give the
 probabilities of every voxel.
 
-The whole pipeline of one case (:func:`predict_case`): load the four modalities, crop
-to the brain and z-score them exactly as for training (``preprocess.preprocess_case``),
-slide the window over the crop, take the argmax, place it back on the original
-240 x 240 x 155 grid (outside the crop: background), map training label 3 back to
-file label 4 and save a uint8 NIfTI with the input's affine and header.
+The stages, each usable alone (as in MONAI and nnU-Net):
+
+1. a **predictor** maps a batch of windows to probabilities: one network's softmax
+   (:func:`softmax_predictor`), an ensemble (:func:`average_predictors`), or any callable
+   with that contract (a region model's sigmoid);
+2. the **sliding window** (:func:`sliding_window`) blends a predictor over a volume;
+3. **test-time flips** (:func:`with_flips`) wrap a predictor: same contract, 8 passes;
+4. **export**: :func:`to_original_grid` takes the argmax, puts it back on the original
+   240 x 240 x 155 grid (outside the crop: background) in the file labels of the case's
+   label scheme, and :func:`brats_utils.io.save_segmentation` writes a uint8 NIfTI with
+   the input's affine and header.
+
+:func:`sliding_window_predict` chains stages 1-3 for one model; :func:`predict_case` runs
+them all on one case, cropping and normalising exactly as for training
+(``preprocess.preprocess_case``). Loading a trained network is :mod:`brats_utils.checkpoints`'
+job (:func:`~brats_utils.checkpoints.load_model`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
+
+from brats_utils.io import Case, load_case, save_segmentation
+from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
+from brats_utils.preprocess import CropMeta, preprocess_case, uncrop
 
 Shape3D = tuple[int, int, int]
 
@@ -100,20 +117,110 @@ def _choose_stitch_device(device: torch.device, num_classes: int, shape: Sequenc
     return device if needed < free / 4 else torch.device("cpu")
 
 
-def _forward_probabilities(model: nn.Module, batch: torch.Tensor, *, amp: bool,
-                           flips: Sequence[tuple[int, ...]]) -> torch.Tensor:
-    """Softmax of the model on a batch of windows, averaged over the flipped copies."""
-    use_amp = amp and batch.device.type == "cuda"
-    total = None
-    for dims in flips:
-        view = batch.flip(dims) if dims else batch
+# --- stage 1: the predictor ---------------------------------------------------------------
+
+#: A predictor maps a batch of windows ``[B, 4, *patch]`` to probabilities ``[B, K, *patch]``:
+#: a model's softmax (:func:`softmax_predictor`), an average of several, a region model's sigmoid...
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def softmax_predictor(model: nn.Module, *, amp: bool = True) -> Predictor:
+    """The predictor of one network: its softmax, under float16 autocast on CUDA when ``amp``."""
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        use_amp = amp and batch.device.type == "cuda"
         with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(view)
-        probs = torch.softmax(logits.float(), dim=1)
-        if dims:
-            probs = probs.flip(dims)
-        total = probs if total is None else total.add_(probs)
-    return total.div_(len(flips)) if len(flips) > 1 else total
+            logits = model(batch)
+        return torch.softmax(logits.float(), dim=1)
+
+    return predict
+
+
+def average_predictors(predictors: Sequence[Predictor]) -> Predictor:
+    """An ensemble: the mean of several predictors' probabilities."""
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        total = predictors[0](batch)
+        for predictor in predictors[1:]:
+            total = total + predictor(batch)
+        return total / len(predictors)
+
+    return predict
+
+
+# --- stage 3: test-time flips, a wrapper around any predictor --------------------------------
+
+
+def with_flips(predictor: Predictor, flips: Sequence[tuple[int, ...]] = ALL_FLIPS) -> Predictor:
+    """Test-time augmentation: ``predictor`` on each flipped copy, flipped back and averaged.
+
+    ``flips`` are tuples of tensor dimensions (2, 3, 4 are the spatial axes of a batch);
+    the default is all 8 combinations. The Gaussian window weights are symmetric, so
+    flipping inside the sliding window changes nothing else.
+    """
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in flips:
+            probs = predictor(batch.flip(dims) if dims else batch)
+            if dims:
+                probs = probs.flip(dims)
+            total = probs if total is None else total.add_(probs)
+        return total.div_(len(flips)) if len(flips) > 1 else total
+
+    return predict
+
+
+# --- stage 2: the sliding window ---------------------------------------------------------------
+
+
+def sliding_window(
+    predictor: Predictor,
+    image: np.ndarray | torch.Tensor,
+    *,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    sw_batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    stitch_device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Probabilities ``[K, h, w, d]`` (float32, CPU) of ``predictor`` blended over a whole image.
+
+    ``image`` is ``[4, h, w, d]`` (numpy or torch), moved to ``device`` window by window's
+    batch. Windows of ``patch_size`` overlap by ``overlap`` and are blended with ``mode``
+    "gaussian" (sigma = patch / 8) or "constant" weights; ``sw_batch_size`` windows go
+    through the predictor together. Volumes smaller than the patch are zero-padded
+    (centred) and cropped back. The accumulators live on ``stitch_device`` (default: the
+    GPU if they fit comfortably, else the CPU). Runs under ``torch.inference_mode``.
+    """
+    device = torch.device(device)
+    patch = tuple(int(p) for p in patch_size)
+    if isinstance(image, torch.Tensor):
+        volume = image.detach().to(device=device, dtype=torch.float32)
+    else:
+        volume = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)
+    if volume.ndim != 4 or len(patch) != 3:
+        raise ValueError(f"expected an image [C, X, Y, Z] and a 3D patch size, got {tuple(volume.shape)} "
+                         f"and {patch}")
+    volume, unpad = _pad_to_patch(volume, patch)
+    shape = volume.shape[1:]
+    with torch.inference_mode():
+        acc = weights = None
+        for group in _batches(_windows(shape, patch, overlap), max(1, sw_batch_size)):
+            probs = predictor(torch.stack([volume[(slice(None), *w)] for w in group]))
+            if acc is None:
+                target = (torch.device(stitch_device) if stitch_device is not None
+                          else _choose_stitch_device(device, probs.shape[1], shape))
+                acc = torch.zeros((probs.shape[1], *shape), dtype=torch.float32, device=target)
+                weights = torch.zeros(shape, dtype=torch.float32, device=target)
+                window_weights = importance_map(patch, mode).to(target)
+            probs = probs.to(acc.device).mul_(window_weights)
+            for w, p in zip(group, probs, strict=True):
+                acc[(slice(None), *w)] += p
+                weights[w] += window_weights
+        acc /= weights
+    return acc[(slice(None), *unpad)].cpu().contiguous()
 
 
 def sliding_window_predict(
@@ -131,115 +238,91 @@ def sliding_window_predict(
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
-    ``image`` is ``[4, h, w, d]`` (numpy or torch). Windows of ``patch_size`` overlap by
-    ``overlap`` and are blended with ``mode`` "gaussian" (sigma = patch / 8) or "constant"
-    weights; ``sw_batch_size`` windows go through the network together. Volumes smaller
-    than the patch are zero-padded (centred) and cropped back. On CUDA the forward pass
-    runs under float16 autocast when ``amp``; the accumulators live on ``stitch_device``
-    (default: the GPU if they fit comfortably, else the CPU). With ``tta`` each window
-    is also predicted flipped along every combination of the three axes (8 passes) and
-    the probabilities are averaged. The model is put in eval mode (and restored after).
-    When a single window covers the volume the result is one forward pass's softmax.
+    The three stages in one call: :func:`softmax_predictor` (float16 autocast on CUDA
+    when ``amp``), wrapped in :func:`with_flips` when ``tta`` (8 passes per window), slid
+    over the image by :func:`sliding_window` (see there for the other arguments). The
+    model runs on ``device`` (default: where its parameters are), in eval mode (restored
+    after). When a single window covers the volume the result is one forward pass's softmax.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    patch = tuple(int(p) for p in patch_size)
-    if isinstance(image, torch.Tensor):
-        volume = image.detach().to(device=device, dtype=torch.float32)
-    else:
-        volume = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)
-    if volume.ndim != 4 or len(patch) != 3:
-        raise ValueError(f"expected an image [C, X, Y, Z] and a 3D patch size, got {tuple(volume.shape)} "
-                         f"and {patch}")
-    volume, unpad = _pad_to_patch(volume, patch)
-    shape = volume.shape[1:]
-    windows = _windows(shape, patch, overlap)
-    flips = ALL_FLIPS if tta else ((),)
-
+    predictor = softmax_predictor(model, amp=amp)
+    if tta:
+        predictor = with_flips(predictor)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            acc = weights = None
-            for group in _batches(windows, max(1, sw_batch_size)):
-                batch = torch.stack([volume[(slice(None), *w)] for w in group])
-                probs = _forward_probabilities(model, batch, amp=amp, flips=flips)
-                if acc is None:
-                    target = (torch.device(stitch_device) if stitch_device is not None
-                              else _choose_stitch_device(device, probs.shape[1], shape))
-                    acc = torch.zeros((probs.shape[1], *shape), dtype=torch.float32, device=target)
-                    weights = torch.zeros(shape, dtype=torch.float32, device=target)
-                    window_weights = importance_map(patch, mode).to(target)
-                probs = probs.to(acc.device).mul_(window_weights)
-                for w, p in zip(group, probs, strict=True):
-                    acc[(slice(None), *w)] += p
-                    weights[w] += window_weights
-            acc /= weights
+        return sliding_window(predictor, image, patch_size=patch_size, overlap=overlap, mode=mode,
+                              sw_batch_size=sw_batch_size, device=device, stitch_device=stitch_device)
     finally:
         model.train(was_training)
-    return acc[(slice(None), *unpad)].cpu().contiguous()
 
 
-def load_model(checkpoint_path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The network saved in a training checkpoint, rebuilt from its ``model_config``, in eval mode.
+# --- stage 4: back onto the original grid, and to NIfTI ----------------------------------------
 
-    Raises :class:`~brats_utils.errors.CheckpointError` for a missing, damaged or foreign file.
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How one case is predicted: the preprocessing margin and the sliding-window settings.
+
+    :func:`brats_utils.pipeline.inference_settings` fills them from a run profile.
     """
-    from brats_utils.model import UNet3D, load_pretrained
-    from brats_utils.train import load_checkpoint
 
-    checkpoint = load_checkpoint(Path(checkpoint_path))
-    model = UNet3D(**checkpoint["model_config"])
-    load_pretrained(model, checkpoint)
-    return model.to(device).eval()
+    patch_size: tuple[int, int, int]
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    amp: bool = True
+    tta: bool = False
+    margin: int = 2
+
+
+def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020) -> np.ndarray:
+    """Argmax of cropped probabilities ``[K, h, w, d]``, on the original grid, in ``scheme``'s file labels.
+
+    Outside the crop there is no brain: background with probability 1, i.e. label 0.
+    """
+    train_labels = uncrop(probs.argmax(dim=0).to(torch.uint8).numpy(), meta, fill=0)
+    return to_file_labels(train_labels, scheme=scheme).astype(np.uint8)
 
 
 def predict_case(
     model: nn.Module,
-    case,
+    case: Case,
+    settings: InferenceSettings,
     *,
-    profile=None,
     out_path: str | Path | None = None,
     device: str | torch.device | None = None,
-    tta: bool | None = None,
 ) -> np.ndarray:
-    """Segment one ``download.Case``: file labels {0,1,2,4} uint8 on its original grid.
+    """Segment one :class:`~brats_utils.io.Case`: file labels (uint8) on its original grid.
 
-    Cropping, normalisation and the sliding-window settings (patch, overlap, windows per
-    pass, TTA, AMP) come from ``profile`` (default: the current profile); ``tta``
-    overrides the profile's. With ``out_path`` the labels are also saved as a NIfTI file
-    with the input's affine and header.
+    Loads the case, crops and normalises it as for training (``settings.margin``), slides
+    the window (``settings``), puts the argmax back on the original grid in the case's
+    label scheme. With ``out_path`` the labels are also saved as a NIfTI file with the
+    input's affine and header.
     """
-    from brats_utils.config import get_profile
-    from brats_utils.io import load_case, save_segmentation
-    from brats_utils.preprocess import preprocess_case, to_file_labels, uncrop
-
-    profile = profile or get_profile()
     loaded = load_case(case)
-    cropped = preprocess_case(loaded, margin=profile.crop_margin)
+    cropped = preprocess_case(loaded, margin=settings.margin)
     probs = sliding_window_predict(
-        model, cropped.image, patch_size=profile.sw_patch_size, overlap=profile.sw_overlap,
-        sw_batch_size=profile.sw_batch_size, device=device, amp=profile.amp,
-        tta=profile.tta if tta is None else tta,
+        model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
+        sw_batch_size=settings.sw_batch_size, device=device, amp=settings.amp, tta=settings.tta,
     )
-    # Outside the crop there is no brain: background with probability 1, i.e. label 0.
-    train_labels = uncrop(probs.argmax(dim=0).to(torch.uint8).numpy(), cropped.meta, fill=0)
-    labels = to_file_labels(train_labels).astype(np.uint8)
+    labels = to_original_grid(probs, cropped.meta, case.scheme)
     if out_path is not None:
-        save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header)
+        save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header, scheme=case.scheme)
     return labels
 
 
-def predict_folder(model: nn.Module, cases: Sequence, out_dir: str | Path, *, profile=None,
-                   device: str | torch.device | None = None, tta: bool | None = None,
-                   progress: bool = True) -> list[Path]:
-    """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout)."""
-    from tqdm.auto import tqdm
+def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path, settings: InferenceSettings,
+                   *, device: str | torch.device | None = None, progress: bool = True) -> list[Path]:
+    """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout).
 
+    A full disk raises :class:`~brats_utils.errors.DiskFullError` naming ``out_dir``; the
+    segmentations written before stay complete.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         path = out_dir / f"{case.case_id}.nii.gz"
-        predict_case(model, case, profile=profile, out_path=path, device=device, tta=tta)
+        predict_case(model, case, settings, out_path=path, device=device)
         paths.append(path)
     return paths

@@ -1,7 +1,7 @@
 """Reading BraTS cases into arrays and writing segmentations, with every check on the way.
 
-:func:`load_case` turns a :class:`~brats_utils.download.Case` into a float32 image
-``[4, H, W, D]`` (channels in ``config.MODALITIES`` order) and uint8 labels in {0, 1, 2, 4}.
+:func:`load_case` turns a :class:`Case` (the record of one case's files) into a float32 image
+``[4, H, W, D]`` (channels in ``labels.MODALITIES`` order) and uint8 labels in {0, 1, 2, 4}.
 It never trusts the stored data type (real files are int16 or float32, labels uint8 or
 float): it reads, checks, then casts. Anything unexpected raises an error from
 :mod:`brats_utils.errors` that names the case, the file and the expectation. Input files
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
-from brats_utils.config import FILE_LABELS, MODALITIES
 from brats_utils.errors import (
-    LabelValueError,
     MissingModalityError,
     NonFiniteError,
     NotAVolumeError,
@@ -27,11 +24,22 @@ from brats_utils.errors import (
     UnreadableFileError,
 )
 from brats_utils.files import atomic_path
+from brats_utils.labels import BRATS2020, MODALITIES, LabelScheme, check_labels
 
-if TYPE_CHECKING:
-    from brats_utils.download import Case
 
-_LABELS_EXPECTED = "labels in {" + ", ".join(map(str, FILE_LABELS)) + "}"
+@dataclass(frozen=True)
+class Case:
+    """The files of one case: four modality paths (``MODALITIES`` order) and the segmentation.
+
+    ``scheme`` is the label scheme of the segmentation file (BraTS 2020 unless a dataset
+    declares another one). :func:`brats_utils.download.find_dataset` builds these records.
+    """
+
+    case_id: str
+    modalities: dict[str, Path]
+    seg: Path | None
+    folder: Path
+    scheme: LabelScheme = BRATS2020
 
 
 @dataclass
@@ -89,27 +97,18 @@ def read_volume(path: str | Path, *, case_id: str | None = None) -> tuple[np.nda
     return _read(image, Path(path), case_id, np.float32), image
 
 
-def read_labels(path: str | Path, *, case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Read a segmentation as uint8 ``[H, W, D]`` with values in {0, 1, 2, 4}.
+def read_labels(path: str | Path, *, case_id: str | None = None,
+                scheme: LabelScheme = BRATS2020) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read a segmentation as uint8 ``[H, W, D]`` with values in the file labels of ``scheme``.
 
     Accepts any stored type (uint8, int16, float32 ...) as long as every value is one of the
-    BraTS labels; raises :class:`LabelValueError` listing the offending values otherwise.
+    scheme's labels (BraTS 2020: {0, 1, 2, 4}); raises
+    :class:`~brats_utils.errors.LabelValueError` listing the offending values otherwise.
     """
     path = Path(path)
     image = open_volume(path, case_id=case_id)
     data = _read(image, path, case_id, None)
-    if data.dtype.kind not in "biuf":
-        raise LabelValueError(f"stored as {data.dtype}", case_id=case_id, path=path,
-                              expected=_LABELS_EXPECTED)
-    if data.dtype == np.uint8:  # the usual case: counting is cheaper than sorting
-        values = np.flatnonzero(np.bincount(data.ravel(), minlength=256))
-    else:
-        values = np.unique(data)
-    unexpected = [v for v in values.tolist() if v not in FILE_LABELS]
-    if unexpected:
-        shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
-        raise LabelValueError(f"unexpected label values [{shown}]", case_id=case_id, path=path,
-                              expected=_LABELS_EXPECTED)
+    check_labels(data, scheme.file_labels, case_id=case_id, path=path)
     return data.astype(np.uint8), image
 
 
@@ -137,7 +136,7 @@ def load_case(case: Case) -> LoadedCase:
         image[channel] = volume
     labels = None
     if case.seg is not None:
-        labels, _ = read_labels(case.seg, case_id=case.case_id)
+        labels, _ = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
         if labels.shape != image.shape[1:]:
             raise ShapeMismatchError(f"segmentation has shape {labels.shape}", case_id=case.case_id,
                                      path=case.seg, expected=f"the image shape {image.shape[1:]}")
@@ -145,11 +144,12 @@ def load_case(case: Case) -> LoadedCase:
 
 
 def save_segmentation(
-    labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header: nib.Nifti1Header | None = None
+    labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header: nib.Nifti1Header | None = None,
+    scheme: LabelScheme = BRATS2020,
 ) -> Path:
     """Write labels as a uint8 NIfTI (BraTS submission format) with the reference geometry.
 
-    ``labels`` must be 3D with values in {0, 1, 2, 4} (file labels, not training labels).
+    ``labels`` must be 3D with file labels of ``scheme`` (BraTS 2020: {0, 1, 2, 4}), not training labels.
     ``header`` (e.g. ``LoadedCase.header``) is copied so that the file matches the input
     scan; its data type and scaling are reset for uint8. The file is written under a
     temporary name in the same folder and renamed, so a reader never sees half a file.
@@ -158,10 +158,7 @@ def save_segmentation(
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise NotAVolumeError(f"labels have shape {labels.shape}", path=path, expected="a 3D array")
-    unexpected = sorted(set(np.unique(labels).tolist()) - set(FILE_LABELS))
-    if unexpected:
-        raise LabelValueError(f"unexpected label values {unexpected}", path=path,
-                              expected=_LABELS_EXPECTED + " (convert training labels with 3 -> 4 first)")
+    check_labels(labels, scheme.file_labels, path=path, hint=" (convert training labels with 3 -> 4 first)")
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     if suffix not in (".nii", ".nii.gz"):
         raise ValueError(f"segmentation path must end in .nii or .nii.gz, got {path}")

@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from brats_utils.config import FILE_LABELS, LABEL_NAMES, REGIONS, TRAIN_LABELS
+from brats_utils.download import find_dataset
 from brats_utils.errors import BratsError, ShapeMismatchError
 from brats_utils.files import write_csv_atomic
-from brats_utils.preprocess import to_train_labels
+from brats_utils.io import read_labels
+from brats_utils.labels import BRATS2020, REGIONS, TRAIN_LABELS, TRAIN_REGIONS, to_train_labels
 
 if TYPE_CHECKING:  # torch is needed only by region_dice_torch's callers, who have it loaded
     import torch
@@ -46,13 +47,8 @@ PAPER_SMOOTH = 1e-6
 #: Row names of the summary table, as in the challenge's statistics file.
 SUMMARY_ROWS = ("Mean", "StdDev", "Median", "25quantile", "75quantile")
 
-_TRAIN_OF_FILE = dict(zip(FILE_LABELS, TRAIN_LABELS, strict=True))
-#: BraTS regions expressed in training labels (file label 4 is training label 3).
-TRAIN_REGIONS: dict[str, tuple[int, ...]] = {
-    name: tuple(_TRAIN_OF_FILE[v] for v in values) for name, values in REGIONS.items()
-}
-#: Tumour labels scored one by one, named as in config.LABEL_NAMES, in training labels.
-TRAIN_TUMOUR_LABELS: dict[str, int] = {LABEL_NAMES[v]: _TRAIN_OF_FILE[v] for v in FILE_LABELS if v}
+#: Tumour labels scored one by one, named as in labels.LABEL_NAMES, in training labels.
+TRAIN_TUMOUR_LABELS: dict[str, int] = {BRATS2020.names[v]: t for v, t in BRATS2020.to_train.items() if v}
 #: Columns of the per-case table: the challenge's four scores per region, then per-label Dice
 #: (``Dice_ET`` is both the region and label 4) and the paper's metric.
 COLUMNS: tuple[str, ...] = (
@@ -285,7 +281,7 @@ def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | 
              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every prediction ``<pred_dir>/<case_id>.nii.gz`` against its ground truth.
 
-    ``cases`` is a list of ``download.Case`` records or a dataset folder (its training
+    ``cases`` is a list of ``io.Case`` records or a dataset folder (its training
     split is used). Cases without a prediction file or without a segmentation are
     skipped, so a folder holding only the validation split's predictions is scored on
     exactly those. Returns the per-case table (index ``case_id``) and its summary; with
@@ -293,9 +289,6 @@ def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | 
     laid out like the challenge's statistics file, to ``<stem>_summary.csv`` beside it.
     """
     from tqdm.auto import tqdm
-
-    from brats_utils.download import find_dataset
-    from brats_utils.io import read_labels
 
     pred_dir = Path(pred_dir)
     if isinstance(cases, (str, Path)):

@@ -23,27 +23,25 @@ One class, :class:`UNet3D`, builds every model of the paper (``paper/ARCHITECTUR
 built (and counted, as in the paper), but the forward pass only runs through the top ``wired_levels``.
 
 Inspection: :func:`count_parameters`, :func:`count_trained_parameters` (a backward pass decides which
-weights are used), :func:`summarize` (per-layer table, cost and receptive field, traced on PyTorch's
-``meta`` device so even the 46M model on a full volume costs nothing), :func:`preset_summary` and
-:func:`plot_architecture` (a diagram drawn from the model object itself).
+weights are used), :func:`trace_layers` and :func:`model_costs` (cost and receptive field, traced on
+PyTorch's ``meta`` device so even the 46M model on a full volume costs nothing). This module is pure
+torch: the per-layer tables and the diagram live with the figures (:mod:`brats_utils.viz.network`),
+loading weights in :mod:`brats_utils.checkpoints`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
-from pathlib import Path
 
-import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
 from torch import nn
 
-from brats_utils.errors import CheckpointError
+from brats_utils.config import PAPER_PRESETS, PRESETS
+
+__all__ = ["FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D", "build_model", "conv_block",
+           "count_parameters", "count_trained_parameters", "init_weights_", "model_costs", "pad_and_concat",
+           "receptive_field", "trace_layers", "used_parameters"]
 
 #: Negative slope of every LeakyReLU (the authors' value); also sets the Kaiming gain.
 LEAKY_SLOPE = 0.01
@@ -52,20 +50,9 @@ FULL_VOLUME: tuple[int, int, int] = (240, 240, 155)
 #: The usual training patch (nnU-Net, MONAI and the ``gpu`` profile).
 PATCH_128: tuple[int, int, int] = (128, 128, 128)
 
-#: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
-#: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
-#: wired into the forward pass, which is what the authors' code trained (ARCHITECTURES.md, section 5).
-PRESETS: dict[str, dict] = {
-    "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
-    "l4_f16": {"base_filters": 16, "levels": 4, "units_per_block": 4},  # 2,867,956
-    "l4_f32": {"base_filters": 32, "levels": 4, "units_per_block": 4},  # 11,465,188
-    "l5_f16": {"base_filters": 16, "levels": 5, "units_per_block": 4},  # 11,536,756
-    "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
-}
-PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
+#: The presets (:data:`brats_utils.config.PRESETS`, defined with the profiles that name them):
+#: the paper's five architectures and, for the four deeper ones, ``<name>_as_run``.
 
-#: The five models of the paper, smallest first.
-PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
 
 
 # --- the network ----------------------------------------------------------------------------
@@ -251,59 +238,6 @@ def count_trained_parameters(model: nn.Module, input_shape: tuple[int, ...] = (1
     return sum(p.numel() for p, g in zip(params, grads, strict=True) if g is not None)
 
 
-# --- loading the authors' (or our) weights ---------------------------------------------------
-
-
-def _read_checkpoint(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError("checkpoint file not found", path=path) from None
-    except Exception as exc:  # truncated file, foreign format, or pickled code that weights_only refuses
-        raise CheckpointError(f"cannot read checkpoint ({type(exc).__name__}: {str(exc)[:200]})", path=path,
-                              expected="a torch.save file holding only tensors and plain containers") from exc
-
-
-def _names(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping) -> nn.Module:
-    """Load weights into ``model`` strictly and return it.
-
-    Accepts a file path or an object holding a state dict: a bare state dict, a checkpoint dict with
-    ``"model_state_dict"`` (the authors' and our format), keys prefixed by ``module.`` (saved from
-    ``nn.DataParallel``, as the authors trained on Kaggle's two T4s) or ``_orig_mod.`` (``torch.compile``).
-    Files are read with ``weights_only=True``, so a checkpoint cannot run code. Raises
-    :class:`~brats_utils.errors.CheckpointError` naming missing keys, unexpected keys and shape mismatches.
-    """
-    path = Path(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else None
-    state = _read_checkpoint(path) if path is not None else path_or_state
-    if isinstance(state, Mapping) and "model_state_dict" in state:
-        state = state["model_state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("checkpoint holds no state dict", path=path,
-                              expected="a state dict or a dict with 'model_state_dict'")
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
-
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    mismatched = [f"{key} {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-                  for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or mismatched:
-        found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
-        problems = [f"{label}: {_names(keys)}" for label, keys in found.items() if keys]
-        config = getattr(model, "config", type(model).__name__)
-        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems), path=path,
-                              expected=f"the state dict of {config}")
-    model.load_state_dict(state, strict=True)
-    return model
-
-
 # --- inspection: per-layer table, cost, receptive field ------------------------------------------
 
 _TRACED_LAYERS = (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d)
@@ -313,7 +247,7 @@ def _triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
     return value if isinstance(value, tuple) else (value,) * 3  # type: ignore[return-value]
 
 
-def _trace(model: UNet3D, input_shape: tuple[int, ...]) -> list[dict]:
+def trace_layers(model: UNet3D, input_shape: tuple[int, ...]) -> list[dict]:
     """One row per call of a convolution, transposed convolution or pooling layer, in execution order.
 
     Runs on a parameter-free copy on PyTorch's ``meta`` device: shapes only, no memory, no arithmetic.
@@ -348,7 +282,7 @@ def _trace(model: UNet3D, input_shape: tuple[int, ...]) -> list[dict]:
     return rows
 
 
-def _used_parameters(rows: list[dict]) -> int:
+def used_parameters(rows: list[dict]) -> int:
     """Parameters of the layers that ran (each layer counted once, however often it was called)."""
     return sum({row["layer"]: row["parameters"] for row in rows}.values())
 
@@ -388,13 +322,13 @@ def model_costs(model: UNet3D) -> dict[str, float]:
 
     MiB is 2²⁰ bytes: the paper's "1.30MB" is 340,596 × 4 bytes = 1.30 MiB.
     """
-    patch_rows = _trace(model, (1, model.config["in_channels"], *PATCH_128))
-    volume_rows = _trace(model, (1, model.config["in_channels"], *FULL_VOLUME))
+    patch_rows = trace_layers(model, (1, model.config["in_channels"], *PATCH_128))
+    volume_rows = trace_layers(model, (1, model.config["in_channels"], *FULL_VOLUME))
     parameters = count_parameters(model)
     patch_macs = sum(row["MACs"] for row in patch_rows)
     return {
         "parameters": parameters,
-        "parameters used": _used_parameters(patch_rows),
+        "parameters used": used_parameters(patch_rows),
         "fp32 MiB": parameters * 4 / 2**20,
         "fp16 MiB": parameters * 2 / 2**20,
         "MACs per voxel": patch_macs / math.prod(PATCH_128),
@@ -402,108 +336,3 @@ def model_costs(model: UNet3D) -> dict[str, float]:
         "GFLOPs 240×240×155 volume": 2 * sum(row["MACs"] for row in volume_rows) / 1e9,
         "receptive field (voxels)": receptive_field(patch_rows),
     }
-
-
-def summarize(model: UNet3D, input_shape: tuple[int, ...] = (1, 4, *PATCH_128)) -> pd.DataFrame:
-    """Per-layer table for one input of ``input_shape``: output shape, parameters, MACs; a total row.
-
-    Layers are traced with forward hooks on a ``meta``-device copy, so any model and any input size is
-    free. ``df.attrs["costs"]`` holds :func:`model_costs` (size, MACs per voxel, GFLOPs for a 128³ patch
-    and a whole volume, receptive field). Built-but-unwired levels do not appear as rows.
-    """
-    table = pd.DataFrame(_trace(model, input_shape))
-    total = {"layer": "total", "block": "", "type": "", "kernel": pd.NA, "stride": pd.NA, "padding": pd.NA,
-             "output shape": "",
-             "parameters": table["parameters"].sum(), "MACs": table["MACs"].sum()}
-    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
-    table.attrs["costs"] = model_costs(model)
-    return table
-
-
-def preset_summary(presets: tuple[str, ...] = PAPER_PRESETS) -> pd.DataFrame:
-    """One row per preset: architecture, parameters built and used, size, cost and receptive field."""
-    rows = []
-    for name in presets:
-        with torch.device("meta"):  # the 46M model too: built without allocating a single weight
-            model = build_model(name)
-        config = model.config
-        rows.append({"preset": name, "levels": config["levels"], "wired levels": config["wired_levels"],
-                     "units per block": config["units_per_block"], "base filters": config["base_filters"],
-                     **model_costs(model)})
-    return pd.DataFrame(rows).set_index("preset")
-
-
-# --- the diagram ----------------------------------------------------------------------------
-
-
-def plot_architecture(model: UNet3D, input_shape: tuple[int, ...] = (1, 4, *PATCH_128)) -> Figure:
-    """Draw ``model`` as a U: one box per block with its channels and output size, arrows for pooling,
-    upsampling and skip connections. Everything is read from the model (its config and a traced forward
-    pass on ``input_shape``), so the picture is right for any preset; unwired levels are drawn dashed.
-    """
-    config = model.config
-    levels, wired, units = config["levels"], config["wired_levels"], config["units_per_block"]
-    rows = _trace(model, input_shape)
-    shapes = {row["block"]: row["output shape"] for row in rows}  # a block's last layer gives its output
-    channels = [config["base_filters"] * 2**level for level in range(levels)]
-    step_x, step_y, width, height = 1.5, 1.45, 1.35, 0.95
-    fig, ax = plt.subplots(figsize=(2.5 + 3.0 * (levels - 1), 1.8 + 1.45 * levels))
-
-    def spatial(name: str) -> str:
-        return "×".join(map(str, shapes[name][1:])) if name in shapes else "built, not run"
-
-    def box(x: float, y: float, title: str, lines: str, level: int) -> None:
-        used = level <= wired
-        colour = plt.cm.Blues(0.25 + 0.6 * (level - 1) / max(levels - 1, 1)) if used else "#eeeeee"
-        ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height,
-                                    boxstyle="round,pad=0.02", facecolor=colour, edgecolor="#333333",
-                                    linestyle="-" if used else "--", linewidth=1.2))
-        text_colour = "white" if used and level > (levels + 1) / 2 else "black"
-        ax.text(x, y + 0.2, title, ha="center", va="center", fontsize=9, weight="bold", color=text_colour)
-        ax.text(x, y - 0.15, lines, ha="center", va="center", fontsize=7.5, color=text_colour)
-
-    def arrow(start: tuple[float, float], end: tuple[float, float], colour: str, label: str = "",
-              style: str = "-", used: bool = True) -> None:
-        props = {"arrowstyle": "-|>", "linestyle": style, "linewidth": 1.4}
-        ax.annotate("", xy=end, xytext=start, arrowprops={**props, "color": colour if used else "#bbb"})
-        if label:
-            horizontal = start[1] == end[1]
-            ax.text((start[0] + end[0]) / 2 + (0 if horizontal else 0.08), (start[1] + end[1]) / 2 +
-                    (0.08 if horizontal else 0), label, fontsize=7, color=colour if used else "#999999",
-                    ha="center" if horizontal else "left", va="bottom" if horizontal else "center")
-
-    right = 2 * (levels - 1) * step_x
-    for level in range(1, levels + 1):
-        x_enc, y = (level - 1) * step_x, -(level - 1) * step_y
-        c_in = config["in_channels"] if level == 1 else channels[level - 2]
-        name = model.encoder_name(level)
-        box(x_enc, y, name, f"{c_in}→{channels[level - 1]} ch, {units}× conv 3³\n{spatial(name)}", level)
-        if level < levels:
-            below = (level * step_x, -level * step_y)
-            arrow((x_enc + 0.2, y - height / 2), (below[0] - 0.2, below[1] + height / 2), "#c0392b",
-                  "max-pool ÷2", used=level < wired)
-            x_dec = right - (level - 1) * step_x
-            dec_used = level < wired
-            box(x_dec, y, f"dec{level}", f"{2 * channels[level - 1]}→{channels[level - 1]} ch, "
-                f"{units}× conv 3³\n{spatial(f'dec{level}')}", level if dec_used else levels + 1)
-            arrow((x_enc + width / 2, y), (x_dec - width / 2, y), "#7f8c8d", "skip: concat", "--", dec_used)
-            arrow((right - level * step_x + 0.2, -level * step_y + height / 2), (x_dec - 0.2, y - height / 2),
-                  "#27ae60", f"upconv{level} ×2", used=dec_used)
-    ax.text(-width / 2 - 0.1, height / 2 + 0.25, f"input {config['in_channels']}×" + "×".join(
-        map(str, input_shape[2:])), fontsize=8, ha="left")
-    ax.text(right + width / 2 + 0.1, height / 2 + 0.25,
-            f"Dropout3d({config['dropout']}) → final_conv 1³ {channels[0]}→{config['num_classes']}",
-            fontsize=8, ha="right")
-    used = _used_parameters(rows)
-    built = count_parameters(model)
-    title = f"UNet3D: {levels} levels, f={config['base_filters']}, {units} units/block — {built:,} parameters"
-    if used != built:
-        title += f" ({used:,} used: {wired} of {levels} levels wired)"
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(-width, right + width)
-    ax.set_ylim(-(levels - 1) * step_y - height, height + 0.5)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    fig.tight_layout()
-    return fig
-

@@ -10,7 +10,8 @@ The steps, in order (notebook 03 shows each one):
    units, different in every case; subtracting the brain's mean and dividing by its
    standard deviation puts all cases on one scale. The background stays exactly 0.
 4. **Labels** {0, 1, 2, 4} become {0, 1, 2, 3} so they can index the network's output
-   channels; :func:`to_file_labels` maps predictions back.
+   channels; :func:`~brats_utils.labels.to_file_labels` maps predictions back (both
+   conversions live in :mod:`brats_utils.labels`, with the label schemes).
 
 :func:`preprocess_case` returns the arrays plus a JSON-able :class:`CropMeta` that puts
 a prediction back on the original grid (:func:`uncrop`) with the original affine and
@@ -32,18 +33,20 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from brats_utils.config import FILE_LABELS, MODALITIES, TRAIN_LABELS, Profile
-from brats_utils.errors import CacheError, LabelValueError, ShapeMismatchError
-
-if TYPE_CHECKING:  # imported where used: preprocessing arrays needs neither file reading nor kagglehub
-    from brats_utils.download import Case
-    from brats_utils.io import LoadedCase
+from brats_utils.errors import CacheError, ShapeMismatchError
+from brats_utils.files import disk_full_errors, folder_lock
+from brats_utils.io import Case, LoadedCase, load_case
+from brats_utils.labels import (
+    MODALITIES,
+    TRAIN_LABELS,
+    to_file_labels,  # noqa: F401  (step 4's inverse, kept beside it for notebook 03)
+    to_train_labels,
+)
 
 #: Bump when the layout or content of a cache entry changes: every entry is then rebuilt.
 CACHE_FORMAT_VERSION = 1
@@ -54,10 +57,6 @@ IMAGE_FILE = "image.npy"
 LABELS_FILE = "labels.npy"
 FOREGROUND_FILE = "foreground.npy"
 META_FILE = "meta.json"
-
-_TO_TRAIN = dict(zip(FILE_LABELS, TRAIN_LABELS, strict=True))
-_TO_FILE = dict(zip(TRAIN_LABELS, FILE_LABELS, strict=True))
-
 
 # --- one case ------------------------------------------------------------------------
 
@@ -101,40 +100,6 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray, *, case_id: str | None =
             continue
         out[channel][mask] = (values - values.mean()) / values.std()
     return out
-
-
-def _label_values(labels: np.ndarray) -> np.ndarray:
-    """The distinct values of a label array (fast path for uint8)."""
-    if labels.dtype == np.uint8:
-        return np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
-    return np.unique(labels)
-
-
-def _remap(labels: np.ndarray, mapping: dict[int, int], *, case_id: str | None) -> np.ndarray:
-    values = _label_values(np.asarray(labels))
-    unknown = [v.item() for v in values if v not in mapping]
-    if unknown:
-        raise LabelValueError(f"unexpected label values {unknown}", case_id=case_id,
-                              expected=f"labels in {set(mapping)}")
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for source, target in mapping.items():
-        lookup[source] = target
-    labels = np.asarray(labels)
-    return lookup[labels if labels.dtype.kind in "ui" else labels.astype(np.intp)]
-
-
-def to_train_labels(labels: np.ndarray, *, case_id: str | None = None) -> np.ndarray:
-    """File labels {0, 1, 2, 4} to contiguous training labels {0, 1, 2, 3} (uint8).
-
-    Raises :class:`~brats_utils.errors.LabelValueError` on any other value (e.g. a 3 from
-    another label scheme), instead of silently training on it.
-    """
-    return _remap(labels, _TO_TRAIN, case_id=case_id)
-
-
-def to_file_labels(labels: np.ndarray, *, case_id: str | None = None) -> np.ndarray:
-    """Training labels {0, 1, 2, 3} back to BraTS file labels {0, 1, 2, 4} (uint8)."""
-    return _remap(labels, _TO_FILE, case_id=case_id)
 
 
 @dataclass(frozen=True)
@@ -283,23 +248,16 @@ def write_entry(pre: PreprocessedCase, cache_dir: str | Path, *, key: str) -> Pa
 
     Everything is written into a temporary folder (``meta.json`` last), which is then
     renamed into place: a crash at any point leaves either the old entry or none, never
-    a half-written one under the case's name.
+    a half-written one under the case's name. A full disk raises
+    :class:`~brats_utils.errors.DiskFullError` naming ``cache_dir`` and its free space.
     """
     cache_dir = Path(cache_dir)
     final = cache_dir / pre.case_id
     tmp = cache_dir / f".tmp-{pre.case_id}-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
-        np.save(tmp / IMAGE_FILE, pre.image.astype(np.float16))
-        foreground = np.zeros((0, 4), np.int32)
-        if pre.labels is not None:
-            np.save(tmp / LABELS_FILE, pre.labels)
-            foreground = foreground_coordinates(pre.labels)
-        np.save(tmp / FOREGROUND_FILE, foreground)
-        meta = {"format_version": CACHE_FORMAT_VERSION, "key": key, "case_id": pre.case_id,
-                "has_labels": pre.labels is not None, "shape": list(pre.image.shape[1:]),
-                "crop": pre.meta.to_dict()}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        with disk_full_errors(cache_dir):
+            _write_files(pre, tmp, key)
         if final.exists():  # a stale entry: move it aside first (a folder cannot replace a non-empty one)
             stale = cache_dir / f".old-{pre.case_id}-{uuid.uuid4().hex}"
             os.replace(final, stale)
@@ -311,10 +269,22 @@ def write_entry(pre: PreprocessedCase, cache_dir: str | Path, *, key: str) -> Pa
     return final
 
 
+def _write_files(pre: PreprocessedCase, tmp: Path, key: str) -> None:
+    """The arrays and ``meta.json`` (last) of one entry, into the folder ``tmp``."""
+    np.save(tmp / IMAGE_FILE, pre.image.astype(np.float16))
+    foreground = np.zeros((0, 4), np.int32)
+    if pre.labels is not None:
+        np.save(tmp / LABELS_FILE, pre.labels)
+        foreground = foreground_coordinates(pre.labels)
+    np.save(tmp / FOREGROUND_FILE, foreground)
+    meta = {"format_version": CACHE_FORMAT_VERSION, "key": key, "case_id": pre.case_id,
+            "has_labels": pre.labels is not None, "shape": list(pre.image.shape[1:]),
+            "crop": pre.meta.to_dict()}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
 def _cache_case(case: Case, cache_dir: Path, margin: int, key: str) -> Path:
     """Load, preprocess and store one case (runs in a worker process)."""
-    from brats_utils.io import load_case
-
     return write_entry(preprocess_case(load_case(case), margin=margin), cache_dir, key=key)
 
 
@@ -325,25 +295,29 @@ def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2
     Up-to-date entries are skipped; stale ones (other settings, format or source files)
     are rebuilt. Cases are processed in ``workers`` processes (``workers <= 1``: in this
     process). Each entry appears atomically, so an interrupted build never leaves an entry
-    that a later run trusts. The cache must not live inside the dataset folder.
+    that a later run trusts. The cache must not live inside the dataset folder. The folder
+    is locked during the build: a second process gets :class:`~brats_utils.errors.FolderLockedError`.
     """
     cache_dir = Path(cache_dir).resolve()
     for case in cases:
         if cache_dir.is_relative_to(Path(case.folder).resolve().parent):
             raise CacheError("refusing to write the cache next to the input data", case_id=case.case_id,
                              path=cache_dir, expected="a cache folder outside the dataset")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in [*cache_dir.glob(".tmp-*"), *cache_dir.glob(".old-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+    with folder_lock(cache_dir):
+        for leftover in [*cache_dir.glob(".tmp-*"), *cache_dir.glob(".old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+        keys = {case.case_id: cache_key(case, margin=margin) for case in cases}
+        todo = [(case, keys[case.case_id]) for case in cases
+                if not is_up_to_date(cache_dir / case.case_id, keys[case.case_id])]
+        _cache_cases(todo, cache_dir, margin, workers, total=len(cases), progress=progress)
+    return [cache_dir / case.case_id for case in cases]
 
-    entries = {case.case_id: cache_dir / case.case_id for case in cases}
-    todo = []
-    for case in cases:
-        key = cache_key(case, margin=margin)
-        if not is_up_to_date(entries[case.case_id], key):
-            todo.append((case, key))
-    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc="caching cases", unit="case",
-               disable=not progress)
+
+def _cache_cases(todo: list[tuple[Case, str]], cache_dir: Path, margin: int, workers: int, *, total: int,
+                 progress: bool) -> None:
+    """Write the entries of ``todo`` (case, key), in this process or in ``workers`` processes."""
+    bar = tqdm(total=total, initial=total - len(todo), desc="caching cases", unit="case",
+               disable=not progress or not todo)  # an up-to-date cache shows no bar
     with bar:
         if workers <= 1 or len(todo) <= 1:
             for case, key in todo:
@@ -355,7 +329,6 @@ def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2
                 for future in as_completed(futures):
                     future.result()
                     bar.update()
-    return [entries[case.case_id] for case in cases]
 
 
 def load_cached(entry_dir: str | Path, *, mmap: bool = True) -> PreprocessedCase:
@@ -391,15 +364,3 @@ def cache_entries(cache_dir: str | Path) -> list[Path]:
 def cache_size_bytes(entry_dirs: Sequence[Path]) -> int:
     """Bytes on disk taken by the given entries."""
     return sum(f.stat().st_size for d in entry_dirs for f in Path(d).iterdir() if f.is_file())
-
-
-def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's cache folder, built (or brought up to date) from its training cases if needed."""
-    from brats_utils.download import ensure_dataset, find_dataset
-
-    cases = find_dataset(ensure_dataset(profile), split="training")
-    if profile.max_cases is not None:
-        cases = cases[: profile.max_cases]
-    build_cache(cases, profile.cache_dir, margin=profile.crop_margin, workers=profile.num_workers,
-                progress=progress)
-    return profile.cache_dir

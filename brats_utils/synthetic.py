@@ -34,8 +34,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brats_utils.config import MODALITIES, TRAINING_DIR_NAME, VALIDATION_DIR_NAME
+from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
 from brats_utils.errors import BratsError
+from brats_utils.labels import MODALITIES
 
 Shape3D = tuple[int, int, int]
 

@@ -16,7 +16,7 @@ volume is larger than the inference window) that reports the loss, the paper's m
 Dice (WT, TC, ET). The **best checkpoint is chosen by the paper's metric**, as the
 authors did, so our "best" is comparable with their 0.79.
 
-Files of a run (``profile.run_dir`` unless told otherwise)::
+Files of a run (``profile.run_dir`` unless told otherwise; locked while a process trains into it)::
 
     run_dir/history.csv              one row per epoch, rewritten atomically every epoch
     run_dir/checkpoints/last.pt      the resume point, written last at every epoch
@@ -34,7 +34,6 @@ epoch k and resumed produces the same history as an uninterrupted run (tested).
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -47,19 +46,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from brats_utils.checkpoints import atomic_torch_save, check_compatible, checkpoint_dir, load_checkpoint
 from brats_utils.config import Profile
+from brats_utils.data import make_loaders
 from brats_utils.errors import CheckpointError
-from brats_utils.files import atomic_path, write_csv_atomic
+from brats_utils.files import folder_lock, write_csv_atomic
+from brats_utils.inference import sliding_window_predict
+from brats_utils.labels import REGION_COLORS
+from brats_utils.losses import CombinedLoss
+from brats_utils.metrics import region_dice_torch
+from brats_utils.model import build_model
 
-CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "scheduler_state_dict",
-                   "scaler_state_dict", "early_stopping", "epoch", "rng_state", "config", "history")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
-#: Profile fields that may change between a run and its resumption (they do not alter
-#: what the epochs already trained would have computed).
-RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
-                               "num_workers", "tta", "compare_presets", "compare_epochs",
-                               "compare_steps_per_epoch"})
 #: Metric that picks the best checkpoint: the paper's 4-label mean Dice, as the authors did.
 BEST_METRIC = "val_paper_dice"
 
@@ -154,73 +153,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --- checkpoints ---------------------------------------------------------------------
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    """Folder of a run's checkpoints."""
-    return Path(run_dir) / "checkpoints"
+# --- the files of a run -------------------------------------------------------------
 
 
 def history_csv_path(run_dir: Path) -> Path:
     """The history table of a run."""
     return Path(run_dir) / "history.csv"
-
-
-def atomic_torch_save(obj: object, path: Path) -> Path:
-    """``torch.save`` to a temporary name beside ``path``, flush to disk, then rename.
-
-    A crash at any moment leaves either the previous file or the new one, never half a file.
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a training checkpoint onto the CPU, safely (``weights_only``), and check its keys.
-
-    Raises :class:`~brats_utils.errors.CheckpointError` when the file is missing, unreadable
-    (truncated, not a torch file) or lacks any of :data:`CHECKPOINT_KEYS`.
-    """
-    path = Path(path)
-    expected = "a checkpoint written by brats_utils.train"
-    if not path.is_file():
-        raise CheckpointError("checkpoint not found", path=path, expected=expected)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors ...
-        raise CheckpointError(f"checkpoint cannot be read ({type(error).__name__}: {error})",
-                              path=path, expected=expected) from error
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint holds a {type(checkpoint).__name__}, not a dict",
-                              path=path, expected=expected)
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"checkpoint lacks {', '.join(missing)}", path=path,
-                              expected=f"keys {', '.join(CHECKPOINT_KEYS)}")
-    return checkpoint
-
-
-def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.Module | None = None) -> None:
-    """Raise :class:`CheckpointError` if the checkpoint belongs to other settings (or to another ``model``).
-
-    Only the fields in :data:`RESUMABLE_CHANGES` (epochs, patience, ...) may differ.
-    """
-    if model is not None and dict(checkpoint["model_config"]) != dict(model.config):
-        differing = sorted(k for k in set(checkpoint["model_config"]) | set(model.config)
-                           if checkpoint["model_config"].get(k) != model.config.get(k))
-        raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
-                              path=path, expected=f"model config {model.config}")
-    saved, current = checkpoint["config"], profile.as_dict()
-    differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if differing:
-        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
-        raise CheckpointError(f"checkpoint comes from a run with other settings ({changes})", path=path,
-                              expected="the same settings, or resume=False (--restart) to start over")
 
 
 # --- one step, one validation ----------------------------------------------------------
@@ -257,9 +195,6 @@ def validate(model: nn.Module, volumes, loss_fn: nn.Module, profile: Profile, de
     fits in one window). The loss is computed from the softmax probabilities, given to the
     loss as logits ``log p``, which its softmax maps back to ``p`` exactly.
     """
-    from brats_utils.inference import sliding_window_predict
-    from brats_utils.metrics import region_dice_torch
-
     model.eval()
     count = len(volumes) if profile.max_val_cases is None else min(len(volumes), profile.max_val_cases)
     totals: dict[str, float] = {}
@@ -348,8 +283,6 @@ class TrainingState:
     @classmethod
     def create(cls, profile: Profile, device: torch.device, *, amp: bool) -> TrainingState:
         """A fresh model (seeded with ``profile.seed``) and the paper's optimiser, schedule and stopper."""
-        from brats_utils.model import build_model
-
         seed_everything(profile.seed)
         model = build_model(profile.model_preset, dropout=profile.dropout).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
@@ -360,7 +293,7 @@ class TrainingState:
                    EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta), [])
 
     def checkpoint(self, profile: Profile) -> dict:
-        """The checkpoint dict (keys :data:`CHECKPOINT_KEYS`) after the last epoch of the history."""
+        """The checkpoint dict (:data:`~brats_utils.checkpoints.CHECKPOINT_KEYS`) after the last epoch."""
         return {"model_state_dict": self.model.state_dict(), "model_config": dict(self.model.config),
                 "optimizer_state_dict": self.optimizer.state_dict(),
                 "scheduler_state_dict": self.scheduler.state_dict(),
@@ -408,31 +341,23 @@ def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profi
             "grad_norm": float(norm_sum) / max(float(finite_norms), 1.0)}
 
 
-def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
-          max_epochs: int | None = None, progress: bool = True,
-          device: str | torch.device | None = None) -> TrainResult:
-    """Train the profile's U-Net, resuming from ``run_dir/checkpoints/last.pt`` when it exists.
+def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path):
+    """Training patches and validation volumes of ``cache_dir`` with the profile's settings.
 
-    ``max_epochs`` overrides ``profile.epochs`` (e.g. to extend a finished run by one epoch).
-    ``resume=False`` deletes the run's checkpoints and history and starts over. Returns a
-    :class:`TrainResult`. Raises :class:`~brats_utils.errors.CheckpointError` when the last
-    checkpoint is damaged or comes from another architecture or other settings.
+    The patient split is saved to ``run_dir/split.csv``; see :func:`brats_utils.data.make_loaders`.
     """
-    from brats_utils.data import make_loaders
-    from brats_utils.losses import CombinedLoss
-    from brats_utils.preprocess import ensure_cache
+    return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
+                        seed=profile.seed, patch_size=profile.patch_size,
+                        samples_per_volume=profile.samples_per_volume,
+                        foreground_fraction=profile.foreground_fraction, augment=profile.augment,
+                        batch_size=profile.batch_size, num_workers=profile.num_workers,
+                        split_csv=Path(run_dir) / "split.csv")
 
-    run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
-    epochs = profile.epochs if max_epochs is None else max_epochs
-    if epochs < 1:
-        raise ValueError(f"need at least one epoch, got {epochs}")
-    device = torch.device(device) if device is not None else pick_device()
-    amp = profile.amp and device.type == "cuda"
-    last_path, best_path = checkpoint_dir(run_dir) / "last.pt", checkpoint_dir(run_dir) / "best.pt"
 
-    loader, val_volumes = make_loaders(profile, ensure_cache(profile, progress=progress),
-                                       split_csv=run_dir / "split.csv")
-    loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
+def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, amp: bool, resume: bool,
+                 progress: bool) -> TrainingState:
+    """A fresh training state, restored from ``last.pt`` when resuming, or with the old run deleted."""
+    last_path = checkpoint_dir(run_dir) / "last.pt"
     state = TrainingState.create(profile, device, amp=amp)
     if resume and last_path.exists():
         checkpoint = load_checkpoint(last_path)
@@ -443,7 +368,56 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
     elif not resume:
         for old in [*checkpoint_dir(run_dir).glob("*.pt"), history_csv_path(run_dir)]:
             old.unlink(missing_ok=True)
+    return state
 
+
+def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool) -> None:
+    """History, best, periodic and last checkpoint after an epoch; ``last.pt`` is written last."""
+    epoch = len(state.history)
+    write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
+    checkpoint = state.checkpoint(profile)
+    if is_best:
+        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "best.pt")
+    if epoch % profile.checkpoint_every == 0:
+        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
+    atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
+
+
+def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = None, resume: bool = True,
+          max_epochs: int | None = None, progress: bool = True,
+          device: str | torch.device | None = None) -> TrainResult:
+    """Train the profile's U-Net on the cached cases of ``cache_dir``, resuming from ``last.pt`` if present.
+
+    ``run_dir`` defaults to ``profile.run_dir`` and is locked for the run: a second process
+    training into it gets :class:`~brats_utils.errors.FolderLockedError`. ``max_epochs``
+    overrides ``profile.epochs`` (e.g. to extend a finished run by one epoch).
+    ``resume=False`` deletes the run's checkpoints and history and starts over. Returns a
+    :class:`TrainResult`. Raises :class:`~brats_utils.errors.CheckpointError` when the last
+    checkpoint is damaged or comes from another architecture or other settings, and
+    :class:`~brats_utils.errors.DiskFullError` when a checkpoint does not fit on the disk
+    (the previous one stays the one that loads). :func:`brats_utils.pipeline.train` builds
+    the cache first.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
+    epochs = profile.epochs if max_epochs is None else max_epochs
+    if epochs < 1:
+        raise ValueError(f"need at least one epoch, got {epochs}")
+    device = torch.device(device) if device is not None else pick_device()
+    amp = profile.amp and device.type == "cuda"
+    with folder_lock(run_dir):
+        loader, val_volumes = loaders_for(profile, cache_dir, run_dir)
+        state = _start_state(profile, run_dir, device, amp=amp, resume=resume, progress=progress)
+        _run_epochs(state, profile, loader, val_volumes, run_dir, device, epochs, amp=amp, progress=progress)
+    return TrainResult(history=pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
+                       best_checkpoint=checkpoint_dir(run_dir) / "best.pt",
+                       last_checkpoint=checkpoint_dir(run_dir) / "last.pt", run_dir=run_dir,
+                       device=str(device), stopped_early=state.stopper.should_stop)
+
+
+def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run_dir: Path,
+                device: torch.device, epochs: int, *, amp: bool, progress: bool) -> None:
+    """The epochs after the last one of ``state.history`` up to ``epochs``, or until early stopping."""
+    loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
     start = len(state.history) + 1
     if state.stopper.should_stop and progress and start <= epochs:
         tqdm.write(f"This run stopped early at epoch {start - 1}; use resume=False to start over.")
@@ -460,15 +434,7 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
         state.stopper.step(row["val_loss"])
         is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
-
-        history = pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS))
-        write_csv_atomic(history, history_csv_path(run_dir))
-        checkpoint = state.checkpoint(profile)
-        if is_best:
-            atomic_torch_save(checkpoint, best_path)
-        if epoch % profile.checkpoint_every == 0:
-            atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
-        atomic_torch_save(checkpoint, last_path)  # last: the resume point is written after the others
+        _save_epoch(state, profile, run_dir, is_best=is_best)
         if progress:
             tqdm.write(_epoch_line(row, epochs))
         if state.stopper.should_stop:
@@ -476,10 +442,6 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
                 tqdm.write(f"Early stop: the validation loss has not improved by more than "
                            f"{state.stopper.min_delta} for {state.stopper.patience} epochs.")
             break
-
-    return TrainResult(history=pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
-                       best_checkpoint=best_path, last_checkpoint=last_path, run_dir=run_dir,
-                       device=str(device), stopped_early=state.stopper.should_stop)
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -496,22 +458,6 @@ def is_finished(checkpoint: dict, profile: Profile) -> bool:
     return checkpoint["epoch"] >= profile.epochs or stopper.should_stop
 
 
-def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's best checkpoint, training (or finishing an interrupted run) first if needed.
-
-    Raises :class:`~brats_utils.errors.CheckpointError` when the existing run used other settings
-    (start it over with ``train(profile, resume=False)`` or ``python -m brats_utils train --restart``).
-    """
-    run_dir = profile.run_dir
-    last_path, best_path = checkpoint_dir(run_dir) / "last.pt", checkpoint_dir(run_dir) / "best.pt"
-    if last_path.exists() and best_path.exists():
-        checkpoint = load_checkpoint(last_path)
-        check_compatible(checkpoint, profile, last_path)
-        if is_finished(checkpoint, profile):
-            return best_path
-    return train(profile, resume=True, progress=progress).best_checkpoint
-
-
 # --- the paper's Figure 4 -------------------------------------------------------------------
 
 
@@ -521,8 +467,6 @@ def plot_history(history: pd.DataFrame):
     The dashed line marks the best epoch (highest validation paper Dice).
     """
     import matplotlib.pyplot as plt
-
-    from brats_utils.config import REGION_COLORS
 
     fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     epochs = history["epoch"]

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brats_utils import compare, config
+from brats_utils import compare, config, pipeline
+from brats_utils.checkpoints import load_checkpoint
 from brats_utils.model import build_model, count_parameters, count_trained_parameters
-from brats_utils.train import load_checkpoint
 
 PRESETS = ("paper", "l4_f16_as_run")
 
@@ -36,14 +36,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private data and figures folder for this module (config reads them at call time)."""
     root = tmp_path_factory.mktemp("compare")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(config, "DATA_DIR", root / "data")
-        patch.setattr(config, "FIGURES_DIR", root / "figures")
+        patch.setenv("BRATS_DATA_DIR", str(root / "data"))
+        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
         yield root
 
 
 @pytest.fixture(scope="module")
 def study(data_dir: Path) -> pd.DataFrame:
-    return compare.run_comparison(tiny_profile(), progress=False, device="cpu")
+    return pipeline.run_comparison(tiny_profile(), progress=False, device="cpu")
 
 
 def test_one_row_per_preset_in_order(study):
@@ -96,8 +96,8 @@ def test_second_call_reuses_finished_runs_even_for_another_selection(study, data
     run_files = sorted(compare.comparison_dir(tiny_profile()).glob("*/**/*.*"))
     assert any(path.suffix == ".pt" for path in run_files)
     before = {path: path.stat().st_mtime_ns for path in run_files}
-    again = compare.run_comparison(tiny_profile(), progress=False, device="cpu")
-    subset = compare.run_comparison(tiny_profile(compare_presets=PRESETS[1:]), progress=False, device="cpu")
+    again = pipeline.run_comparison(tiny_profile(), progress=False, device="cpu")
+    subset = pipeline.run_comparison(tiny_profile(compare_presets=PRESETS[1:]), progress=False, device="cpu")
     assert {path: path.stat().st_mtime_ns for path in run_files} == before
     pd.testing.assert_frame_equal(again, study)
     pd.testing.assert_frame_equal(subset, study.iloc[1:].reset_index(drop=True))
@@ -108,7 +108,7 @@ def test_changed_budget_trains_again_with_a_warning(study, data_dir):
     shutil.copytree(compare.comparison_dir(tiny_profile()) / "paper", out_dir / "paper")
     profile = tiny_profile(compare_presets=("paper",), compare_steps_per_epoch=2)
     with pytest.warns(UserWarning, match="other settings"):
-        table = compare.run_comparison(profile, out_dir=out_dir, progress=False, device="cpu")
+        table = pipeline.run_comparison(profile, out_dir=out_dir, progress=False, device="cpu")
     assert len(table) == 1
     checkpoint = load_checkpoint(out_dir / "paper" / "checkpoints" / "last.pt")
     assert checkpoint["config"]["steps_per_epoch"] == 2

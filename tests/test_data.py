@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from brats_utils.config import TRAIN_LABELS, get_profile
+from brats_utils.config import get_profile
 from brats_utils.data import (
     EpochShuffleSampler,
     PatchDataset,
@@ -16,11 +16,12 @@ from brats_utils.data import (
     augment_patch,
     extract_patch,
     make_augmentation,
-    make_loaders,
     pad_collate,
     split_cases,
 )
+from brats_utils.labels import TRAIN_LABELS
 from brats_utils.preprocess import CropMeta, PreprocessedCase, write_entry
+from brats_utils.train import loaders_for
 
 
 def make_entry(cache_dir, case_id, labels, image=None, seed=0):
@@ -239,10 +240,11 @@ def test_make_loaders_follow_the_profile(tmp_path):
     for i in range(6):
         make_entry(cache, f"BraTS20_Training_{i + 1:03d}", tumour_volume((36, 40, 34)), seed=i)
     profile = get_profile("ci")
-    loader, validation = make_loaders(profile, cache, split_csv=tmp_path / "split.csv")
+    loader, validation = loaders_for(profile, cache, tmp_path)
     split = pd.read_csv(tmp_path / "split.csv")
     assert (split["split"] == "val").sum() == len(validation) == 2
-    assert loader.batch_size == profile.batch_size and not loader.pin_memory or torch.cuda.is_available()
+    assert loader.batch_size == profile.batch_size
+    assert loader.pin_memory == torch.cuda.is_available()
     images, labels = next(iter(loader))
     assert images.shape == (profile.batch_size, 4, *profile.patch_size) and images.dtype == torch.float32
     assert labels.shape == (profile.batch_size, *profile.patch_size) and labels.dtype == torch.int64

@@ -85,7 +85,7 @@ def test_results_summary_reads_the_evaluation_and_the_study(tmp_path, monkeypatc
 
     from brats_utils import compare, config
 
-    monkeypatch.setattr(config, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path))
     profile = config.get_profile("ci")
     assert demo.results_summary(profile) == ""  # nothing run yet
     heldout = profile.run_dir / "predictions-heldout"

@@ -12,18 +12,19 @@ import pandas as pd
 import pytest
 import requests
 
-from brats_utils import config, download
-from brats_utils.config import KAGGLE_HANDLE, MODALITIES, get_profile
+from brats_utils import download
+from brats_utils.config import KAGGLE_HANDLE, get_profile
 from brats_utils.download import (
     Case,
     case_from_folder,
     download_brats2020,
-    ensure_dataset,
     find_dataset,
     find_split_dirs,
     verify_dataset,
 )
 from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
+from brats_utils.labels import MODALITIES
+from brats_utils.pipeline import ensure_dataset
 
 TRAIN = Path("BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData")
 VAL = Path("BraTS2020_ValidationData/MICCAI_BraTS2020_ValidationData")
@@ -215,7 +216,7 @@ def test_local_copies_are_used_without_network(offline_world: Path, synthetic_ro
 def test_ensure_dataset_synthetic_profile_never_touches_the_network(
     offline_world: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config, "DATA_DIR", offline_world / "data")
+    monkeypatch.setenv("BRATS_DATA_DIR", str(offline_world / "data"))
     profile = get_profile("ci").with_overrides(synthetic_train_cases=2, synthetic_val_cases=1,
                                                synthetic_shape=(24, 24, 16), seed=5)
     root = ensure_dataset(profile)

@@ -9,8 +9,21 @@ import torch
 from torch import nn
 
 from brats_utils import inference
-from brats_utils.config import MODALITIES, get_profile
-from brats_utils.inference import ALL_FLIPS, importance_map, sliding_window_predict, window_starts
+from brats_utils.config import get_profile
+from brats_utils.inference import (
+    ALL_FLIPS,
+    average_predictors,
+    importance_map,
+    sliding_window,
+    sliding_window_predict,
+    softmax_predictor,
+    to_original_grid,
+    window_starts,
+    with_flips,
+)
+from brats_utils.labels import MODALITIES
+from brats_utils.pipeline import inference_settings
+from brats_utils.preprocess import CropMeta
 
 
 def pointwise_model(seed: int = 0) -> nn.Module:
@@ -127,6 +140,39 @@ def test_model_mode_is_restored_and_dropout_is_off_during_prediction():
     torch.testing.assert_close(first, second)
 
 
+# --- the stages alone ------------------------------------------------------------------------
+
+
+def test_flips_wrap_any_predictor_and_undo_themselves():
+    def mirror_sensitive(batch):  # probabilities that depend on the position along x
+        ramp = torch.linspace(0, 1, batch.shape[2]).view(1, 1, -1, 1, 1)
+        ramp = ramp.expand(batch.shape[0], 1, *batch.shape[2:])
+        return torch.cat([ramp, 1 - ramp], dim=1)
+
+    batch = torch.zeros(1, 4, 6, 5, 4)
+    flipped = with_flips(mirror_sensitive, flips=((), (2,)))(batch)
+    torch.testing.assert_close(flipped, torch.full_like(flipped, 0.5))  # a ramp and its mirror average out
+    torch.testing.assert_close(with_flips(mirror_sensitive, flips=((),))(batch), mirror_sensitive(batch))
+
+
+def test_the_sliding_window_blends_any_predictor_and_an_ensemble_averages():
+    model_a, model_b = pointwise_model(0).eval(), pointwise_model(1).eval()
+    image = torch.randn(4, 20, 18, 16)
+    ensemble = average_predictors([softmax_predictor(model_a), softmax_predictor(model_b)])
+    blended = sliding_window(ensemble, image, patch_size=(8, 8, 8), overlap=0.5)
+    expected = (full_softmax(model_a, image) + full_softmax(model_b, image)) / 2
+    torch.testing.assert_close(blended, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_export_puts_the_argmax_back_on_the_grid_in_file_labels():
+    probs = torch.zeros(4, 2, 2, 2)
+    probs[3] = 1.0  # enhancing tumour everywhere in the crop
+    meta = CropMeta("c", ((1, 3), (0, 2), (2, 4)), (4, 3, 5), np.eye(4).tolist())
+    labels = to_original_grid(probs, meta)
+    assert labels.shape == (4, 3, 5) and labels.dtype == np.uint8
+    assert labels[1:3, 0:2, 2:4].tolist() == np.full((2, 2, 2), 4).tolist() and labels.sum() == 4 * 8
+
+
 # --- whole cases: back on the original grid, NIfTI export ---------------------------------------
 
 
@@ -145,7 +191,7 @@ class OracleModel(nn.Module):
 @pytest.fixture
 def oracle_case(tmp_path):
     """A case on an odd, asymmetric grid whose brain and tumour sit off-centre."""
-    from brats_utils.download import Case
+    from brats_utils.io import Case
 
     shape = (31, 26, 19)
     labels = np.zeros(shape, np.uint8)
@@ -175,7 +221,7 @@ def test_prediction_lines_up_with_the_input_and_exports_a_brats_nifti(oracle_cas
     case, labels, affine = oracle_case
     profile = get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1)
     out = tmp_path / "out" / "BraTS20_Training_007.nii.gz"
-    predicted = inference.predict_case(OracleModel(), case, profile=profile, out_path=out)
+    predicted = inference.predict_case(OracleModel(), case, inference_settings(profile), out_path=out)
     assert predicted.dtype == np.uint8 and predicted.shape == labels.shape
     np.testing.assert_array_equal(predicted, labels)
 
@@ -194,7 +240,7 @@ def test_predict_folder_and_evaluate_close_the_loop(oracle_case, tmp_path):
 
     case, _, _ = oracle_case
     profile = get_profile("ci").with_overrides(sw_patch_size=(16, 16, 16), tta=True)
-    paths = inference.predict_folder(OracleModel(), [case], tmp_path / "preds", profile=profile,
+    paths = inference.predict_folder(OracleModel(), [case], tmp_path / "preds", inference_settings(profile),
                                      progress=False)
     assert [p.name for p in paths] == ["BraTS20_Training_007.nii.gz"]
     per_case, _ = evaluate(tmp_path / "preds", [case], progress=False)
@@ -202,14 +248,14 @@ def test_predict_folder_and_evaluate_close_the_loop(oracle_case, tmp_path):
 
 
 def test_load_model_rebuilds_the_network_from_a_checkpoint(tmp_path):
+    from brats_utils.checkpoints import CHECKPOINT_KEYS, load_model
     from brats_utils.model import build_model
-    from brats_utils.train import CHECKPOINT_KEYS
 
     model = build_model("paper")
     checkpoint = dict.fromkeys(CHECKPOINT_KEYS)
     checkpoint.update(model_state_dict=model.state_dict(), model_config=model.config)
     torch.save(checkpoint, tmp_path / "best.pt")
-    loaded = inference.load_model(tmp_path / "best.pt")
+    loaded = load_model(tmp_path / "best.pt")
     assert not loaded.training
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from brats_utils import io
-from brats_utils.config import MODALITIES
 from brats_utils.download import case_from_folder, find_dataset
 from brats_utils.errors import (
     LabelValueError,
@@ -22,6 +21,7 @@ from brats_utils.errors import (
     UnreadableFileError,
 )
 from brats_utils.io import LoadedCase, load_case, save_segmentation
+from brats_utils.labels import MODALITIES
 from brats_utils.synthetic import real_affine
 
 

@@ -178,8 +178,8 @@ def test_region_dice_torch_agrees_with_numpy_per_volume_and_averages_a_batch():
 
 def _write_case(root, case_id, labels):
     """A minimal case folder (four modalities and a segmentation) as download.find_dataset returns."""
-    from brats_utils.config import MODALITIES
-    from brats_utils.download import Case
+    from brats_utils.io import Case
+    from brats_utils.labels import MODALITIES
 
     folder = root / case_id
     folder.mkdir(parents=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from brats_utils.checkpoints import load_pretrained
 from brats_utils.config import PROFILES
 from brats_utils.errors import CheckpointError
 from brats_utils.losses import CombinedLoss
@@ -20,12 +21,9 @@ from brats_utils.model import (
     build_model,
     count_parameters,
     count_trained_parameters,
-    load_pretrained,
     pad_and_concat,
-    plot_architecture,
-    preset_summary,
-    summarize,
 )
+from brats_utils.viz import plot_architecture, preset_summary, summarize
 
 matplotlib.use("Agg")
 

@@ -285,14 +285,15 @@ def test_damaged_entry_is_reported(tmp_path):
 
 
 def test_ensure_cache_builds_the_profile_cache(synthetic_root, monkeypatch, tmp_path):
+    from brats_utils import pipeline
     from brats_utils.config import get_profile
     from brats_utils.download import find_dataset
 
     profile = get_profile("ci").with_overrides(max_cases=2)
-    monkeypatch.setattr("brats_utils.download.ensure_dataset", lambda p: synthetic_root)
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda p: synthetic_root)
     monkeypatch.setattr(type(profile), "cache_dir", property(lambda self: tmp_path / "cache"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no constant-modality surprises on the synthetic data
-        folder = preprocess.ensure_cache(profile, progress=False)
+        folder = pipeline.ensure_cache(profile, progress=False)
     assert folder == tmp_path / "cache"
     assert [p.name for p in cache_entries(folder)] == [c.case_id for c in find_dataset(synthetic_root)[:2]]

@@ -1,7 +1,7 @@
 """Training: exact resume, checkpoint contents and atomic writes, the schedule, early stop, clipping, errors.
 
 Every run is tiny (a few 24x24x16 patches of 32x32x24 synthetic volumes, one validation
-volume) and writes into a temporary folder: ``config.DATA_DIR`` is redirected for this module.
+volume) and writes into a temporary folder: ``$BRATS_DATA_DIR`` is redirected for this module.
 """
 
 from __future__ import annotations
@@ -15,23 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-from brats_utils import config
+from brats_utils import pipeline
 from brats_utils import train as train_module
+from brats_utils.checkpoints import CHECKPOINT_KEYS, atomic_torch_save, load_checkpoint
 from brats_utils.config import get_profile
 from brats_utils.errors import CheckpointError
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
-from brats_utils.train import (
-    CHECKPOINT_KEYS,
-    EarlyStopping,
-    atomic_torch_save,
-    ensure_trained,
-    history_csv_path,
-    load_checkpoint,
-    plot_history,
-    train,
-    train_step,
-)
+from brats_utils.pipeline import ensure_trained, train
+from brats_utils.train import EarlyStopping, history_csv_path, plot_history, train_step
 
 DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                          "val_dice_ET", "lr", "grad_norm"]
@@ -39,11 +31,11 @@ DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "v
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """This module's DATA_DIR (synthetic data, cache, runs) and FIGURES_DIR."""
+    """This module's data folder (synthetic data, cache, runs) and figures folder."""
     root = tmp_path_factory.mktemp("train-data")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(config, "DATA_DIR", root)
-        patch.setattr(config, "FIGURES_DIR", root / "figures")
+        patch.setenv("BRATS_DATA_DIR", str(root))
+        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
         yield root
 
 
@@ -257,7 +249,7 @@ def test_ensure_trained_reuses_a_finished_run_and_resumes_an_unfinished_one(prof
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(train_module, "train", must_not_train)
+    monkeypatch.setattr(pipeline, "train", must_not_train)
     assert ensure_trained(profile) == profile.run_dir / "checkpoints" / "best.pt"
 
     with pytest.raises(CheckpointError, match="other settings"):  # never reuse a run made otherwise
@@ -265,7 +257,7 @@ def test_ensure_trained_reuses_a_finished_run_and_resumes_an_unfinished_one(prof
 
     longer = profile.with_overrides(epochs=3)  # the same run is now unfinished: it resumes
     seen = {}
-    monkeypatch.setattr(train_module, "train", lambda p, **kw: seen.update(profile=p, **kw) or two_epochs)
+    monkeypatch.setattr(pipeline, "train", lambda p, **kw: seen.update(profile=p, **kw) or two_epochs)
     ensure_trained(longer, progress=False)
     assert seen["profile"] == longer and seen["resume"] is True
 

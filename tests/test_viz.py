@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from brats_utils import config, viz
-from brats_utils.config import LABEL_COLORS, MODALITIES
+from brats_utils import viz
+from brats_utils.labels import LABEL_COLORS, MODALITIES
 
 #: The affine of every BraTS 2020 volume (DATA-FACTS.md), axis codes ('L', 'P', 'S').
 BRATS_AFFINE = np.array([[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
@@ -214,7 +214,7 @@ def test_static_fallback_returns_a_figure_with_one_panel_per_label_map():
 
 def test_save_figure_writes_into_the_figures_dir(tmp_path, monkeypatch):
     target = tmp_path / "figures" / "nested"
-    monkeypatch.setattr(config, "FIGURES_DIR", target)
+    monkeypatch.setenv("BRATS_FIGURES_DIR", str(target))
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     path = viz.save_figure(fig, "02_example")

@@ -18,10 +18,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brats_utils.config import MODALITIES
 from brats_utils.data import PatchDataset, extract_patch
 from brats_utils.download import Case, find_dataset
 from brats_utils.io import load_case
+from brats_utils.labels import MODALITIES
 from brats_utils.preprocess import build_cache, cache_size_bytes, preprocess_case, write_entry
 from brats_utils.synthetic import write_synthetic_dataset
 

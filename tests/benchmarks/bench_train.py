@@ -1,7 +1,7 @@
 """Training speed: seconds per step of the paper model at a 128^3 patch, and the share spent waiting for data.
 
 The batches come from the real pipeline: a disk cache of real-size (240 x 240 x 155)
-synthetic cases and the DataLoader of :func:`brats_utils.data.make_loaders` with the
+synthetic cases and the DataLoader of :func:`brats_utils.train.loaders_for` with the
 ``gpu`` profile's settings (batch 2, 128^3 patches, augmentation, 2 workers). Each step is
 timed in two parts: waiting for the next batch (``next(iterator)`` plus the copy to the
 device) and computing :func:`brats_utils.train.train_step` (forward, loss, backward,
@@ -20,13 +20,12 @@ from pathlib import Path
 import torch
 
 from brats_utils.config import get_profile
-from brats_utils.data import make_loaders
 from brats_utils.download import find_dataset
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
 from brats_utils.preprocess import build_cache
 from brats_utils.synthetic import write_synthetic_dataset
-from brats_utils.train import pick_device, train_step
+from brats_utils.train import loaders_for, pick_device, train_step
 
 SHAPE = (240, 240, 155)
 CASES = 3  # the split keeps 2 for training: 4 patches per epoch, then the sampler starts a new pass
@@ -91,10 +90,9 @@ def main() -> None:
         cache = Path(tmp) / "cache"
         build_cache(find_dataset(root, split="training"), cache, margin=profile.crop_margin, workers=2,
                     progress=False)
-        loader, _ = make_loaders(profile, cache, split_csv=Path(tmp) / "split.csv")
+        loader, _ = loaders_for(profile, cache, Path(tmp))
         step, waiting = time_steps(loader, device, steps)
-        in_process, _ = make_loaders(profile.with_overrides(num_workers=0), cache,
-                                     split_csv=Path(tmp) / "split.csv")
+        in_process, _ = loaders_for(profile.with_overrides(num_workers=0), cache, Path(tmp))
         loading = time_loading(in_process, batches=3)
     compute = step - waiting
     print(f"seconds per training step ({steps} timed): {step:.3f}, of which waiting for data {waiting:.3f}")

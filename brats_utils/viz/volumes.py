@@ -9,9 +9,9 @@ Every figure here shows slices in the radiological convention:
 * coronal (``axis=1``, fixed ``y``): superior up, the patient's left on the image's right;
 * sagittal (``axis=0``, fixed ``x``): superior up, anterior on the left.
 
-Colours: the tumour labels use ``config.LABEL_COLORS`` and the BraTS regions
-``config.REGION_COLORS`` in every figure of the project. Figures are saved with
-:func:`save_figure`, which writes into ``config.FIGURES_DIR``.
+Colours: the tumour labels use ``labels.LABEL_COLORS`` and the BraTS regions
+``labels.REGION_COLORS`` in every figure of the project. Figures are saved with
+:func:`save_figure`, which writes into ``config.figures_dir()``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from brats_utils import config
-from brats_utils.config import FILE_LABELS, LABEL_COLORS, LABEL_NAMES, MODALITIES, REGION_COLORS
+from brats_utils.config import figures_dir
 from brats_utils.files import atomic_path
+from brats_utils.labels import FILE_LABELS, LABEL_COLORS, LABEL_NAMES, MODALITIES, REGION_COLORS, check_labels
 
 #: Axis number of each viewing plane (the array axis that is held fixed).
 AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -53,12 +53,12 @@ _WINDOW_PERCENTILES = (0.5, 99.5)
 
 
 def save_figure(fig: Figure, name: str, *, dpi: int = 120) -> Path:
-    """Save ``fig`` as ``config.FIGURES_DIR / name`` (PNG unless ``name`` has another suffix).
+    """Save ``fig`` as ``config.figures_dir() / name`` (PNG unless ``name`` has another suffix).
 
     The folder is created when missing and the file is written atomically (a temporary
     name, then a rename), so a figure in ``figures/`` is never half written.
     """
-    path = Path(config.FIGURES_DIR) / name
+    path = figures_dir() / name
     if not path.suffix:
         path = path.with_suffix(".png")
     with atomic_path(path) as tmp:
@@ -135,11 +135,9 @@ def _check_shape(labels: np.ndarray, shape: tuple[int, ...], what: str = "labels
 
 
 def _check_values(labels: np.ndarray, what: str = "labels") -> None:
-    """Raise ``ValueError`` unless ``labels`` holds only file labels {0, 1, 2, 4}."""
-    unknown = sorted(set(np.unique(labels).tolist()) - set(FILE_LABELS))
-    if unknown:
-        raise ValueError(f"{what} contain values {unknown}; expected file labels {set(FILE_LABELS)} "
-                         "(convert training labels 0..3 with preprocess.to_file_labels)")
+    """Raise :class:`~brats_utils.errors.LabelValueError` (a ``ValueError``) unless these are file labels."""
+    check_labels(labels, FILE_LABELS, hint=f" in the {what}; convert training labels 0..3 with "
+                                           "labels.to_file_labels")
 
 
 def _resolve_index(labels: np.ndarray | None, shape: tuple[int, ...], axis: int, index: int | None) -> int:
@@ -176,7 +174,7 @@ def render_slice(
 
     ``image`` is ``[4, x, y, z]`` (pick ``modality`` by name or channel) or one ``[x, y, z]``
     volume; ``labels`` an ``[x, y, z]`` file-label map {0, 1, 2, 4} drawn in
-    ``config.LABEL_COLORS`` at opacity ``alpha`` when ``overlay`` is on. ``index`` defaults to
+    ``labels.LABEL_COLORS`` at opacity ``alpha`` when ``overlay`` is on. ``index`` defaults to
     the slice with the most tumour; ``window`` to :func:`intensity_window` of the modality.
     Orientation as in the module docstring (axial: anterior up, patient's left on the right).
     """
@@ -334,7 +332,7 @@ def plot_regions(
     """The three nested BraTS evaluation regions of one slice: WT, TC, ET, then their outlines together.
 
     WT = {1, 2, 4} (whole tumour), TC = {1, 4} (tumour core), ET = {4} (enhancing tumour):
-    the regions the challenge scores, drawn in ``config.REGION_COLORS``.
+    the regions the challenge scores, drawn in ``labels.REGION_COLORS``.
     """
     from brats_utils.metrics import region_masks
 

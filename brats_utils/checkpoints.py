@@ -1,0 +1,183 @@
+"""Checkpoints: the format, safe saving and loading, the compatibility check, the trained network.
+
+A checkpoint is a plain dict of tensors and containers (keys :data:`CHECKPOINT_KEYS`) so
+that it loads with ``torch.load(weights_only=True)``: a file from the internet can hold
+weights, never code. It lives apart from the training loop so that inference, the
+architecture study and the notebooks load models without importing the trainer.
+
+- :func:`atomic_torch_save`: temporary name, fsync, rename; a crash or a full disk leaves
+  the previous checkpoint as the one that loads.
+- :func:`load_checkpoint`: a training checkpoint, read weights-only and checked for its keys.
+- :func:`check_compatible`: a run may only be resumed with the settings it was trained with.
+- :func:`load_pretrained`: weights of any of the usual wrappings into a model, strictly.
+- :func:`load_model`: the network of a training checkpoint, rebuilt from its ``model_config``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from brats_utils.config import Profile
+from brats_utils.errors import CheckpointError
+from brats_utils.files import atomic_path, disk_full_error, is_disk_full
+from brats_utils.model import UNet3D
+
+CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "scheduler_state_dict",
+                   "scaler_state_dict", "early_stopping", "epoch", "rng_state", "config", "history")
+#: Profile fields that may change between a run and its resumption (they do not alter
+#: what the epochs already trained would have computed).
+RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
+                               "num_workers", "tta", "compare_presets", "compare_epochs",
+                               "compare_steps_per_epoch"})
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Folder of a run's checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def atomic_torch_save(obj: object, path: Path) -> Path:
+    """``torch.save`` to a temporary name beside ``path``, flush to disk, then rename.
+
+    A crash at any moment leaves either the previous file or the new one, never half a file.
+    A full disk raises :class:`~brats_utils.errors.DiskFullError` naming the folder and its
+    free space (torch reports it as a ``RuntimeError`` from its writer).
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except RuntimeError as error:  # torch's writer wraps the OSError in "... file write failed"
+        if is_disk_full(error) or "write failed" in str(error):
+            raise disk_full_error(path.parent, error) from error
+        raise
+    return path
+
+
+def read_weights_only(path: str | Path, *, expected: str) -> object:
+    """``torch.load(path, weights_only=True)`` onto the CPU; :class:`CheckpointError` when that fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path=path, expected=expected)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors ...
+        raise CheckpointError(f"cannot read checkpoint: it cannot be read weights-only "
+                              f"({type(error).__name__}: {str(error)[:200]})", path=path,
+                              expected=expected) from error
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a training checkpoint onto the CPU, safely (``weights_only``), and check its keys.
+
+    Raises :class:`~brats_utils.errors.CheckpointError` when the file is missing, unreadable
+    (truncated, not a torch file) or lacks any of :data:`CHECKPOINT_KEYS`.
+    """
+    path = Path(path)
+    expected = "a checkpoint written by brats_utils.train"
+    checkpoint = read_weights_only(path, expected=expected)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint holds a {type(checkpoint).__name__}, not a dict",
+                              path=path, expected=expected)
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {', '.join(missing)}", path=path,
+                              expected=f"keys {', '.join(CHECKPOINT_KEYS)}")
+    return checkpoint
+
+
+def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.Module | None = None) -> None:
+    """Raise :class:`CheckpointError` if the checkpoint belongs to other settings (or to another ``model``).
+
+    Only the fields in :data:`RESUMABLE_CHANGES` (epochs, patience, ...) may differ.
+    """
+    if model is not None and dict(checkpoint["model_config"]) != dict(model.config):
+        differing = sorted(k for k in set(checkpoint["model_config"]) | set(model.config)
+                           if checkpoint["model_config"].get(k) != model.config.get(k))
+        raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
+                              path=path, expected=f"model config {model.config}")
+    saved, current = checkpoint["config"], profile.as_dict()
+    differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if differing:
+        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
+        raise CheckpointError(f"checkpoint comes from a run with other settings ({changes})", path=path,
+                              expected="the same settings, or resume=False (--restart) to start over")
+
+
+# --- weights into a model ------------------------------------------------------------------
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _state_dict_of(source: object, path: Path | None) -> Mapping:
+    """The state dict inside a loaded object: bare, in ``model_state_dict``, without wrapper prefixes."""
+    state = source
+    if isinstance(state, Mapping) and "model_state_dict" in state:
+        state = state["model_state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("checkpoint holds no state dict", path=path,
+                              expected="a state dict or a dict with 'model_state_dict'")
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def _check_fits(model: nn.Module, state: Mapping, path: Path | None) -> None:
+    """Raise :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [f"{key} {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+                  for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or mismatched:
+        found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
+        problems = [f"{label}: {_names(keys)}" for label, keys in found.items() if keys]
+        config = getattr(model, "config", type(model).__name__)
+        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems), path=path,
+                              expected=f"the state dict of {config}")
+
+
+def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping) -> nn.Module:
+    """Load weights into ``model`` strictly and return it.
+
+    Accepts a file path or an object holding a state dict: a bare state dict, a checkpoint dict with
+    ``"model_state_dict"`` (the authors' and our format), keys prefixed by ``module.`` (saved from
+    ``nn.DataParallel``, as the authors trained on Kaggle's two T4s) or ``_orig_mod.`` (``torch.compile``).
+    Files are read with ``weights_only=True``, so a checkpoint cannot run code. Raises
+    :class:`~brats_utils.errors.CheckpointError` naming missing keys, unexpected keys and shape mismatches.
+    """
+    path = Path(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else None
+    if path is None:
+        source = path_or_state
+    else:
+        # Files holding a whole pickled module (some of the authors' releases) are refused here;
+        # a restricted unpickler for them belongs at this point (brats_utils.unpickle), never
+        # torch.load(weights_only=False), which would run code from the file.
+        source = read_weights_only(path, expected="a torch.save file holding only tensors and plain "
+                                                  "containers")
+    state = _state_dict_of(source, path)
+    _check_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_model(checkpoint_path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The network saved in a training checkpoint, rebuilt from its ``model_config``, in eval mode.
+
+    Raises :class:`~brats_utils.errors.CheckpointError` for a missing, damaged or foreign file.
+    """
+    checkpoint = load_checkpoint(Path(checkpoint_path))
+    model = UNet3D(**checkpoint["model_config"])
+    load_pretrained(model, checkpoint)
+    return model.to(device).eval()
