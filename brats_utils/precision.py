@@ -87,6 +87,13 @@ def cuda_has_bf16(device: str | torch.device = "cuda") -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def _gpu_name(device: torch.device) -> str:
+    try:
+        return torch.cuda.get_device_name(device)
+    except (AssertionError, RuntimeError):  # no CUDA in this build, or no driver
+        return "this GPU"
+
+
 def resolve_precision(requested: str, device: str | torch.device) -> str:
     """``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``requested`` (one of :data:`PRECISIONS`) on ``device``.
 
@@ -107,8 +114,7 @@ def resolve_precision(requested: str, device: str | torch.device) -> str:
         raise ValueError("fp16 is not supported on a CPU (no fp16 convolution arithmetic, and training "
                          "would need loss scaling); use precision 'bf16' or 'fp32'")
     if requested == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
-        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "this GPU"
-        raise ValueError(f"{name} has no native bf16 (needs compute capability 8.0, Ampere, or later); "
+        raise ValueError(f"{_gpu_name(device)} has no native bf16 (needs compute capability 8.0, Ampere, or later); "
                          f"use precision 'fp16' (with a GradScaler) or 'fp32'")
     return requested
 
