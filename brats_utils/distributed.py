@@ -80,7 +80,8 @@ def _environment_int(name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+        raise ValueError(f"environment variable {name}={value!r} is not an integer "
+                         f"(torchrun sets it)") from None
 
 
 def init_distributed(device: str | torch.device | None = None, *, backend: str | None = None,
@@ -208,7 +209,8 @@ class ShardedEpochSampler(Sampler[int]):
         self.rank = get_rank() if rank is None else int(rank)
         self.world_size = get_world_size() if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}")
+            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank}, "
+                             f"world_size={self.world_size}")
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass draws."""
@@ -238,7 +240,8 @@ def all_reduce_mean(value: Number) -> Number:
         reduced = value.detach().clone()
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         return reduced / get_world_size()
-    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    nccl = dist.get_backend() == "nccl"
+    on = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     tensor = torch.tensor(float(value), dtype=torch.float64, device=on)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / get_world_size()

@@ -114,8 +114,8 @@ def resolve_precision(requested: str, device: str | torch.device) -> str:
         raise ValueError("fp16 is not supported on a CPU (no fp16 convolution arithmetic, and training "
                          "would need loss scaling); use precision 'bf16' or 'fp32'")
     if requested == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
-        raise ValueError(f"{_gpu_name(device)} has no native bf16 (needs compute capability 8.0, Ampere, or later); "
-                         f"use precision 'fp16' (with a GradScaler) or 'fp32'")
+        raise ValueError(f"{_gpu_name(device)} has no native bf16 (needs compute capability 8.0, Ampere, "
+                         f"or later); use precision 'fp16' (with a GradScaler) or 'fp32'")
     return requested
 
 
@@ -206,7 +206,8 @@ def label_map_agreement(labels: torch.Tensor, reference: torch.Tensor) -> dict[s
 
 
 def precision_agreement(model: nn.Module, images: torch.Tensor, precision: str = "auto", *,
-                        device: str | torch.device | None = None, batch_size: int = 1) -> dict[str, float | str]:
+                        device: str | torch.device | None = None,
+                        batch_size: int = 1) -> dict[str, float | str]:
     """Run ``model`` on ``images`` ``[B, C, X, Y, Z]`` in fp32 and in ``precision``; compare the argmaxes.
 
     The model runs in eval mode under ``torch.inference_mode`` on ``device`` (default: where its
