@@ -228,23 +228,39 @@ class ShardedEpochSampler(Sampler[int]):
         return iter(indices)
 
 
-def all_reduce_mean(value: Number) -> Number:
-    """The mean of ``value`` over all ranks (a float or a tensor; returned as given without a group).
-
-    A tensor is reduced on its own device (``nccl`` needs it on the GPU) and not modified in place;
-    a float travels as a float64 tensor on the process group's device.
-    """
-    if not _active() or get_world_size() == 1:
-        return value
+def _all_reduce_sum(value: Number) -> Number:
     if isinstance(value, torch.Tensor):
         reduced = value.detach().clone()
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        return reduced / get_world_size()
+        return reduced
     nccl = dist.get_backend() == "nccl"
     on = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     tensor = torch.tensor(float(value), dtype=torch.float64, device=on)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return float(tensor.item()) / get_world_size()
+    return float(tensor.item())
+
+
+def all_reduce_sum(value: Number) -> Number:
+    """The sum of ``value`` over all ranks (a float or a tensor; returned as given without a group).
+
+    A tensor is reduced on its own device (``nccl`` needs it on the GPU) and not modified in place;
+    a float travels as a float64 tensor on the process group's device. Use sums (and counts) where
+    ranks hold different numbers of items, e.g. validation volumes dealt out over the ranks.
+    """
+    if not _active() or get_world_size() == 1:
+        return value
+    return _all_reduce_sum(value)
+
+
+def all_reduce_mean(value: Number) -> Number:
+    """The mean of ``value`` over all ranks (a float or a tensor; returned as given without a group).
+
+    Every rank gets the same result, e.g. the epoch's training loss for the history, so that
+    schedulers and early stopping decide alike on every rank. See :func:`all_reduce_sum`.
+    """
+    if not _active() or get_world_size() == 1:
+        return value
+    return _all_reduce_sum(value) / get_world_size()
 
 
 def barrier() -> None:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from brats_utils.distributed import (
     ShardedEpochSampler,
     all_reduce_mean,
+    all_reduce_sum,
     barrier,
     cleanup,
     init_distributed,
@@ -95,6 +96,9 @@ def main(out_dir: Path) -> None:
             step_losses.append(all_reduce_mean(float(loss.detach())))
     param_difference = gathered_max_difference(flat(model.parameters()))
     loss_after = mean_loss(model, images, labels)
+    reductions = {"sum_of_ranks": all_reduce_sum(float(info.rank + 1)),
+                  "mean_of_ranks": all_reduce_mean(float(info.rank)),
+                  "tensor_sum": all_reduce_sum(torch.tensor([1.0, info.rank])).tolist()}
     shards: list[list[int] | None] = [None] * info.world_size
     dist.all_gather_object(shards, seen)
 
@@ -118,7 +122,7 @@ def main(out_dir: Path) -> None:
             "grad_differences": grad_differences,
             "param_difference": param_difference, "single_process_difference": single_process_difference,
             "loss_before": loss_before, "loss_after": loss_after, "step_losses": step_losses,
-            "shards": shards,
+            "shards": shards, **reductions,
         }
         (out_dir / "result.json").write_text(json.dumps(result))
     barrier()

@@ -39,6 +39,7 @@ def test_without_torchrun_everything_is_one_process(no_torchrun):
     assert D.all_reduce_mean(2.5) == 2.5
     tensor = torch.tensor([1.0, 3.0])
     assert D.all_reduce_mean(tensor) is tensor
+    assert D.all_reduce_sum(tensor) is tensor and D.all_reduce_sum(4) == 4
     D.barrier()
     with D.main_process_first():
         pass
@@ -164,6 +165,8 @@ def test_two_process_ddp_on_gloo_trains_like_one_process(tmp_path):
     assert result["loss_after"] < result["loss_before"]
     # two ranks of batch 1 = one process of batch 2 on the same samples, to float rounding
     assert result["single_process_difference"] < 1e-5
+    assert result["sum_of_ranks"] == 3.0 and result["mean_of_ranks"] == 0.5
+    assert result["tensor_sum"] == [2.0, 1.0]
     rank0, rank1 = result["shards"]
     for epoch in range(2):
         a, b = set(rank0[4 * epoch:4 * epoch + 4]), set(rank1[4 * epoch:4 * epoch + 4])
