@@ -153,9 +153,11 @@ def use_channels_last(precision: str, device: str | torch.device) -> bool:
     - CUDA, fp16 or bf16: yes. cuDNN's tensor-core 3D convolutions work in NDHWC; in the default
       NCDHW layout every convolution transposes its input and output.
     - CUDA, fp32: no (no tensor cores without TF32; the default layout is cuDNN's fastest there).
-    - CPU: no, in either precision. oneDNN reorders to its own blocked layout either way; measured on
-      an AVX-512 (bf16) CPU with the paper model (``tests/benchmarks/bench_precision.py``),
-      channels-last was no faster in fp32 or bf16 for the forward pass, and slower for a training step.
+    - CPU: no, in either precision. Measured with ``tests/benchmarks/bench_precision.py`` (paper model,
+      2 AVX-512 cores with native bf16): in bf16, channels-last was slower in every run (forward pass
+      on 128³ 0.40-0.45 of fp32's time against 0.35-0.36 without it; training step on 2 × 48³ 0.48
+      against 0.37) and used more memory; in fp32 its fastest rounds were 10-20 % faster but its
+      medians slower, i.e. no gain that stands out of the noise of a shared machine.
     """
     device = _device(device)
     return device.type == "cuda" and resolve_precision(precision, device) in ("fp16", "bf16")
