@@ -200,12 +200,18 @@ class ShardedEpochSampler(Sampler[int]):
     """:class:`~brats_utils.data.EpochShuffleSampler` dealt out over ranks (see :func:`shard_indices`).
 
     Same interface: ``set_epoch`` sets the epoch of the next pass and each pass advances it, so the
-    resume logic of training works unchanged. ``rank``/``world_size`` default to the process group's.
+    resume logic of training works unchanged. ``rank``/``world_size`` default to the process group's
+    (built under torchrun before :func:`init_distributed`, it refuses rather than give every rank
+    the whole epoch).
     """
 
     def __init__(self, size: int, seed: int = 42, *, rank: int | None = None, world_size: int | None = None,
                  pad: bool = True) -> None:
         self.size, self.seed, self.epoch, self.pad = int(size), int(seed), 0, pad
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if (rank is None or world_size is None) and launched and not _active():
+            raise ValueError("ShardedEpochSampler built before init_distributed(): every rank would draw the "
+                             "whole epoch; call init_distributed() first or pass rank and world_size")
         self.rank = get_rank() if rank is None else int(rank)
         self.world_size = get_world_size() if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:

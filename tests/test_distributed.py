@@ -121,6 +121,13 @@ def test_sharding_rejects_impossible_ranks():
         D.ShardedEpochSampler(10, rank=3, world_size=2)
 
 
+def test_sharded_sampler_refuses_to_guess_before_the_process_group_exists(no_torchrun, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="before init_distributed"):
+        D.ShardedEpochSampler(10)
+    assert len(D.ShardedEpochSampler(10, rank=1, world_size=2)) == 5
+
+
 def test_sharded_sampler_follows_the_epochs_like_the_single_process_sampler():
     samplers = [D.ShardedEpochSampler(9, seed=1, rank=r, world_size=2) for r in range(2)]
     assert [len(s) for s in samplers] == [5, 5]
