@@ -151,13 +151,15 @@ def use_channels_last(precision: str, device: str | torch.device) -> bool:
     """Whether to store the model and its inputs as ``channels_last_3d`` for ``precision`` on ``device``.
 
     - CUDA, fp16 or bf16: yes. cuDNN's tensor-core 3D convolutions work in NDHWC; in the default
-      NCDHW layout every convolution transposes its input and output.
-    - CUDA, fp32: no (no tensor cores without TF32; the default layout is cuDNN's fastest there).
+      NCDHW layout it adds transposes around them (not measured here: no GPU was at hand).
+    - CUDA, fp32: no (fp32 convolutions use no tensor cores unless TF32 is on, so the reason is absent).
     - CPU: no, in either precision. Measured with ``tests/benchmarks/bench_precision.py`` (paper model,
-      2 AVX-512 cores with native bf16): in bf16, channels-last was slower in every run (forward pass
-      on 128³ 0.40-0.45 of fp32's time against 0.35-0.36 without it; training step on 2 × 48³ 0.48
-      against 0.37) and used more memory; in fp32 its fastest rounds were 10-20 % faster but its
-      medians slower, i.e. no gain that stands out of the noise of a shared machine.
+      2 shared AVX-512 cores with native bf16, three runs): with bf16, the CPU's ``auto`` choice,
+      channels-last was slower in 5 of 6 comparisons (forward pass on 128³: 0.40/0.45/0.77 of fp32's
+      time against 0.36/0.35/0.74 without it) and mostly more memory (up to 19 %). With fp32 the forward pass
+      went either way (0.82-1.34) and the training step was 14-28 % faster but took up to 15 % more
+      memory; that is one CPU on a noisy machine, not enough to change the default for CPUs without
+      bf16, which were not measured.
     """
     device = _device(device)
     return device.type == "cuda" and resolve_precision(precision, device) in ("fp16", "bf16")
