@@ -1,0 +1,180 @@
+"""DDP helpers (brats_utils.distributed): single-process fallbacks, sharding, and a real 2-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from brats_utils import distributed as D
+from brats_utils.data import EpochShuffleSampler
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in D.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+# --- one process ----------------------------------------------------------------------------
+
+
+def test_without_torchrun_everything_is_one_process(no_torchrun):
+    info = D.init_distributed(device="cpu")
+    assert info == D.DistInfo(rank=0, world_size=1, local_rank=0, backend=None, device=torch.device("cpu"))
+    assert info.is_main and not info.is_distributed
+    assert D.is_main_process() and D.get_rank() == 0 and D.get_world_size() == 1
+    model = nn.Linear(2, 2)
+    assert D.wrap_model(model, info) is model
+    assert D.unwrap_model(model) is model
+    assert D.all_reduce_mean(2.5) == 2.5
+    tensor = torch.tensor([1.0, 3.0])
+    assert D.all_reduce_mean(tensor) is tensor
+    assert D.all_reduce_sum(tensor) is tensor and D.all_reduce_sum(4) == 4
+    D.barrier()
+    with D.main_process_first():
+        pass
+    D.cleanup()
+
+
+def test_world_size_one_under_torchrun_is_one_process(no_torchrun, monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    info = D.init_distributed(device="cpu")
+    assert info.world_size == 1 and info.backend is None
+    assert not torch.distributed.is_initialized()
+
+
+def test_half_set_environment_is_refused(no_torchrun, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match="incomplete: LOCAL_RANK, WORLD_SIZE not set"):
+        D.init_distributed(device="cpu")
+
+
+def test_missing_master_address_is_refused(no_torchrun, monkeypatch):
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="MASTER_ADDR is not set"):
+        D.init_distributed(device="cpu")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK=2 is outside WORLD_SIZE=2"):
+        D.init_distributed(device="cpu")
+
+
+def test_unwrap_model_takes_the_network_out_of_dataparallel():
+    model = nn.Linear(2, 2)
+    assert D.unwrap_model(nn.DataParallel(model)) is model
+
+
+# --- sharding ---------------------------------------------------------------------------------
+
+
+def single_process_epoch(n: int, seed: int, epoch: int) -> list[int]:
+    sampler = EpochShuffleSampler(n, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("n", [12, 13, 7, 1])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_shards_are_disjoint_and_cover_the_single_process_epoch(n, world_size):
+    epoch_order = single_process_epoch(n, seed=5, epoch=3)
+    shards = [D.shard_indices(n, r, world_size, seed=5, epoch=3) for r in range(world_size)]
+    per_rank = -(-n // world_size)
+    assert all(len(shard) == per_rank for shard in shards)  # equal: DDP ranks must take equal steps
+    assert set().union(*shards) == set(epoch_order)  # the single-process epoch's set, no more
+    flat = [i for shard in shards for i in shard]
+    assert len(flat) - len(set(flat)) == (-n) % world_size  # only the padding repeats
+    # dealt out in order: step k of all ranks together is the single-process order's next slice
+    interleaved = [shards[r][k] for k in range(per_rank) for r in range(world_size)]
+    assert interleaved[:n] == epoch_order
+
+
+def test_without_padding_the_tail_is_dropped():
+    shards = [D.shard_indices(13, r, 4, seed=0, pad=False) for r in range(4)]
+    assert [len(s) for s in shards] == [3, 3, 3, 3]
+    flat = [i for s in shards for i in s]
+    assert len(set(flat)) == 12 and set(flat) < set(single_process_epoch(13, 0, 0))
+
+
+def test_shards_are_deterministic_and_change_with_seed_and_epoch():
+    first = D.shard_indices(20, 1, 2, seed=42, epoch=0)
+    assert first == D.shard_indices(20, 1, 2, seed=42, epoch=0)
+    assert first != D.shard_indices(20, 1, 2, seed=43, epoch=0)
+    later = D.shard_indices(20, 1, 2, seed=42, epoch=1)
+    assert all(20 <= i < 40 for i in later)  # epoch e draws indices e*n + permutation: new patches
+
+
+def test_sharding_rejects_impossible_ranks():
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        D.shard_indices(10, 2, 2)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        D.ShardedEpochSampler(10, rank=3, world_size=2)
+
+
+def test_sharded_sampler_refuses_to_guess_before_the_process_group_exists(no_torchrun, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="before init_distributed"):
+        D.ShardedEpochSampler(10)
+    assert len(D.ShardedEpochSampler(10, rank=1, world_size=2)) == 5
+
+
+def test_sharded_sampler_follows_the_epochs_like_the_single_process_sampler():
+    samplers = [D.ShardedEpochSampler(9, seed=1, rank=r, world_size=2) for r in range(2)]
+    assert [len(s) for s in samplers] == [5, 5]
+    for epoch in range(3):  # each pass advances the epoch by itself
+        passes = [list(s) for s in samplers]
+        assert passes == [D.shard_indices(9, r, 2, seed=1, epoch=epoch) for r in range(2)]
+    for sampler in samplers:
+        sampler.set_epoch(1)  # resuming
+    assert [list(s) for s in samplers] == [D.shard_indices(9, r, 2, seed=1, epoch=1) for r in range(2)]
+    single = D.ShardedEpochSampler(9, seed=1)  # no process group: rank 0 of 1 = the plain sampler
+    assert list(single) == single_process_epoch(9, 1, 0)
+
+
+# --- two real processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_on_gloo_trains_like_one_process(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in D.TORCHRUN_VARIABLES}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), str(out)]
+    run = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    assert [p.name for p in out.iterdir()] == ["result.json"]  # rank 0 wrote; rank 1 wrote nothing
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["backend"] == "gloo" and result["rank"] == 0
+    assert result["wrapped"] == "DistributedDataParallel" and result["unwrapped_is_model"]
+    assert result["difference_before_wrap"] > 0  # each rank built its own weights ...
+    assert result["initial_param_difference"] == 0.0  # ... and DDP gave them all rank 0's
+    assert result["grad_differences"] == [0.0] * len(result["grad_differences"])  # averaged gradients
+    assert len(result["grad_differences"]) == 8  # 2 epochs x 4 steps of batch 1 per rank
+    assert result["param_difference"] == 0.0
+    assert result["loss_after"] < result["loss_before"]
+    # two ranks of batch 1 = one process of batch 2 on the same samples, to float rounding
+    assert result["single_process_difference"] < 1e-5
+    assert result["sum_of_ranks"] == 3.0 and result["mean_of_ranks"] == 0.5
+    assert result["tensor_sum"] == [2.0, 1.0]
+    rank0, rank1 = result["shards"]
+    for epoch in range(2):
+        a, b = set(rank0[4 * epoch:4 * epoch + 4]), set(rank1[4 * epoch:4 * epoch + 4])
+        assert not a & b and a | b == set(range(8 * epoch, 8 * epoch + 8))
