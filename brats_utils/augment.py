@@ -400,3 +400,27 @@ def make_strong_augmentation(*, mirror_all: bool = False,
         p_elastic=p_spatial, elastic_displacement=float(elastic_displacement), p_gamma=p_intensity,
         gamma=tuple(gamma), p_brightness_contrast=p_intensity, multiplicative=tuple(multiplicative),
         additive=tuple(additive), p_noise=p_noise, noise_std=tuple(noise_std))
+
+
+#: The training augmentations a run profile names (``Profile.augmentation``).
+AUGMENTATIONS: tuple[str, ...] = ("none", "in_plane", "mirror", "strong")
+
+
+def augmentation_for(name: str) -> Dihedral | StrongAugmentation | None:
+    """The transform a profile's ``augmentation`` names.
+
+    ``"none"``: no augmentation (the authors' final run); ``"in_plane"``: the paper's flips of
+    x and y and quarter turns in the axial plane (:data:`IN_PLANE`); ``"mirror"``: flips along
+    all three axes as well (:data:`MIRROR_ALL`), consistent with 8-flip test-time
+    augmentation; ``"strong"``: :func:`make_strong_augmentation` on top of ``"mirror"``.
+    Pair test-time flips with :func:`tta_flips` of the result.
+    """
+    if name == "none":
+        return None
+    if name == "in_plane":
+        return IN_PLANE
+    if name == "mirror":
+        return MIRROR_ALL
+    if name == "strong":
+        return make_strong_augmentation(mirror_all=True)
+    raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")

@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import load_model
 from brats_utils.config import Profile, data_dir
 from brats_utils.errors import CheckpointError
@@ -215,7 +216,8 @@ def measure_inference(model: torch.nn.Module, profile: Profile, device: torch.de
     volume = torch.randn((len(MODALITIES), *full_volume_shape(profile)), generator=generator)
     settings = {"patch_size": profile.sw_patch_size, "overlap": profile.sw_overlap,
                 "sw_batch_size": profile.sw_batch_size, "device": device,
-                "amp": profile.amp and device.type == "cuda", "tta": profile.tta}
+                "amp": profile.amp and device.type == "cuda", "tta": profile.tta,
+                "tta_flips": tta_flips(augmentation_for(profile.augmentation))}
     sliding_window_predict(model, volume[(slice(None), *(slice(0, p) for p in profile.sw_patch_size))],
                            **settings)
     with peak_memory(device) as memory:

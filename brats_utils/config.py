@@ -104,7 +104,8 @@ class Profile:
     patch_size: Shape3D | None = (128, 128, 128)
     samples_per_volume: int = 2
     foreground_fraction: float = 0.5
-    augment: bool = True
+    # "none" | "in_plane" (the paper) | "mirror" (all three axes: pairs with 8-flip TTA) | "strong"
+    augmentation: Literal["none", "in_plane", "mirror", "strong"] = "mirror"
     batch_size: int = 2
     num_workers: int = 2
 
@@ -333,6 +334,7 @@ PROFILES: dict[str, Profile] = {
         foreground_fraction=0.0,
         batch_size=2,
         num_workers=2,
+        augmentation="in_plane",
         dropout=0.3,
         epochs=300,
         sw_patch_size=(240, 240, 160),

@@ -8,25 +8,22 @@
   ``(seed, index)`` alone, so a run is reproducible whatever the number of loader workers.
 - :class:`EpochShuffleSampler`: a new order and new patches every epoch, still seeded.
 - :class:`VolumeDataset`: whole cropped volumes for validation.
-- :func:`make_augmentation`: the paper's flips and rotation with albumentations, applied
-  to the whole 3D patch at once (the authors drew them per slice, breaking 3D consistency).
+- Augmentation comes from :mod:`brats_utils.augment` (named by :func:`~brats_utils.augment.augmentation_for`):
+  one transform for the whole 3D patch (the authors drew their flips per slice, breaking 3D consistency).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no registry check (and warning) on import
-
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from brats_utils.augment import augmentation_for
 from brats_utils.errors import CacheError
 from brats_utils.files import write_csv_atomic
 from brats_utils.preprocess import PreprocessedCase, cache_entries, load_cached, load_foreground
@@ -60,53 +57,6 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int
         table = pd.DataFrame({"case_id": train + val, "split": ["train"] * len(train) + ["val"] * len(val)})
         write_csv_atomic(table.sort_values("case_id"), csv_path)
     return train, val
-
-
-# --- augmentation --------------------------------------------------------------------
-
-
-def make_augmentation(p: float = 0.5, *, max_angle: float = 0.0) -> A.Compose:
-    """The paper's augmentation: horizontal flip, vertical flip and a 90-degree rotation, each with ``p``.
-
-    All three act in the axial plane and, through :func:`augment_patch`, identically on
-    every slice, every modality and the mask. They move voxels without interpolation, so
-    labels stay labels. ``max_angle > 0`` adds a small free rotation (linear for the image,
-    nearest-neighbour for the mask, zero fill). Only geometric transforms: in albumentations
-    2.0.8 RandomBrightnessContrast, GaussNoise and MultiplicativeNoise fail on 3D targets.
-    """
-    transforms = [A.HorizontalFlip(p=p), A.VerticalFlip(p=p), A.RandomRotate90(p=p)]
-    if max_angle > 0:
-        transforms.append(A.Rotate(limit=max_angle, fill=0, fill_mask=0, p=p))
-    return A.Compose(transforms)
-
-
-def _seed_transform(transform: A.BasicTransform | A.BaseCompose, rng: np.random.Generator) -> None:
-    """Give ``transform`` and each transform inside it its own seed drawn from ``rng``.
-
-    ``Compose.set_random_seed`` (and ``Compose(seed=...)``) in albumentations 2.0.8 give
-    every child the *same* seed, so two flips with p = 0.5 always fire together.
-    """
-    transform.set_random_seed(int(rng.integers(2**32)))
-    for child in getattr(transform, "transforms", []):
-        _seed_transform(child, rng)
-
-
-def augment_patch(transform: Callable, image: np.ndarray, labels: np.ndarray, *,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Apply an albumentations transform to image ``[C, X, Y, Z]`` and labels ``[X, Y, Z]`` together.
-
-    The arrays are handed over as they lie in memory: the modalities as ``images``
-    ``[N, H, W, channels]`` and the labels as a multi-channel ``mask`` ``[H, W, channels]``,
-    with ``H, W = x, y`` and the z slices as channels. A 2D transform then moves every axial
-    slice of every modality and of the mask with one set of random parameters: the same
-    result as the ``volume``/``mask3d`` targets (depth first, channels last), without the
-    two full transposes those need, which cost ten times more than the flips on a 128^3 patch.
-    The transform is seeded from ``rng`` for reproducibility.
-    """
-    if hasattr(transform, "set_random_seed"):
-        _seed_transform(transform, rng)
-    out = transform(images=image, mask=labels)
-    return np.ascontiguousarray(out["images"]), np.ascontiguousarray(out["mask"])
 
 
 # --- patches -------------------------------------------------------------------------
@@ -161,12 +111,13 @@ class PatchDataset(Dataset):
     depends only on ``(seed, index)``; indices beyond ``len(self)`` are allowed and stand
     for later epochs (see :class:`EpochShuffleSampler`). Arrays are memory-mapped lazily
     in the process that reads them, so the dataset is safe to share with loader workers.
-    ``augment``: ``True`` for :func:`make_augmentation`, or any albumentations transform.
+    ``augment``: a transform called as ``augment(image, labels, rng=rng)`` (see
+    :mod:`brats_utils.augment`), or ``None``.
     """
 
     def __init__(self, entries: Sequence[str | Path], *, patch_size: Shape3D | None = (128, 128, 128),
                  samples_per_volume: int = 2, foreground_fraction: float = 0.5,
-                 augment: bool | Callable = False, seed: int = 42) -> None:
+                 augment: Callable | None = None, seed: int = 42) -> None:
         if not entries:
             raise CacheError("no cache entries to sample patches from", expected="at least one entry")
         if not 0.0 <= foreground_fraction <= 1.0:
@@ -175,7 +126,7 @@ class PatchDataset(Dataset):
         self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
         self.samples_per_volume = int(samples_per_volume)
         self.foreground_fraction = float(foreground_fraction)
-        self.transform = make_augmentation() if augment is True else (augment or None)
+        self.transform = augment
         self.seed = int(seed)
         self._opened: dict[int, tuple[PreprocessedCase, np.ndarray]] = {}
 
@@ -208,7 +159,7 @@ class PatchDataset(Dataset):
         image = extract_patch(case.image, start, size, dtype=np.float32)
         labels = extract_patch(case.labels, start, size)
         if self.transform is not None:
-            image, labels = augment_patch(self.transform, image, labels, rng=rng)
+            image, labels = self.transform(image, labels, rng=rng)
         return image, labels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,13 +230,14 @@ class VolumeDataset(Dataset):
 
 def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int | None = None,
                  val_fraction: float = 0.2, seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
-                 samples_per_volume: int = 2, foreground_fraction: float = 0.5, augment: bool = True,
+                 samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
                  batch_size: int = 2, num_workers: int = 2) -> tuple[DataLoader, VolumeDataset]:
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
     The cached cases (the first ``max_cases`` if set) are split with :func:`split_cases`
     (``val_fraction``, ``seed``); the split is saved to ``split_csv``. The patches follow
-    :class:`PatchDataset`'s arguments; memory is pinned only when CUDA is available.
+    :class:`PatchDataset`'s arguments, with the transform that ``augmentation`` names
+    (:func:`brats_utils.augment.augmentation_for`); memory is pinned only when CUDA is available.
     (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
     """
     entries = cache_entries(cache_dir)[:max_cases]
@@ -296,7 +248,7 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int
     train_ids, val_ids = split_cases(list(by_id), val_fraction=val_fraction, seed=seed, csv_path=split_csv)
     patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
                            samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,
-                           augment=augment, seed=seed)
+                           augment=augmentation_for(augmentation), seed=seed)
     loader = DataLoader(patches, batch_size=batch_size, sampler=EpochShuffleSampler(len(patches), seed=seed),
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=num_workers > 0, collate_fn=pad_collate)

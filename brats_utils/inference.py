@@ -234,12 +234,14 @@ def sliding_window_predict(
     device: str | torch.device | None = None,
     amp: bool = True,
     tta: bool = False,
+    tta_flips: Sequence[tuple[int, ...]] = ALL_FLIPS,
     stitch_device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
     The three stages in one call: :func:`softmax_predictor` (float16 autocast on CUDA
-    when ``amp``), wrapped in :func:`with_flips` when ``tta`` (8 passes per window), slid
+    when ``amp``), wrapped in :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
+    by default all 8: pair them with the training augmentation, ``augment.tta_flips``), slid
     over the image by :func:`sliding_window` (see there for the other arguments). The
     model runs on ``device`` (default: where its parameters are), in eval mode (restored
     after). When a single window covers the volume the result is one forward pass's softmax.
@@ -247,7 +249,7 @@ def sliding_window_predict(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     predictor = softmax_predictor(model, amp=amp)
     if tta:
-        predictor = with_flips(predictor)
+        predictor = with_flips(predictor, tta_flips)
     was_training = model.training
     model.eval()
     try:
@@ -272,6 +274,7 @@ class InferenceSettings:
     sw_batch_size: int = 2
     amp: bool = True
     tta: bool = False
+    tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS
     margin: int = 2
 
 
@@ -304,6 +307,7 @@ def predict_case(
     probs = sliding_window_predict(
         model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
         sw_batch_size=settings.sw_batch_size, device=device, amp=settings.amp, tta=settings.tta,
+        tta_flips=settings.tta_flips,
     )
     labels = to_original_grid(probs, cropped.meta, case.scheme)
     if out_path is not None:

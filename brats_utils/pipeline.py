@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from brats_utils import compare
 from brats_utils import train as training
+from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import check_compatible, checkpoint_dir, load_checkpoint, load_model
 from brats_utils.config import Profile
 from brats_utils.data import VolumeDataset
@@ -105,10 +106,17 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
 
 
 def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:
-    """The profile's preprocessing margin and sliding-window settings; ``tta`` overrides the profile's."""
+    """The profile's preprocessing margin and sliding-window settings; ``tta`` overrides the profile's.
+
+    Test-time flips are the ones the profile's training augmentation produced
+    (:func:`brats_utils.augment.tta_flips`): all 8 after ``"mirror"``, the 4 in-plane ones
+    after the paper's ``"in_plane"``, none (TTA off) after ``"none"``.
+    """
+    flips = tta_flips(augmentation_for(profile.augmentation))
+    use_tta = (profile.tta if tta is None else tta) and len(flips) > 1
     return InferenceSettings(patch_size=tuple(profile.sw_patch_size), overlap=profile.sw_overlap,
-                             sw_batch_size=profile.sw_batch_size, amp=profile.amp,
-                             tta=profile.tta if tta is None else tta, margin=profile.crop_margin)
+                             sw_batch_size=profile.sw_batch_size, amp=profile.amp, tta=use_tta,
+                             tta_flips=flips, margin=profile.crop_margin)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,

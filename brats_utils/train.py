@@ -349,7 +349,7 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path):
     return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
                         seed=profile.seed, patch_size=profile.patch_size,
                         samples_per_volume=profile.samples_per_volume,
-                        foreground_fraction=profile.foreground_fraction, augment=profile.augment,
+                        foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
                         batch_size=profile.batch_size, num_workers=profile.num_workers,
                         split_csv=Path(run_dir) / "split.csv")
 

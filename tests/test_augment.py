@@ -116,15 +116,11 @@ def test_a_155_slice_crop_passes_and_stays_aligned(augmentation):
         assert np.count_nonzero(out) == np.count_nonzero(image)
 
 
-def test_the_opencv_path_it_replaces_fails_at_depth_155_with_opencv_5():
-    """Why: albumentations with z as channels (data.augment_patch) meets cv2.flip's channel limit."""
-    A = pytest.importorskip("albumentations")
-    cv2 = pytest.importorskip("cv2")
+def test_depth_155_is_augmented_with_no_opencv_involved():
+    """The albumentations path passed z as OpenCV channels; OpenCV 5 refuses more than 128 (bench_augment)."""
     image, labels = marker_patch()
-    if int(cv2.__version__.split(".")[0]) >= 5:
-        with pytest.raises(cv2.error):
-            A.HorizontalFlip(p=1)(images=image, mask=labels)
-    out, out_labels = MIRROR_ALL(image, labels, rng=np.random.default_rng(0))  # whatever OpenCV is installed
+    assert image.shape[-1] == 155
+    out, out_labels = MIRROR_ALL(image, labels, rng=np.random.default_rng(0))
     assert out.shape == image.shape and out_labels.shape == labels.shape
 
 

@@ -8,14 +8,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from brats_utils.augment import IN_PLANE, MIRROR_ALL, augmentation_for
 from brats_utils.config import get_profile
 from brats_utils.data import (
     EpochShuffleSampler,
     PatchDataset,
     VolumeDataset,
-    augment_patch,
     extract_patch,
-    make_augmentation,
     pad_collate,
     split_cases,
 )
@@ -129,7 +128,7 @@ def test_same_seed_same_patches_other_seed_other_patches(tmp_path):
     entry = make_entry(tmp_path, "one", tumour_volume())
 
     def draw(seed):
-        dataset = PatchDataset([entry], patch_size=(16, 16, 16), samples_per_volume=6, augment=True,
+        dataset = PatchDataset([entry], patch_size=(16, 16, 16), samples_per_volume=6, augment=MIRROR_ALL,
                                seed=seed)
         return [dataset.sample(i) for i in range(6)]
 
@@ -144,7 +143,8 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
     entries = [make_entry(tmp_path, f"case{i}", tumour_volume((24, 28, 20)), seed=i) for i in range(3)]
 
     def batches(workers):
-        dataset = PatchDataset(entries, patch_size=(16, 16, 16), samples_per_volume=2, augment=True, seed=7)
+        dataset = PatchDataset(entries, patch_size=(16, 16, 16), samples_per_volume=2,
+                               augment=MIRROR_ALL, seed=7)
         loader = DataLoader(dataset, batch_size=2, sampler=EpochShuffleSampler(len(dataset), seed=7),
                             num_workers=workers, collate_fn=pad_collate, persistent_workers=workers > 0)
         return [batch for _ in range(2) for batch in loader]  # two epochs
@@ -176,43 +176,48 @@ def _image_and_function_of_it(shape, seed=0):
     return image, labels
 
 
+@pytest.mark.parametrize("name", ["in_plane", "mirror", "strong"])
 @pytest.mark.parametrize("shape", [(12, 12, 7), (10, 14, 6)])
-def test_augmentation_keeps_modalities_and_mask_aligned(shape):
+def test_named_augmentations_keep_modalities_and_mask_aligned(name, shape):
     image, labels = _image_and_function_of_it(shape)
-    transform = make_augmentation()
-    for seed in range(24):
-        out_image, out_labels = augment_patch(transform, image, labels, rng=np.random.default_rng(seed))
-        assert out_image.shape[0] == 4 and out_image.shape[1:] == out_labels.shape
-        assert out_labels.shape[2] == shape[2]  # in-plane only: depth untouched
+    transform = augmentation_for(name)
+    for seed in range(12):
+        out_image, out_labels = transform(image, labels, rng=np.random.default_rng(seed))
+        assert out_image.shape[0] == 4 and out_image.shape[1:] == out_labels.shape == shape
+        assert set(np.unique(out_labels)) <= set(TRAIN_LABELS) and out_labels.dtype == np.uint8
+        if name == "strong":
+            continue  # resampled and intensity-changed: alignment is tested in test_augment.py
         base = out_image[0]
         for k in range(4):
             np.testing.assert_allclose(out_image[k], base * (k + 1) + k, rtol=1e-6, atol=1e-5)
         np.testing.assert_array_equal(out_labels, np.digitize(base, [-0.5, 0.3, 1.0]))
 
 
-def test_augmentation_draws_all_eight_flip_rotation_combinations_independently():
-    # flips and quarter turns of a square plane form the 8-element dihedral group; with the
-    # albumentations 2.0.8 shared-seed behaviour both flips always fire together (fewer outcomes)
-    image, labels = _image_and_function_of_it((6, 6, 3))
-    # reference: the 8 symmetries of the axial (x, y) plane, the same for every z slice
-    symmetries = {np.rot90(flipped, k, axes=(0, 1)).tobytes()
-                  for flipped in (labels, labels[::-1]) for k in range(4)}
-    assert len(symmetries) == 8
-    transform = make_augmentation(p=0.5)
-    outcomes = {augment_patch(transform, image, labels, rng=np.random.default_rng(s))[1].tobytes()
-                for s in range(200)}
+@pytest.mark.parametrize(("transform", "expected"), [(IN_PLANE, 8), (MIRROR_ALL, 16)])
+def test_augmentation_draws_every_symmetry_of_its_group(transform, expected):
+    # reference: the 8 symmetries of the axial (x, y) plane, the same for every z slice, and
+    # with MIRROR_ALL each of them also mirrored along z
+    _, labels = _image_and_function_of_it((6, 6, 3))
+    in_plane = [np.rot90(flipped, k, axes=(0, 1)) for flipped in (labels, labels[::-1]) for k in range(4)]
+    depth_flips = (False, True) if transform is MIRROR_ALL else (False,)
+    symmetries = {(s[:, :, ::-1] if z else s).tobytes() for s in in_plane for z in depth_flips}
+    assert len(symmetries) == expected
+    image = np.stack([labels.astype(np.float32)] * 4)
+    outcomes = {transform(image, labels, rng=np.random.default_rng(s))[1].tobytes() for s in range(300)}
     assert outcomes == symmetries
 
 
-def test_free_rotation_keeps_labels_in_the_label_set():
-    image, labels = _image_and_function_of_it((20, 20, 4))
-    transform = make_augmentation(p=1.0, max_angle=15)
-    changed = False
-    for seed in range(5):
-        out_image, out_labels = augment_patch(transform, image, labels, rng=np.random.default_rng(seed))
-        assert set(np.unique(out_labels)) <= set(TRAIN_LABELS) and out_labels.dtype == np.uint8
-        changed |= not np.array_equal(out_labels, labels)
-    assert changed
+def test_whole_crops_deeper_than_128_slices_are_augmented(tmp_path):
+    # OpenCV 5 refuses more than 128 channels in cv2.flip: the old albumentations path, which
+    # passed the z slices as channels, crashed on every crop deeper than 128 slices
+    labels = np.zeros((20, 18, 155), np.uint8)
+    labels[5:12, 4:10, 60:100] = 2
+    entry = make_entry(tmp_path, "deep", labels)
+    dataset = PatchDataset([entry], patch_size=None, samples_per_volume=8, augment=MIRROR_ALL, seed=3)
+    for index in range(8):
+        image, out = dataset[index]
+        assert image.shape == (4, 20, 18, 155) and out.shape == (20, 18, 155)
+        assert int((out == 2).sum()) == int((labels == 2).sum())
 
 
 # --- collation, validation volumes, loaders ------------------------------------------

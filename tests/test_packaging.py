@@ -22,13 +22,16 @@ def _requirement_names(requirements: list[str]) -> set[str]:
 def test_runtime_dependencies_are_the_field_libraries():
     names = _requirement_names(_pyproject()["project"]["dependencies"])
     assert {"torch", "numpy", "nibabel", "pandas", "matplotlib", "ipywidgets",
-            "albumentations", "kagglehub", "tqdm"} <= names
+            "kagglehub", "tqdm"} <= names
 
 
 def test_pins_from_the_data_facts():
     deps = _pyproject()["project"]["dependencies"]
-    assert "albumentations==2.0.8" in deps  # the MIT release; its successor is AGPL
     assert "kagglehub>=1.0,<1.1" in deps
+    # augmentation is numpy/torch (OpenCV 5 broke the albumentations path); albumentations stays
+    # only as the benchmark's comparison, pinned to the MIT release (its successor is AGPL)
+    assert not any(d.startswith("albumentations") for d in deps)
+    assert "albumentations==2.0.8" in _pyproject()["project"]["optional-dependencies"]["bench"]
 
 
 def test_torch_range_never_forces_a_reinstall():

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from brats_utils.augment import MIRROR_ALL
 from brats_utils.data import PatchDataset, extract_patch
 from brats_utils.download import Case, find_dataset
 from brats_utils.io import load_case
@@ -87,7 +88,7 @@ def main() -> None:
         plain = PatchDataset([entry], patch_size=PATCH, samples_per_volume=10**6, foreground_fraction=0.5)
         cached = _rate(lambda i: plain[i], minimum_seconds=5, minimum_count=20)
         augmented = PatchDataset([entry], patch_size=PATCH, samples_per_volume=10**6, foreground_fraction=0.5,
-                                 augment=True)
+                                 augment=MIRROR_ALL)
         cached_aug = _rate(lambda i: augmented[i], minimum_seconds=5, minimum_count=20)
 
     print(f"{'128^3 patches per second':<42}{'samples/s':>10}{'vs NIfTI':>10}")
