@@ -435,13 +435,13 @@ def _view_figure(image, labels, prediction, *, axis: int, index: int, modality: 
     return _draw_panels(fig, panels, axis, legend=labels is not None or prediction is not None, title=title)
 
 
-#: Width of every control's label column, so the slider tracks and buttons start on one line.
+#: Width of the viewer's label column, so the slider track and the buttons start on one line.
 _DESCRIPTION_WIDTH = "70px"
 #: Slider track length per slice (px) and the track's bounds: long enough to hit every slice.
 _SLIDER_PX_PER_SLICE = 8
 _SLIDER_TRACK_PX = (320, 900)
-#: Room the slice slider needs besides its track (the label column and a margin).
-_SLIDER_EXTRA_PX = 70 + 20
+#: Room the slice slider needs besides its track (its margins).
+_SLIDER_EXTRA_PX = 20
 
 
 def _slider_width(n_slices: int) -> str:
@@ -500,16 +500,15 @@ class SliceViewer:
         self._reference = labels if labels is not None else prediction
         self._has_labels = has_labels = self._reference is not None
         axis = axis_number(axis)
-        style = {"description_width": _DESCRIPTION_WIDTH}
         n_slices = image.shape[1 + axis]
 
-        self.axis = widgets.ToggleButtons(options=list(AXES)[::-1], value=_plane_name(axis),
-                                          description="plane", style=style)
-        self.modality = widgets.ToggleButtons(options=list(MODALITIES), value=modality,
-                                              description="modality", style=style)
-        self.index = widgets.IntSlider(min=0, max=n_slices - 1, value=self._start_index(axis),
-                                       description="slice", style=style, readout=False,
+        # no descriptions of their own: ipywidgets 8 puts a ToggleButtons' description above the
+        # buttons and a slider's beside its track; every row gets a label of one width instead
+        self.axis = widgets.ToggleButtons(options=list(AXES)[::-1], value=_plane_name(axis))
+        self.modality = widgets.ToggleButtons(options=list(MODALITIES), value=modality)
+        self.index = widgets.IntSlider(min=0, max=n_slices - 1, value=self._start_index(axis), readout=False,
                                        layout=widgets.Layout(width=_slider_width(n_slices)))
+        self.index.add_class("brats-slice")
         #: The slice index as a number box (the slider's readout): its arrow keys work in every front end.
         self.index_box = widgets.BoundedIntText(min=0, max=n_slices - 1, value=self.index.value,
                                                 continuous_update=True, layout=widgets.Layout(width="70px"))
@@ -517,21 +516,22 @@ class SliceViewer:
         self.overlay = widgets.Checkbox(value=has_labels, description="show", disabled=not has_labels,
                                         indent=False, layout=widgets.Layout(width="70px"))
         self.alpha = widgets.FloatSlider(min=0.0, max=1.0, step=0.05, value=alpha, description="opacity",
-                                         disabled=not has_labels, style=style)
+                                         disabled=not has_labels, style={"description_width": "initial"})
+        self.alpha.add_class("brats-opacity")
         names = [name for name, m in (("ground truth", labels), ("prediction", prediction)) if m is not None]
         self.views = [widgets.Image(format="png") for _ in names or ["image"]]
         self._names = names or ["image"]
         self.caption = widgets.HTML()
-        panels = [widgets.VBox([widgets.HTML(f"<b>{name}</b>"), view])
-                  for name, view in zip(names or [""], self.views, strict=True)]
+        #: Each panel's heading; it names the panel's state (see :meth:`state_text`) in its ``title``.
+        self.headers = [widgets.HTML() for _ in self.views]
+        panels = [widgets.VBox([header, view]) for header, view in zip(self.headers, self.views, strict=True)]
         self.legend = widgets.HTML()
-        label_column = widgets.Layout(width=_DESCRIPTION_WIDTH, justify_content="flex-end",
-                                      padding="0 8px 0 0")
-        self.widget = widgets.VBox([
-            self.axis, self.modality, widgets.HBox([self.index, self.index_box]),
-            widgets.HBox([widgets.Label("labels", layout=label_column), self.overlay, self.alpha]),
-            self.caption, widgets.HBox(panels), self.legend,
-        ])
+        column = widgets.Layout(width=_DESCRIPTION_WIDTH)
+        rows = [widgets.HBox([widgets.Label(name, layout=column), *controls])
+                for name, controls in (("plane", [self.axis]), ("modality", [self.modality]),
+                                       ("slice", [self.index, self.index_box]),
+                                       ("labels", [self.overlay, self.alpha]))]
+        self.widget = widgets.VBox([*rows, self.caption, widgets.HBox(panels), self.legend])
         self.axis.observe(self._on_axis, names="value")
         self.index_box.observe(self._on_box, names="value")
         for control in (self.modality, self.index, self.overlay, self.alpha):
@@ -574,8 +574,8 @@ class SliceViewer:
     def state_text(self) -> str:
         """The current view in words, e.g. ``"axial slice 17 of 32 (index 16), flair, labels off"``.
 
-        Each panel's image carries it (with the panel's name) as its tooltip, so a page shows
-        which state its picture is of.
+        Each panel's heading carries it (after the panel's name) as its ``title``, so a page
+        shows which state its picture is of.
         """
         state = self._state()
         return _state_text(self.axis.value, state["index"], self.index.max + 1, state["modality"],
@@ -598,9 +598,14 @@ class SliceViewer:
         top, bottom, left, right = _EDGE_LETTERS[state["axis"]]
         self.caption.value = (f"{self.state_text()} &nbsp;·&nbsp; top {top}, bottom {bottom}, "
                               f"left {left}, right {right} (radiological convention)")
-        for name, view, (_, rgb) in zip(self._names, self.views, self.panels(), strict=True):
+        # the picture first, then the heading naming its state: a page that shows the new state
+        # has the new picture too (no tooltip on the Image: ipywidgets 8.1's ImageView fails on it)
+        for name, view, header, (_, rgb) in zip(self._names, self.views, self.headers, self.panels(),
+                                                strict=True):
             view.value = _png_bytes(rgb, self.display_size)
-            view.tooltip = f"{name}: {self.state_text()}"
+            shown = name if self.labels is not None or self.prediction is not None else ""
+            header.value = (f'<b class="brats-view-state" title="{name}: {self.state_text()}">'
+                            f"{shown or '&nbsp;'}</b>")
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """The live widget, plus a PNG and a line of text for where widgets cannot run.

@@ -54,7 +54,7 @@ def test_slice_slider_gives_every_slice_several_pixels_and_follows_the_plane():
     image, labels = _case()
     viewer = viz.SliceViewer(image, labels)
     track = _px(viewer.index.layout.width) - viz._SLIDER_EXTRA_PX
-    assert track / viewer.index.max >= viz._SLIDER_PX_PER_SLICE  # 32 axial slices: 8 px each, not 3-4
+    assert track / viewer.index.max >= viz._SLIDER_PX_PER_SLICE  # 32 axial slices: 8 px or more each
     viewer.axis.value = "sagittal"  # 48 slices: a longer track
     assert _px(viewer.index.layout.width) - viz._SLIDER_EXTRA_PX >= viz._SLIDER_PX_PER_SLICE * 47
     # a real BraTS volume (155 or 240 slices) stays within the bounds, still above 3-4 px per slice
@@ -74,15 +74,17 @@ def test_slice_text_counts_from_one_and_names_the_array_index():
     assert viewer.figure().get_suptitle().startswith("axial slice 32 of 32 (index 31)")
 
 
-def test_each_image_names_its_panel_and_state_in_its_tooltip():
+def test_each_panel_heading_names_its_state_and_images_carry_no_tooltip():
     image, labels = _case()
     viewer = viz.SliceViewer(image, labels, np.where(labels == 4, 1, labels).astype(np.uint8))
     viewer.modality.value = "t2"
     viewer.alpha.value = 0.6
-    tips = [view.tooltip for view in viewer.views]
-    assert tips == [f"ground truth: {viewer.state_text()}", f"prediction: {viewer.state_text()}"]
+    titles = [re.search(r'title="([^"]*)"', header.value)[1] for header in viewer.headers]
+    assert titles == [f"ground truth: {viewer.state_text()}", f"prediction: {viewer.state_text()}"]
     assert re.fullmatch(r"prediction: axial slice \d+ of 32 \(index \d+\), t2, labels on, opacity 0\.60",
-                        tips[1])
+                        titles[1])
+    # ipywidgets 8.1's ImageView cannot be created with a tooltip (the browser test found it)
+    assert all(not getattr(view, "tooltip", None) for view in viewer.views)
 
 
 def test_number_box_and_slider_stay_one_value_across_planes():
@@ -117,12 +119,12 @@ def test_labels_off_greys_out_opacity_and_legend():
 def test_controls_share_one_label_column():
     image, labels = _case()
     viewer = viz.SliceViewer(image, labels)
-    widths = {control.style.description_width for control in (viewer.axis, viewer.modality, viewer.index,
-                                                              viewer.alpha)}
-    assert widths == {viz._DESCRIPTION_WIDTH}
-    labels_row = viewer.widget.children[3]
-    assert labels_row.children[0].value == "labels"
-    assert labels_row.children[0].layout.width == viz._DESCRIPTION_WIDTH
+    rows = viewer.widget.children[:4]
+    assert [row.children[0].value for row in rows] == ["plane", "modality", "slice", "labels"]
+    assert {row.children[0].layout.width for row in rows} == {viz._DESCRIPTION_WIDTH}
+    # the controls bring no labels of their own (ipywidgets 8 would put the buttons' under them)
+    assert viewer.axis.description == viewer.modality.description == viewer.index.description == ""
+    assert [row.children[1] for row in rows] == [viewer.axis, viewer.modality, viewer.index, viewer.overlay]
 
 
 def test_output_bundle_holds_the_widget_a_png_and_readable_text():
