@@ -56,7 +56,7 @@ notebook-outputs: $(STAMP)
 ## make test-browser: the slice viewer of notebooks 02 and 06 in JupyterLab under Debian's Chromium
 ## (apt-get install -y chromium; Playwright drives it, never `playwright install`), screenshots in data/test/browser
 test-browser: $(STAMP)
-	@$(BIN)/python -c "import playwright, psutil" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,browser]"
+	@$(BIN)/python -c "import playwright, psutil, notebook" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,browser]"
 	@test -x /usr/bin/chromium || { echo "test-browser needs Debian's Chromium: apt-get install -y chromium"; exit 1; }
 	$(BIN)/pytest tests/browser -m browser -q -s -p no:cacheprovider
 

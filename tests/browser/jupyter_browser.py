@@ -80,9 +80,10 @@ class LabServer:
     log_path: Path
     child_pids: set[int] = field(default_factory=set)
 
-    def page_url(self, notebook: str) -> str:
-        """Address that opens ``notebook`` (a name in the notebook folder) in JupyterLab."""
-        return f"{self.url}lab/tree/{notebook}?token={self.token}"
+    def page_url(self, notebook: str, front_end: str = "lab") -> str:
+        """Address that opens ``notebook`` (a name in the notebook folder) in JupyterLab or Notebook 7."""
+        path = {"lab": "lab/tree", "notebook": "notebooks"}[front_end]
+        return f"{self.url}{path}/{notebook}?token={self.token}"
 
     def api(self, path: str, method: str = "GET") -> object:
         """Call the server's REST API; returns the decoded JSON (``None`` for an empty reply)."""
@@ -170,7 +171,8 @@ def start_lab(repo: Path, scratch: Path, *, timeout: float = 120.0) -> LabServer
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={notebook_dir}",
-               "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+               "--LabApp.expose_app_in_browser=True", "--JupyterNotebookApp.expose_app_in_browser=True",
+               "--LabApp.news_url=",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if os.geteuid() == 0:  # CI containers run as root
         command.append("--allow-root")
@@ -220,15 +222,18 @@ _PROGRESS_JS = """() => {
 }"""
 
 
-def run_all_cells(page, server: LabServer, notebook: str, *, timeout: float = 600.0) -> float:
-    """Open ``notebook``, wait for its kernel, run every cell; returns the run's seconds.
+def run_all_cells(page, server: LabServer, notebook: str, *, front_end: str = "lab",
+                  timeout: float = 600.0) -> float:
+    """Open ``notebook`` (in ``"lab"`` or ``"notebook"`` 7), wait for its kernel, run every cell.
+
+    Returns the run's seconds.
 
     "Run All" sent before the kernel is connected runs nothing, so the cells are run only once
     the kernel is connected and idle. Outputs and execution counts are cleared first, so a
     finished run is one where every code cell has a count again and the kernel is idle. Raises
     ``AssertionError`` on the first error output (a failing cell stops the run).
     """
-    page.goto(server.page_url(notebook))
+    page.goto(server.page_url(notebook, front_end))
     page.wait_for_function(_KERNEL_READY_JS, timeout=120_000, polling=250)
     server.remember_children()
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
