@@ -146,3 +146,18 @@ def test_ipython_displays_the_whole_bundle():
     image, labels = _case()
     data, _ = DisplayFormatter().format(viz.SliceViewer(image, labels))
     assert {WIDGET_VIEW, "image/png", "text/plain"} <= set(data)
+
+
+def test_an_exported_notebook_without_widget_state_shows_the_picture():
+    nbformat = pytest.importorskip("nbformat")
+    nbconvert = pytest.importorskip("nbconvert")
+
+    image, labels = _case()
+    bundle = viz.SliceViewer(image, labels)._repr_mimebundle_()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("viz.show_viewer(image, labels)", outputs=[
+        nbformat.v4.new_output("execute_result", data=bundle, execution_count=1)])]
+    html, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
+    assert f'src="data:image/png;base64,{bundle["image/png"][:40]}' in html
+    markdown, resources = nbconvert.MarkdownExporter().from_notebook_node(notebook)
+    assert "![png]" in markdown and "VBox(" not in markdown
