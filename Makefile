@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-dev
 TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
 
-.PHONY: demo test lint unit notebooks notebook-outputs lab bench setup clean
+.PHONY: demo test test-browser lint unit notebooks notebook-outputs lab bench setup clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,13 @@ notebook-outputs: $(STAMP)
 	rm -rf $(NOTEBOOK_DATA)
 	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo import \
 	record_checked_outputs as rec; [rec(Path(p)) for p in sys.argv[1:]]' $(or $(NB),notebooks/[0-9][0-9]_*.ipynb)
+
+## make test-browser: the slice viewer of notebooks 02 and 06 in JupyterLab under Debian's Chromium
+## (apt-get install -y chromium; Playwright drives it, never `playwright install`), screenshots in data/test/browser
+test-browser: $(STAMP)
+	@$(BIN)/python -c "import playwright, psutil, notebook" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,browser]"
+	@test -x /usr/bin/chromium || { echo "test-browser needs Debian's Chromium: apt-get install -y chromium"; exit 1; }
+	$(BIN)/pytest tests/browser -m browser -q -s -p no:cacheprovider
 
 ## make lab: JupyterLab on the notebooks
 lab: $(STAMP)

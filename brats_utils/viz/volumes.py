@@ -429,8 +429,30 @@ def _view_figure(image, labels, prediction, *, axis: int, index: int, modality: 
     panels = _overlay_panels(image, labels, prediction, axis=axis, index=index, modality=modality,
                              overlay=overlay, alpha=alpha, window=window, with_plain=False)
     fig = Figure(figsize=_grid_size(1, len(panels), panels[0][1].shape, 4.2), layout="constrained")
-    title = f"{_plane_name(axis)} slice {index} of {image.shape[1 + axis]}, {modality}"
+    title = f"{_plane_name(axis)} slice {index + 1} of {image.shape[1 + axis]} (index {index}), {modality}"
     return _draw_panels(fig, panels, axis, legend=labels is not None or prediction is not None, title=title)
+
+
+#: Width of the viewer's label column, so the slider track and the buttons start on one line.
+_DESCRIPTION_WIDTH = "70px"
+#: Slider track length per slice (px) and the track's bounds: long enough to hit every slice.
+_SLIDER_PX_PER_SLICE = 8
+_SLIDER_TRACK_PX = (320, 900)
+#: Room the slice slider needs besides its track (its margins).
+_SLIDER_EXTRA_PX = 20
+
+
+def _slider_width(n_slices: int) -> str:
+    """CSS width of the slice slider: about ``_SLIDER_PX_PER_SLICE`` px of track per slice, bounded."""
+    low, high = _SLIDER_TRACK_PX
+    track = min(max(_SLIDER_PX_PER_SLICE * max(n_slices - 1, 1), low), high)
+    return f"{track + _SLIDER_EXTRA_PX}px"
+
+
+def _state_text(plane: str, index: int, n_slices: int, modality: str, overlay: bool, alpha: float) -> str:
+    """The view's state in words: a 1-based slice number of the count, then its 0-based array index."""
+    labels = f"labels on, opacity {alpha:.2f}" if overlay else "labels off"
+    return f"{plane} slice {index + 1} of {n_slices} (index {index}), {modality}, {labels}"
 
 
 class SliceViewer:
@@ -440,8 +462,15 @@ class SliceViewer:
     ipywidgets 7 and 8 (only ``observe`` and long-standing widgets are used). Each change
     re-renders the panels with :func:`render_slice` straight to PNG (no matplotlib on the way),
     so the view updates in place, fast and without flicker. Display it by making it a cell's
-    last expression (or ``IPython.display.display(viewer)``); :meth:`figure` gives the current
-    view as a static matplotlib figure.
+    last expression (or ``IPython.display.display(viewer)``): the output holds the live widget
+    and, for exported or GitHub-rendered notebooks where widgets cannot run, a PNG of the
+    view as displayed (see :meth:`_repr_mimebundle_`). :meth:`figure` gives the current view as
+    a static matplotlib figure.
+
+    Keyboard: the slider handle takes the arrow keys once clicked (JupyterLab). Jupyter
+    Notebook 7 handles the arrow keys itself before a slider sees them (they move between
+    cells), so the slice also has a number box: click it, then the up/down arrow keys step the
+    slice in every front end (a text field keeps the notebook's shortcuts out).
     """
 
     def __init__(
@@ -467,30 +496,42 @@ class SliceViewer:
         self.display_size = display_size
         self._windows = {m: intensity_window(image[c]) for c, m in enumerate(MODALITIES)}
         self._reference = labels if labels is not None else prediction
-        has_labels = self._reference is not None
+        self._has_labels = has_labels = self._reference is not None
         axis = axis_number(axis)
+        n_slices = image.shape[1 + axis]
 
-        self.axis = widgets.ToggleButtons(options=list(AXES)[::-1], value=_plane_name(axis),
-                                          description="plane")
-        self.modality = widgets.ToggleButtons(options=list(MODALITIES), value=modality,
-                                              description="modality")
-        self.index = widgets.IntSlider(min=0, max=image.shape[1 + axis] - 1,
-                                       value=self._start_index(axis), description="slice")
-        self.overlay = widgets.Checkbox(value=has_labels, description="labels", disabled=not has_labels,
-                                        indent=False)
+        # no descriptions of their own: ipywidgets 8 puts a ToggleButtons' description above the
+        # buttons and a slider's beside its track; every row gets a label of one width instead
+        self.axis = widgets.ToggleButtons(options=list(AXES)[::-1], value=_plane_name(axis))
+        self.modality = widgets.ToggleButtons(options=list(MODALITIES), value=modality)
+        self.index = widgets.IntSlider(min=0, max=n_slices - 1, value=self._start_index(axis), readout=False,
+                                       layout=widgets.Layout(width=_slider_width(n_slices)))
+        self.index.add_class("brats-slice")
+        #: The slice index as a number box (the slider's readout): its arrow keys work in every front end.
+        self.index_box = widgets.BoundedIntText(min=0, max=n_slices - 1, value=self.index.value,
+                                                continuous_update=True, layout=widgets.Layout(width="70px"))
+        self._syncing = False
+        self.overlay = widgets.Checkbox(value=has_labels, description="show", disabled=not has_labels,
+                                        indent=False, layout=widgets.Layout(width="70px"))
         self.alpha = widgets.FloatSlider(min=0.0, max=1.0, step=0.05, value=alpha, description="opacity",
-                                         disabled=not has_labels)
+                                         disabled=not has_labels, style={"description_width": "initial"})
+        self.alpha.add_class("brats-opacity")
         names = [name for name, m in (("ground truth", labels), ("prediction", prediction)) if m is not None]
         self.views = [widgets.Image(format="png") for _ in names or ["image"]]
+        self._names = names or ["image"]
         self.caption = widgets.HTML()
-        panels = [widgets.VBox([widgets.HTML(f"<b>{name}</b>"), view])
-                  for name, view in zip(names or [""], self.views, strict=True)]
-        legend = widgets.HTML(_legend_html()) if has_labels else widgets.HTML()
-        self.widget = widgets.VBox([
-            self.axis, self.modality, widgets.HBox([self.index, self.overlay, self.alpha]),
-            self.caption, widgets.HBox(panels), legend,
-        ])
+        #: Each panel's heading; it names the panel's state (see :meth:`state_text`) in its ``title``.
+        self.headers = [widgets.HTML() for _ in self.views]
+        panels = [widgets.VBox([header, view]) for header, view in zip(self.headers, self.views, strict=True)]
+        self.legend = widgets.HTML()
+        column = widgets.Layout(width=_DESCRIPTION_WIDTH)
+        rows = [widgets.HBox([widgets.Label(name, layout=column), *controls])
+                for name, controls in (("plane", [self.axis]), ("modality", [self.modality]),
+                                       ("slice", [self.index, self.index_box]),
+                                       ("labels", [self.overlay, self.alpha]))]
+        self.widget = widgets.VBox([*rows, self.caption, widgets.HBox(panels), self.legend])
         self.axis.observe(self._on_axis, names="value")
+        self.index_box.observe(self._on_box, names="value")
         for control in (self.modality, self.index, self.overlay, self.alpha):
             control.observe(self._redraw, names="value")
         self._redraw()
@@ -501,16 +542,42 @@ class SliceViewer:
     def _on_axis(self, change: dict) -> None:
         axis = AXES[change["new"]]
         before = self.index.value
+        n_slices = self.image.shape[1 + axis]
+        self._set_box(max=n_slices - 1)
         with self.index.hold_trait_notifications():  # new range and start slice as one change
-            self.index.max = self.image.shape[1 + axis] - 1
+            self.index.max = n_slices - 1
             self.index.value = self._start_index(axis)
+        self.index.layout.width = _slider_width(n_slices)
         if self.index.value == before:  # otherwise the slider's own observer redrew
             self._redraw()
+
+    def _on_box(self, change: dict) -> None:
+        if not self._syncing:
+            self.index.value = change["new"]
+
+    def _set_box(self, **values: int) -> None:
+        """Set the number box from the slider's side without echoing back to the slider."""
+        self._syncing = True
+        try:
+            for name, value in values.items():
+                setattr(self.index_box, name, value)
+        finally:
+            self._syncing = False
 
     def _state(self) -> dict:
         return {"axis": AXES[self.axis.value], "index": self.index.value, "modality": self.modality.value,
                 "overlay": self.overlay.value, "alpha": self.alpha.value,
                 "window": self._windows[self.modality.value]}
+
+    def state_text(self) -> str:
+        """The current view in words, e.g. ``"axial slice 17 of 32 (index 16), flair, labels off"``.
+
+        Each panel's heading carries it (after the panel's name) as its ``title``, so a page
+        shows which state its picture is of.
+        """
+        state = self._state()
+        return _state_text(self.axis.value, state["index"], self.index.max + 1, state["modality"],
+                           state["overlay"], state["alpha"])
 
     def panels(self) -> list[tuple[str, np.ndarray]]:
         """The current view as (title, RGB ``uint8``) panels, exactly as the widget shows them."""
@@ -522,25 +589,50 @@ class SliceViewer:
 
     def _redraw(self, change: dict | None = None) -> None:
         state = self._state()
+        self._set_box(value=state["index"])
+        overlay_on = self._has_labels and state["overlay"]
+        self.alpha.disabled = not overlay_on  # opacity and legend mean nothing with the labels off
+        self.legend.value = _legend_html(active=overlay_on) if self._has_labels else ""
         top, bottom, left, right = _EDGE_LETTERS[state["axis"]]
-        self.caption.value = (f"{self.axis.value} slice {state['index']} of {self.index.max + 1}, "
-                              f"{state['modality']} &nbsp;·&nbsp; top {top}, bottom {bottom}, "
+        self.caption.value = (f"{self.state_text()} &nbsp;·&nbsp; top {top}, bottom {bottom}, "
                               f"left {left}, right {right} (radiological convention)")
-        for view, (_, rgb) in zip(self.views, self.panels(), strict=True):
+        # the picture first, then the heading naming its state: a page that shows the new state
+        # has the new picture too (no tooltip on the Image: ipywidgets 8.1's ImageView fails on it)
+        for name, view, header, (_, rgb) in zip(self._names, self.views, self.headers, self.panels(),
+                                                strict=True):
             view.value = _png_bytes(rgb, self.display_size)
+            shown = name if self.labels is not None or self.prediction is not None else ""
+            header.value = (f'<b class="brats-view-state" title="{name}: {self.state_text()}">'
+                            f"{shown or '&nbsp;'}</b>")
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The live widget, plus a PNG and a line of text for where widgets cannot run.
 
-        display(self.widget)
+        Front ends with widgets (JupyterLab, Notebook, VS Code, Colab) show the widget view;
+        ``nbconvert`` exports and GitHub fall back to ``image/png`` (the view as it was displayed)
+        and plain text to ``text/plain``, instead of the widget's ``VBox(children=...)`` repr.
+        """
+        import base64
+
+        fig = self.figure()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        return {
+            "application/vnd.jupyter.widget-view+json": {
+                "version_major": 2, "version_minor": 0, "model_id": self.widget.model_id},
+            "image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            "text/plain": f"SliceViewer: {self.state_text()} (interactive in a running notebook)",
+        }
 
 
-def _legend_html() -> str:
+def _legend_html(active: bool = True) -> str:
+    """The label colours' legend; greyed out (``active=False``) while the labels are hidden."""
     items = "".join(
         f'<span style="display:inline-block;width:12px;height:12px;background:{LABEL_COLORS[label]};'
         f'margin:0 4px 0 12px;vertical-align:middle"></span>{label}: {LABEL_NAMES[label]}'
         for label in _TUMOUR_LABELS)
-    return f"<div>{items}</div>"
+    style = "" if active else ' style="opacity:0.35" title="labels hidden"'
+    return f"<div class=\"brats-legend\"{style}>{items}</div>"
 
 
 def _png_bytes(rgb: np.ndarray, display_size: int) -> bytes:
