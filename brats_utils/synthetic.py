@@ -177,7 +177,7 @@ def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def mni_template() -> Template:
-    """The prepared template, loaded once per process (about 2 s, no network)."""
+    """The prepared template, loaded once per process (a few seconds, no network)."""
     t1, gm, wm = _load_mni152()
     mask = t1 > 0
     gm *= mask
@@ -218,6 +218,12 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def _linear(row: np.ndarray, offsets: Sequence[np.ndarray]) -> np.ndarray:
+    """``row . (x, y, z)`` on the grid whose per-axis offsets are ``offsets`` (a 3D array)."""
+    x, y, z = (o.astype(np.float32) for o in offsets)
+    return row[0] * x[:, None, None] + row[1] * y[None, :, None] + row[2] * z[None, None, :]
 
 
 @dataclass(frozen=True)
@@ -267,8 +273,7 @@ def _geometry(shape: Shape3D, rng: np.random.Generator, deform: bool) -> _Geomet
     offsets = [m - o for m, o in zip(mm, origin, strict=True)]
     coords = np.empty((3, *box_shape), dtype=np.float32)
     for i in range(3):
-        coords[i] = (template.centre[i] + inverse[i, 0] * offsets[0][:, None, None]
-                     + inverse[i, 1] * offsets[1][None, :, None] + inverse[i, 2] * offsets[2][None, None, :])
+        coords[i] = template.centre[i] + _linear(inverse[i], offsets)
         if deform:
             coords[i] += smooth_field(box_shape, rng, 5, amplitude=2.0)
     return _Geometry(box, mm, coords, forward, origin)
@@ -320,11 +325,9 @@ def _draw_tumour(geometry: _Geometry, rng: np.random.Generator, zoom: float, has
     pushed = 1.6 * oedema_ratio * core_radius
     strength = rng.uniform(0.15, 0.35) * np.clip(1.0 - _distance(mm, site) ** 2 / pushed**2, 0.0, None) ** 2
     inverse = np.linalg.inv(geometry.forward)
-    offsets = [(m - c).astype(np.float32) for m, c in zip(mm, site, strict=True)]
+    offsets = [m - c for m, c in zip(mm, site, strict=True)]
     for i in range(3):
-        geometry.coords[i][box] -= strength * (inverse[i, 0] * offsets[0][:, None, None]
-                                               + inverse[i, 1] * offsets[1][None, :, None]
-                                               + inverse[i, 2] * offsets[2][None, None, :])
+        geometry.coords[i][box] -= strength * _linear(inverse[i], offsets)
 
     # lobed foci: 1 - distance / radius, the nearest focus wins, plus a smooth random field
     scaled = [_distance(mm, c) / r for c, r in zip(centres, radii, strict=True)]
@@ -337,7 +340,8 @@ def _draw_tumour(geometry: _Geometry, rng: np.random.Generator, zoom: float, has
         off_centre = site + direction / np.linalg.norm(direction) * core_radius * rng.uniform(0.0, 0.5)
         inner = 1.0 - _distance(mm, off_centre) / (core_radius * rng.uniform(0.55, 0.9))
         inner += smooth_field(shape, rng, 5, amplitude=0.2)
-        # the enhancing rim: a variable thickness (at least a voxel), broken where `gap` is high
+        # the enhancing rim: a variable thickness (at least a voxel); in half the cases it is broken
+        # (necrosis reaches the oedema) where another smooth field is high
         rim = np.maximum(rng.uniform(0.1, 0.35) * (1 + smooth_field(shape, rng, 4, amplitude=0.5)),
                          zoom / core_radius)
         if rng.random() < 0.5:
