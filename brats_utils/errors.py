@@ -58,6 +58,10 @@ class ShapeMismatchError(BratsError):
     """Volumes of one case (modalities or segmentation) differ in shape."""
 
 
+class NotCoregisteredError(BratsError):
+    """Volumes of one case have different affines: they do not share one voxel grid."""
+
+
 class NotAVolumeError(BratsError):
     """A file holds something other than a 3D volume."""
 

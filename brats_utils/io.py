@@ -3,13 +3,17 @@
 :func:`load_case` turns a :class:`Case` (the record of one case's files) into a float32 image
 ``[4, H, W, D]`` (channels in ``labels.MODALITIES`` order) and uint8 labels in {0, 1, 2, 4}.
 It never trusts the stored data type (real files are int16 or float32, labels uint8 or
-float): it reads, checks, then casts. Anything unexpected raises an error from
-:mod:`brats_utils.errors` that names the case, the file and the expectation. Input files
-are only read (Kaggle mounts them read-only); :func:`save_segmentation` writes atomically.
+float, possibly scaled by ``scl_slope``/``scl_inter``): it reads, applies the scaling, checks, then
+casts. Copies other than Kaggle's may store the volumes in another orientation (RAS instead of
+LPS): arrays are brought to the Kaggle files' axis order on load, and :func:`save_segmentation`
+writes a prediction back in the input's own orientation and affine. Anything unexpected raises an
+error from :mod:`brats_utils.errors` that names the case, the file and the expectation. Input
+files are only read (Kaggle mounts them read-only); :func:`save_segmentation` writes atomically.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +24,17 @@ from brats_utils.errors import (
     MissingModalityError,
     NonFiniteError,
     NotAVolumeError,
+    NotCoregisteredError,
     ShapeMismatchError,
     UnreadableFileError,
 )
 from brats_utils.files import atomic_path
 from brats_utils.labels import BRATS2020, MODALITIES, LabelScheme, check_labels
+
+#: Axis codes of the Kaggle files (x to the left, y to the back, z up): arrays are loaded in this order.
+KAGGLE_AXCODES = ("L", "P", "S")
+#: Largest difference between two affines' entries (mm, or direction cosines) still "co-registered".
+AFFINE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,12 @@ class Case:
 
 @dataclass
 class LoadedCase:
-    """One case in memory: image ``[4, H, W, D]`` float32, labels uint8 or ``None``, geometry."""
+    """One case in memory: image ``[4, H, W, D]`` float32, labels uint8 or ``None``, geometry.
+
+    The arrays are in the Kaggle files' orientation (``KAGGLE_AXCODES``) and ``affine`` is theirs;
+    ``header`` is the input file's own, so a prediction saved with it goes back to the input's
+    orientation and affine.
+    """
 
     case_id: str
     image: np.ndarray
@@ -112,12 +127,38 @@ def read_labels(path: str | Path, *, case_id: str | None = None,
     return data.astype(np.uint8), image
 
 
+def reorient(array: np.ndarray, affine: np.ndarray, axcodes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` (3D, laid out on ``affine``) flipped and transposed to the orientation ``axcodes``.
+
+    ``axcodes`` as nibabel writes them, e.g. ``("L", "P", "S")``. Returns the array (itself when
+    it already has that orientation) and its affine.
+    """
+    target = nib.orientations.axcodes2ornt(axcodes)
+    transform = nib.orientations.ornt_transform(nib.io_orientation(affine), target)
+    if (transform == [[0, 1], [1, 1], [2, 1]]).all():
+        return array, affine
+    moved = np.ascontiguousarray(nib.orientations.apply_orientation(array, transform))
+    return moved, affine @ nib.orientations.inv_ornt_aff(transform, array.shape)
+
+
+def _check_coregistered(nifti: nib.Nifti1Image, reference: nib.Nifti1Image, what: str, case: Case,
+                        path: Path) -> None:
+    if not np.allclose(nifti.affine, reference.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        first = case.modalities[MODALITIES[0]]
+        raise NotCoregisteredError(
+            f"{what} has another affine than {Path(first).name} (largest difference "
+            f"{np.abs(nifti.affine - reference.affine).max():.3g})", case_id=case.case_id, path=path,
+            expected=f"volumes on one grid, affines equal within {AFFINE_TOLERANCE:g}")
+
+
 def load_case(case: Case) -> LoadedCase:
     """Load and check one case: float32 image ``[4, H, W, D]``, uint8 labels (or ``None``).
 
-    The affine and header are those of the FLAIR file. Raises (from :mod:`brats_utils.errors`)
+    Stored scaling is applied and the arrays are brought to ``KAGGLE_AXCODES``; the affine is
+    that of the arrays, the header that of the FLAIR file. Raises (from :mod:`brats_utils.errors`)
     :class:`MissingModalityError`, :class:`UnreadableFileError`, :class:`NotAVolumeError`,
-    :class:`NonFiniteError`, :class:`ShapeMismatchError` or :class:`LabelValueError`.
+    :class:`NonFiniteError`, :class:`ShapeMismatchError`, :class:`NotCoregisteredError` or
+    :class:`LabelValueError`.
     """
     reference = None
     image = None
@@ -129,18 +170,24 @@ def load_case(case: Case) -> LoadedCase:
         volume, nifti = read_volume(path, case_id=case.case_id)
         if reference is None:
             reference = nifti
-            image = np.empty((len(MODALITIES), *volume.shape), dtype=np.float32)
-        elif volume.shape != image.shape[1:]:
+        elif volume.shape != reference.shape[:3]:
             raise ShapeMismatchError(f"{modality} has shape {volume.shape}", case_id=case.case_id, path=path,
-                                     expected=f"the shape of {MODALITIES[0]}, {image.shape[1:]}")
+                                     expected=f"the shape of {MODALITIES[0]}, {reference.shape[:3]}")
+        else:
+            _check_coregistered(nifti, reference, modality, case, Path(path))
+        volume, affine = reorient(volume, reference.affine, KAGGLE_AXCODES)
+        if image is None:
+            image = np.empty((len(MODALITIES), *volume.shape), dtype=np.float32)
         image[channel] = volume
     labels = None
     if case.seg is not None:
-        labels, _ = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
-        if labels.shape != image.shape[1:]:
+        labels, nifti = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
+        if labels.shape != reference.shape[:3]:
             raise ShapeMismatchError(f"segmentation has shape {labels.shape}", case_id=case.case_id,
-                                     path=case.seg, expected=f"the image shape {image.shape[1:]}")
-    return LoadedCase(case.case_id, image, labels, reference.affine.copy(), reference.header.copy())
+                                     path=case.seg, expected=f"the image shape {reference.shape[:3]}")
+        _check_coregistered(nifti, reference, "the segmentation", case, Path(case.seg))
+        labels, _ = reorient(labels, reference.affine, KAGGLE_AXCODES)
+    return LoadedCase(case.case_id, image, labels, affine.copy(), reference.header.copy())
 
 
 def save_segmentation(
@@ -149,9 +196,12 @@ def save_segmentation(
 ) -> Path:
     """Write labels as a uint8 NIfTI (BraTS submission format) with the reference geometry.
 
-    ``labels`` must be 3D with file labels of ``scheme`` (BraTS 2020: {0, 1, 2, 4}), not training labels.
-    ``header`` (e.g. ``LoadedCase.header``) is copied so that the file matches the input
-    scan; its data type and scaling are reset for uint8. The file is written under a
+    ``labels`` must be 3D with file labels of ``scheme`` (BraTS 2020: {0, 1, 2, 4}), not training
+    labels, laid
+    out on ``affine``. ``header`` (e.g. ``LoadedCase.header``) is copied so that the file matches
+    the input scan: when it holds an affine of another orientation (an input that was not in
+    the Kaggle orientation), the labels are turned back to that orientation and written with the
+    matching affine. Its data type and scaling are reset for uint8. The file is written under a
     temporary name in the same folder and renamed, so a reader never sees half a file.
     """
     path = Path(path)
@@ -163,6 +213,8 @@ def save_segmentation(
     if suffix not in (".nii", ".nii.gz"):
         raise ValueError(f"segmentation path must end in .nii or .nii.gz, got {path}")
     header = header.copy() if header is not None else nib.Nifti1Header()
+    if header["sform_code"] > 0 or header["qform_code"] > 0:
+        labels, affine = reorient(labels, affine, nib.aff2axcodes(header.get_best_affine()))
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(labels.astype(np.uint8), affine, header=header)
     image.header.set_slope_inter(1.0, 0.0)

@@ -1,44 +1,61 @@
-"""Synthetic BraTS 2020: phantom brains with tumours, written in the exact Kaggle layout.
+"""Synthetic BraTS 2020: real brain anatomy with hard tumours, written in the exact Kaggle layout.
 
-Without internet (CI, a first look on a laptop) the series runs on this stand-in. It is
-built to teach the same lessons as the real data:
+Without internet (CI, a first look on a laptop) the series runs on this stand-in, and whatever the
+project claims is judged on it. It is built to teach the same lessons as the real data, and to be
+as hard to segment as the real data is for the reasons the real data is hard:
 
 * **layout**: the folders, file names, CSV files and quirks of the Kaggle copy
-  ``awsaf49/brats20-dataset-training-validation`` (uncompressed ``.nii``, int16 images,
-  uint8 labels, the real affine, validation cases without segmentation, one training
-  segmentation misnamed as in case 355, one case stored as float32);
-* **anatomy**: a head-shaped brain on an exactly-zero background, grey and white matter,
-  CSF in the ventricles, the fissure and around the brain, each with the contrast it has
-  in FLAIR, T1, T1ce and T2;
-* **tumour**: nested regions with random size, shape and position: oedema (label 2, bright
-  in FLAIR and T2) around a core of enhancing rim (label 4, bright in T1ce) and necrosis
-  (label 1, dark in T1ce). Low-grade cases have a non-enhancing core (label 1) and no label 4;
-* **scanner effects**: noise, a smooth multiplicative bias field and an arbitrary intensity
-  scale per case and modality, so that intensity normalisation matters as it does for real
-  scans.
+  ``awsaf49/brats20-dataset-training-validation`` (uncompressed ``.nii``, int16 images, uint8
+  labels, the real LPS affine, validation cases without segmentation, one training segmentation
+  misnamed as in case 355, one case stored as float32). ``foreign=True`` writes instead the
+  pitfalls of other copies: ``.nii.gz``, a RAS affine, scaled storage, a case whose modalities
+  are not co-registered and a segmentation stored as float;
+* **anatomy**: a real brain, nilearn's MNI152 (2009) templates (T1, grey- and white-matter
+  probability maps; CSF is the brain mask minus both), placed on the BraTS grid (240 x 240 x 155,
+  1 mm, LPS, skull-stripped, exactly 0 outside) and made unique per case by a random affine and a
+  smooth random deformation. Smaller grids are the same anatomy resampled;
+* **contrast**: each modality mixes the tissue fractions with textbook relative intensities
+  (T1 white > grey > CSF, T2 CSF > grey > white, FLAIR grey > white with dark CSF) and adds the
+  normal bright structures that are not tumour: periventricular FLAIR hyperintensity, and on T1ce
+  vessels, choroid plexus and dura;
+* **tumour**: one to three irregular foci (thresholded smooth random fields), necrosis off centre,
+  an enhancing rim of variable thickness that may be incomplete, oedema that follows white matter
+  and spares cortex, and mass effect that pushes the anatomy aside. Their intensities overlap
+  normal tissue, so no single threshold segments them (:func:`threshold_baseline` measures it).
+  Low-grade cases have no enhancing tumour (some enhance faintly, unlabelled);
+* **acquisition**: Rician noise, a smooth bias field, a per-case intensity scale and offset, and
+  a few hot outlier voxels, so that intensity normalisation matters as it does for real scans.
 
-Everything is vectorised numpy: smooth random fields are sums of a few low-frequency
-cosines evaluated separably (three small matrix products), so a full 240x240x155 case
-takes about half a second of CPU time.
+Speed: the template is loaded and prepared once per process (and low-passed once per grid size);
+a case then samples the template's brain mask on the brain's bounding box, interpolates four tissue
+maps at the brain's voxels only, and does all intensity work on those voxels (a third of the box);
+smooth random fields are sums of low-frequency cosines evaluated separably. A full-size case takes
+about 1.5 s of CPU time.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
 from brats_utils.errors import BratsError
 from brats_utils.labels import MODALITIES
 
 Shape3D = tuple[int, int, int]
+
+#: The real volumes' grid (1 mm voxels); smaller synthetic grids resample the same anatomy.
+BRATS_SHAPE: Shape3D = (240, 240, 155)
 
 #: Number of training / validation cases of the real release, used to place synthetic
 #: cases on the real case numbering (grades, survival rows, the case-355 quirk).
@@ -53,22 +70,33 @@ QUIRK_SEG_NAME = "W39_1998.09.19_Segm.nii"
 #: Marker written last at the dataset root (outside the Kaggle tree): its presence with the
 #: same parameters means the dataset is complete and is not written again.
 MARKER_NAME = ".brats_synthetic.json"
+#: Recorded in the marker: a dataset written by an older generator is written again.
+GENERATOR_VERSION = 2
 
-# Relative tissue intensities (white matter of T1 = 1) per modality, in MODALITIES order.
-# They follow the textbook contrasts: CSF dark in FLAIR/T1, bright in T2; oedema bright in
-# FLAIR and T2; the enhancing rim bright only after contrast (T1ce); necrosis dark in T1/T1ce.
-_TISSUES = ("wm", "gm", "csf", "oedema", "enhancing", "non_enhancing", "necrosis")
+# Relative intensities (white matter of T1 = 1) per modality, in MODALITIES order. Textbook
+# contrasts, chosen so that tumour overlaps normal tissue: oedema is only moderately brighter than
+# grey matter and periventricular white matter in FLAIR, darker than CSF in T2; enhancing tumour is
+# as bright on T1ce as vessels, choroid plexus and dura ("bright"); "periventricular" is added to
+# white matter next to the ventricles.
+_TISSUES = ("wm", "gm", "csf", "oedema", "enhancing", "necrosis", "non_enhancing", "bright",
+            "periventricular")
 _CONTRAST = np.array(
-    [  # wm    gm    csf   oed   enh   net   nec
-        [0.60, 0.78, 0.12, 1.45, 1.05, 1.25, 0.55],  # flair
-        [1.00, 0.72, 0.25, 0.58, 0.70, 0.55, 0.32],  # t1
-        [1.00, 0.74, 0.25, 0.60, 1.75, 0.56, 0.30],  # t1ce
-        [0.45, 0.66, 1.35, 1.10, 0.80, 1.05, 1.30],  # t2
+    [  # wm    gm    csf   oed   enh   nec   net   bright pv
+        [0.60, 0.78, 0.12, 0.94, 0.90, 0.70, 0.95, 0.62, 0.28],  # flair
+        [1.00, 0.72, 0.25, 0.64, 0.62, 0.35, 0.60, 0.85, -0.06],  # t1
+        [1.00, 0.74, 0.25, 0.66, 1.55, 0.33, 0.62, 1.60, 0.00],  # t1ce
+        [0.45, 0.66, 1.35, 1.00, 0.85, 1.20, 0.98, 0.55, 0.22],  # t2
     ],
     dtype=np.float32,
 )
+_C = {name: i for i, name in enumerate(_TISSUES)}
 # Per-case scanner scale: the intensity of white matter, drawn log-uniformly per modality.
 _WM_INTENSITY_RANGE = {"flair": (150, 500), "t1": (250, 900), "t1ce": (250, 1300), "t2": (300, 1600)}
+#: The template is shrunk by this factor onto the BraTS grid: the MNI brain (145 x 181 x 155 mm with
+#: the brain stem) then has about the extent of a BraTS brain in SRI24 space.
+_TEMPLATE_SCALE = 0.9
+#: Where the brain's bounding-box centre sits on the BraTS grid (voxel coordinates at 1 mm).
+_BRAIN_CENTRE = np.array([119.5, 119.5, 75.0])
 
 
 def _cosine_basis(n: int, k: int) -> np.ndarray:
@@ -109,61 +137,242 @@ def _ramp(x: np.ndarray) -> np.ndarray:
     return np.clip(x + 0.5, 0.0, 1.0)
 
 
-def _normalised_grid(shape: Shape3D, centre: Sequence[float], semi_axes: Sequence[float]):
-    """Open grids (x, y, z) measured from ``centre`` in units of ``semi_axes`` (all in voxels)."""
-    axes = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return [((a - c) / s).astype(np.float32) for a, c, s in zip(axes, centre, semi_axes, strict=True)]
+# --- the template ---------------------------------------------------------------------
 
 
-def _box(lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[slice, ...], Shape3D]:
-    """Slices and shape of the box from corner ``lo`` (inclusive) to ``hi`` (exclusive)."""
-    pairs = list(zip(lo.tolist(), hi.tolist(), strict=True))
-    return tuple(slice(a, b) for a, b in pairs), tuple(b - a for a, b in pairs)
+@dataclass(frozen=True)
+class Template:
+    """MNI152 (2009, 1 mm) tissue maps in LPS voxel order, ready to be resampled.
 
-
-def _tumour(shape: Shape3D, brain_semi_axes: np.ndarray, brain_centre: np.ndarray,
-            rng: np.random.Generator, has_enhancing: bool):
-    """Soft weights (oedema, core, necrosis) of a random tumour inside a bounding box.
-
-    Returns the box as slices and the three weight arrays on it. Distances are in voxels,
-    so the soft edges are about one voxel wide at every image size.
+    ``maps`` is ``[5, X, Y, Z]`` float32: the brain mask, white matter, grey matter, CSF (the mask
+    minus both) and ``near_ventricles`` (1 inside the lateral ventricles, decaying over a few mm
+    around them).
+    ``box`` is the brain's bounding box (``[lo, hi]`` voxel corners) and ``tumour_sites`` deep
+    white-matter voxels where a tumour may start.
     """
-    scale = float(brain_semi_axes.min())
-    oedema_radius = scale * rng.uniform(0.35, 0.6)
-    core_radius = oedema_radius * rng.uniform(0.45, 0.7)
-    necrosis_fraction = rng.uniform(0.5, 0.75)
-    # the centre stays deep enough inside the brain that the core is mostly inside
-    direction = rng.standard_normal(3)
-    direction /= np.linalg.norm(direction)
-    centre = brain_centre + direction * rng.uniform(0.15, 0.5) * brain_semi_axes
-    stretch_oedema = rng.uniform(0.75, 1.3, size=3)
-    stretch_core = rng.uniform(0.8, 1.2, size=3)
 
-    half = np.ceil(oedema_radius * stretch_oedema * 1.35 + 2).astype(int)
-    lo = np.maximum(np.floor(centre).astype(int) - half, 0)
-    hi = np.minimum(np.floor(centre).astype(int) + half + 1, shape)
-    box, box_shape = _box(lo, hi)
+    maps: np.ndarray
+    box: np.ndarray
+    tumour_sites: np.ndarray
 
-    def distance(radius: float, stretch: np.ndarray, wobble: float) -> np.ndarray:
-        """Ellipsoidal distance to the centre, in voxels, with a lumpy random outline."""
-        x, y, z = _normalised_grid(box_shape, centre - lo, radius * stretch)
-        r = np.sqrt(x * x + y * y + z * z)
-        return radius * r / smooth_field(box_shape, rng, 4, amplitude=wobble, offset=1.0)
+    @property
+    def centre(self) -> np.ndarray:
+        """The centre of the brain's bounding box (voxels)."""
+        return self.box.mean(axis=0)
 
-    d_oedema = distance(oedema_radius, stretch_oedema, 0.15)
-    d_core = distance(core_radius, stretch_core, 0.12)
-    oedema = _ramp((oedema_radius - d_oedema) / 1.5)
-    core = _ramp((core_radius - d_core) / 1.5)
-    necrosis = _ramp((core_radius * necrosis_fraction - d_core) / 1.5)
-    if not has_enhancing and rng.random() < 0.5:
-        necrosis = np.zeros_like(necrosis)  # many low-grade cores are solid
-    # oedema surrounds the core by at least two voxels: the regions are nested
-    oedema = np.maximum(oedema, _ramp((core_radius + 2.0 - d_core) / 1.5))
-    return box, oedema, core, necrosis
+
+def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """T1, grey- and white-matter maps of nilearn's MNI152 2009 templates, float32, LPS order."""
+    try:
+        from nilearn import datasets
+    except ImportError as err:
+        raise ImportError("the synthetic brains are built from nilearn's MNI152 templates: "
+                          "install it with  pip install 'nilearn>=0.10'") from err
+    volumes = []
+    for load in (datasets.load_mni152_template, datasets.load_mni152_gm_template,
+                 datasets.load_mni152_wm_template):
+        image = nib.as_closest_canonical(load(resolution=1))  # RAS
+        volumes.append(np.asarray(image.get_fdata(dtype=np.float32))[::-1, ::-1].copy())  # RAS -> LPS
+    return tuple(volumes)
+
+
+@functools.lru_cache(maxsize=1)
+def mni_template() -> Template:
+    """The prepared template, loaded once per process (a few seconds, no network)."""
+    t1, gm, wm = _load_mni152()
+    mask = t1 > 0
+    gm *= mask
+    wm *= mask
+    csf = np.clip(mask - gm - wm, 0.0, 1.0)
+    depth = ndimage.distance_transform_edt(mask)
+    # lateral ventricles: large CSF components deep inside the brain, near the midline
+    box = np.array([(i.min(), i.max()) for i in np.nonzero(mask)], dtype=np.float64).T
+    centre = box.mean(axis=0)
+    deep_csf = (csf > 0.6) & (depth > 10)
+    deep_csf[: int(centre[0]) - 30] = False
+    deep_csf[int(centre[0]) + 30:] = False
+    components, n = ndimage.label(deep_csf)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    ventricles = np.isin(components, np.flatnonzero(sizes > 2000))
+    near_ventricles = np.exp(-ndimage.distance_transform_edt(~ventricles) / 4.0).astype(np.float32)
+    maps = np.stack([mask.astype(np.float32), wm, gm, csf, near_ventricles * mask])
+    sites = np.argwhere((wm > 0.7) & (depth > 18) & (near_ventricles < 0.05))[::97].astype(np.float64)
+    return Template(maps, box, sites)
+
+
+@functools.lru_cache(maxsize=4)
+def _template_maps(zoom: tuple[float, ...]) -> np.ndarray:
+    """The template's maps low-passed for a grid of ``zoom`` mm voxels (no aliasing on small grids)."""
+    maps = mni_template().maps
+    sigma = [max(0.0, 0.5 * (z / _TEMPLATE_SCALE - 1.0)) for z in zoom]
+    if max(sigma) < 0.2:
+        return maps
+    return np.stack([ndimage.gaussian_filter(m, sigma, mode="constant") for m in maps])
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix for small angles (radians) about x, y and z."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _linear(row: np.ndarray, offsets: Sequence[np.ndarray]) -> np.ndarray:
+    """``row . (x, y, z)`` on the grid whose per-axis offsets are ``offsets`` (a 3D array)."""
+    x, y, z = (o.astype(np.float32) for o in offsets)
+    return row[0] * x[:, None, None] + row[1] * y[None, :, None] + row[2] * z[None, None, :]
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where one case's output voxels sample the template.
+
+    ``coords`` ``[3, *box]`` are template voxel coordinates for the output voxels in ``box``
+    (slices of the output grid); ``mm`` are the BraTS-grid positions (mm) of the box's voxels
+    along each axis; ``forward`` maps a template offset from its centre to millimetres and
+    ``origin`` is where the template centre lands (mm).
+    """
+
+    box: tuple[slice, slice, slice]
+    mm: list[np.ndarray]
+    coords: np.ndarray
+    forward: np.ndarray
+    origin: np.ndarray
+
+    def to_mm(self, voxel: np.ndarray) -> np.ndarray:
+        """A template voxel's position on the BraTS grid (mm), ignoring the smooth deformation."""
+        return self.origin + self.forward @ (voxel - mni_template().centre)
+
+
+def _geometry(shape: Shape3D, rng: np.random.Generator, deform: bool) -> _Geometry:
+    """The case's random affine and smooth deformation, on the brain's bounding box."""
+    template = mni_template()
+    zoom = np.array(BRATS_SHAPE, dtype=np.float64) / np.array(shape)
+    if deform:
+        rotation = _rotation(np.deg2rad(rng.uniform(-4.0, 4.0, size=3)))
+        scale = rng.uniform(0.9, 1.1) * rng.uniform(0.97, 1.03, size=3)
+        shift = rng.uniform(-4.0, 4.0, size=3)
+    else:
+        rotation, scale, shift = np.eye(3), np.ones(3), np.zeros(3)
+    forward = _TEMPLATE_SCALE * scale[:, None] * rotation
+    origin = _BRAIN_CENTRE + shift
+    inverse = np.linalg.inv(forward)
+    # the output box: the template's brain box mapped onto the grid, plus room for the deformation
+    corners = np.array(np.meshgrid(*template.box.T, indexing="ij")).reshape(3, -1)
+    corners_mm = origin[:, None] + forward @ (corners - template.centre[:, None])
+    margin = 8.0
+    lo = np.floor((corners_mm.min(axis=1) - margin + 0.5) / zoom - 0.5).astype(int)
+    hi = np.ceil((corners_mm.max(axis=1) + margin + 0.5) / zoom - 0.5).astype(int) + 1
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True))
+    box_shape = tuple((hi - lo).tolist())
+    mm = [((np.arange(a, b) + 0.5) * z - 0.5) for a, b, z in zip(lo, hi, zoom, strict=True)]
+    offsets = [m - o for m, o in zip(mm, origin, strict=True)]
+    coords = np.empty((3, *box_shape), dtype=np.float32)
+    for i in range(3):
+        coords[i] = template.centre[i] + _linear(inverse[i], offsets)
+        if deform:
+            coords[i] += smooth_field(box_shape, rng, 5, amplitude=2.0)
+    return _Geometry(box, mm, coords, forward, origin)
+
+
+@dataclass
+class _Tumour:
+    """Potentials (positive inside) of one tumour on its box, and its drawn parameters."""
+
+    box: tuple[slice, slice, slice]
+    core: np.ndarray
+    oedema: np.ndarray
+    necrosis: np.ndarray | None
+    faint: np.ndarray | None
+    core_radius: float
+
+
+def _tumour_box(geometry: _Geometry, centre: np.ndarray, half: float) -> tuple[slice, ...]:
+    """Slices (relative to the brain box) covering ``centre +- half`` mm."""
+    return tuple(slice(int(np.searchsorted(m, c - half)), int(np.searchsorted(m, c + half)))
+                 for m, c in zip(geometry.mm, centre, strict=True))
+
+
+def _distance(mm: Sequence[np.ndarray], centre: np.ndarray) -> np.ndarray:
+    """Euclidean distance (mm) of the box's voxels to ``centre``."""
+    d = [(m - c).astype(np.float32) for m, c in zip(mm, centre, strict=True)]
+    return np.sqrt(d[0][:, None, None] ** 2 + d[1][None, :, None] ** 2 + d[2][None, None, :] ** 2)
+
+
+def _draw_tumour(geometry: _Geometry, rng: np.random.Generator, zoom: float, has_enhancing: bool) -> _Tumour:
+    """Draw a tumour and push the anatomy around it aside (mass effect, in ``geometry.coords``)."""
+    template = mni_template()
+    site = geometry.to_mm(template.tumour_sites[rng.integers(len(template.tumour_sites))])
+    core_radius = max(rng.uniform(14.0, 26.0), 2.5 * zoom)
+    oedema_ratio = rng.uniform(1.6, 2.6)
+    foci = int(rng.choice([1, 2, 3], p=[0.6, 0.28, 0.12]))
+    centres, radii = [site], [core_radius]
+    for _ in range(foci - 1):
+        direction = rng.standard_normal(3)
+        centres.append(site + direction / np.linalg.norm(direction) * core_radius * rng.uniform(1.6, 3.0))
+        radii.append(max(core_radius * rng.uniform(0.35, 0.7), 2.0 * zoom))
+    reach = max(np.linalg.norm(c - site) + r for c, r in zip(centres, radii, strict=True))
+    half = 1.9 * oedema_ratio * reach
+    box = _tumour_box(geometry, site, half)
+    mm = [m[s] for m, s in zip(geometry.mm, box, strict=True)]
+    shape = tuple(len(m) for m in mm)
+
+    # mass effect: sample the template closer to the centre, so the anatomy moves outwards
+    pushed = 1.6 * oedema_ratio * core_radius
+    strength = rng.uniform(0.15, 0.35) * np.clip(1.0 - _distance(mm, site) ** 2 / pushed**2, 0.0, None) ** 2
+    inverse = np.linalg.inv(geometry.forward)
+    offsets = [m - c for m, c in zip(mm, site, strict=True)]
+    for i in range(3):
+        geometry.coords[i][box] -= strength * _linear(inverse[i], offsets)
+
+    # lobed foci: 1 - distance / radius, the nearest focus wins, plus a smooth random field
+    scaled = [_distance(mm, c) / r for c, r in zip(centres, radii, strict=True)]
+    nearest = np.minimum.reduce(scaled)
+    core = 1.0 - nearest + smooth_field(shape, rng, 10, amplitude=0.4)
+    oedema = 1.0 - nearest / oedema_ratio + smooth_field(shape, rng, 8, amplitude=0.3)
+    necrosis = None
+    if has_enhancing or rng.random() < 0.4:
+        direction = rng.standard_normal(3)
+        off_centre = site + direction / np.linalg.norm(direction) * core_radius * rng.uniform(0.0, 0.5)
+        inner = 1.0 - _distance(mm, off_centre) / (core_radius * rng.uniform(0.55, 0.9))
+        inner += smooth_field(shape, rng, 5, amplitude=0.2)
+        # the enhancing rim: a variable thickness (at least a voxel); in half the cases it is broken
+        # (necrosis reaches the oedema) where another smooth field is high
+        rim = np.maximum(rng.uniform(0.1, 0.35) * (1 + smooth_field(shape, rng, 4, amplitude=0.5)),
+                         zoom / core_radius)
+        if rng.random() < 0.5:
+            rim[smooth_field(shape, rng, 4) > 1.0] = 0.0
+        necrosis = np.minimum(inner, core - rim)
+    faint = None
+    if not has_enhancing and rng.random() < 0.4:  # faint, patchy enhancement that is not labelled ET
+        faint = np.clip(smooth_field(shape, rng, 5), 0.0, 1.0)
+    return _Tumour(box, core, oedema, necrosis, faint, core_radius)
+
+
+def _bright_structures(box_shape: Shape3D, inside: np.ndarray, brain: np.ndarray,
+                       wm: np.ndarray, csf: np.ndarray, near: np.ndarray, rng: np.random.Generator,
+                       zoom: float) -> np.ndarray:
+    """Weights of the normal structures that enhance on T1ce: vessels, choroid plexus, dura.
+
+    ``wm``, ``csf`` and ``near`` are tissue values at the brain voxels ``inside`` (flat indices
+    into the box ``brain``); so is the result.
+    """
+    a = smooth_field(box_shape, rng, 10).ravel()[inside]
+    b = smooth_field(box_shape, rng, 10).ravel()[inside]
+    # vessels: curves where two smooth fields both cross zero, running in the CSF spaces
+    vessels = _ramp((0.1 - np.maximum(np.abs(a), np.abs(b))) / 0.05) * np.clip(2 * csf + 0.3 * wm, 0, 1)
+    plexus = (near > 0.9) * (csf > 0.5) * _ramp((a - 0.5) / 0.3)
+    dura = ~ndimage.binary_erosion(brain, iterations=max(1, round(1.5 / zoom))).ravel()[inside]
+    return np.maximum(np.maximum(vessels, plexus), dura * (b > -0.3))
 
 
 def synthesize_case(
-    shape: Shape3D = (240, 240, 155), seed: int = 0, *, has_enhancing: bool = True
+    shape: Shape3D = BRATS_SHAPE, seed: int = 0, *, has_enhancing: bool = True, deform: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic multi-modal MRI case with its tumour segmentation.
 
@@ -171,74 +380,122 @@ def synthesize_case(
     ``config.MODALITIES`` with integer values in the int16 range (raw "scanner units",
     exactly 0 outside the brain, at least 1 inside), ``labels`` uint8 ``[H, W, D]`` with values
     in {0, 1, 2, 4}. ``has_enhancing=False`` draws a low-grade-like tumour without label 4.
-    The same ``shape`` and ``seed`` always give the same case.
+    ``deform=False`` places the template without the case's random affine and deformation (the
+    tumour's mass effect remains). The same ``shape`` and ``seed`` always give the same case.
+
+    All intensity work is done on the brain's voxels only (a third of its bounding box).
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be three sides of at least 8 voxels, got {shape}")
     rng = np.random.default_rng(seed)
-    dims = np.array(shape, dtype=np.float64)
+    zooms = tuple(float(z) for z in np.array(BRATS_SHAPE) / np.array(shape))
+    zoom = float(np.mean(zooms))
 
-    # --- head-shaped brain: an ellipsoid (x left-right, y front-back, z up) with a lumpy outline.
-    # Everything is computed on the brain's bounding box only (about a third of the grid).
-    semi_axes = dims * np.array([0.30, 0.37, 0.42]) * rng.uniform(0.92, 1.05, size=3)
-    centre = dims * np.array([0.5, 0.5, 0.46]) + rng.uniform(-0.02, 0.02, size=3) * dims
-    lo = np.maximum(np.floor(centre - 1.15 * semi_axes).astype(int), 0)
-    hi = np.minimum(np.ceil(centre + 1.15 * semi_axes).astype(int) + 1, shape)
-    head, grid = _box(lo, hi)
-    centre = centre - lo
-    x, y, z = _normalised_grid(grid, centre, semi_axes)
-    radius = np.sqrt(x * x + (y * (1.0 - 0.08 * y)) ** 2 + z * z)  # wider at the back
-    radius /= smooth_field(grid, rng, 4, amplitude=0.02, offset=1.0)
-    brain = radius < 1.0
+    geometry = _geometry(shape, rng, deform)
+    tumour = _draw_tumour(geometry, rng, zoom, has_enhancing)
+    maps = _template_maps(zooms)
+    box_shape = geometry.coords.shape[1:]
+    coords = geometry.coords.reshape(3, -1)
+    brain = (ndimage.map_coordinates(maps[0], coords, order=0) > 0.5).reshape(box_shape)
+    inside = np.flatnonzero(brain)
+    points = coords[:, inside]
+    wm, gm, csf, near = (ndimage.map_coordinates(m, points, order=1, prefilter=False) for m in maps[1:])
 
-    # --- tissue weights: white matter inside, folded grey-matter ribbon, CSF
-    cortex_inner_edge = smooth_field(grid, rng, 12, amplitude=0.06, offset=0.8)  # folds
-    grey = _ramp((radius - cortex_inner_edge) / 0.05)
-    for sx in (-0.2, 0.2):  # deep grey matter (thalamus / basal ganglia), one per hemisphere
-        r = np.sqrt(((x - sx) / 0.13) ** 2 + ((y + 0.05) / 0.2) ** 2 + ((z + 0.05) / 0.16) ** 2)
-        np.maximum(grey, _ramp((1.0 - r) / 0.15), out=grey)
-    csf = _ramp((radius - 0.965) / 0.025)  # CSF around the brain
-    csf += _ramp((0.025 - np.abs(x)) / 0.015) * _ramp((z + 0.25 * y * y - 0.2) / 0.1)  # fissure
-    for sx in (-0.09, 0.09):  # lateral ventricles, curved like a banana
-        r = np.sqrt(((x - sx) / 0.07) ** 2 + ((y - 0.02) / 0.38) ** 2
-                    + ((z - 0.12 - 0.25 * (y - 0.02) ** 2) / 0.1) ** 2)
-        csf += _ramp((1.0 - r) / 0.2)
-    np.clip(csf, 0.0, 1.0, out=csf)
+    # the tumour box's voxels that are brain voxels, as indices into the flat brain arrays
+    position = np.full(box_shape, -1, dtype=np.int64)
+    position.ravel()[inside] = np.arange(inside.size)
+    in_tumour_box = position[tumour.box]
+    valid = in_tumour_box >= 0
+    at = in_tumour_box[valid]
+    core_potential = tumour.core[valid]
+    necrosis = None if tumour.necrosis is None else tumour.necrosis[valid]
+    if has_enhancing:  # every high-grade tumour has some necrosis (drawn for all), even on small grids
+        deepest = necrosis[core_potential > 0].max(initial=-np.inf)
+        if np.isfinite(deepest) and deepest <= 0:
+            necrosis = necrosis - deepest + 0.02
 
-    # --- tumour (soft weights on its own bounding box), labels from the same weights
-    box, oedema, core, necrosis = _tumour(grid, semi_axes, centre, rng, has_enhancing)
-    box_labels = np.zeros(oedema.shape, dtype=np.uint8)
-    box_labels[oedema > 0.5] = 2
-    box_labels[core > 0.5] = 4 if has_enhancing else 1
-    box_labels[necrosis > 0.5] = 1
-    box_labels[~brain[box]] = 0
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[head][box] = box_labels
+    # labels: thresholds of the potentials; oedema follows white matter and spares the cortex
+    oedema_potential = tumour.oedema[valid] + 0.6 * (wm[at] - 0.5)
+    oedema = ((oedema_potential > 0) & (gm[at] < 0.5)) | (core_potential > -0.2)
+    tumour_labels = np.where(oedema, 2, 0).astype(np.uint8)
+    tumour_labels[core_potential > 0] = 4 if has_enhancing else 1
+    if necrosis is not None:
+        tumour_labels[(necrosis > 0) & (core_potential > 0)] = 1
+    flat_labels = np.zeros(inside.size, dtype=np.uint8)
+    flat_labels[at] = tumour_labels
 
-    # --- contrast per case: textbook values, slightly perturbed
+    # soft weights (about a voxel of partial volume); oedema fades towards its edge
+    sharp = tumour.core_radius / zoom
+    w_core = _ramp(core_potential * sharp)
+    w_oedema = np.maximum(_ramp(oedema_potential * sharp) * np.clip(0.35 + 2.0 * oedema_potential, 0, 1)
+                          * np.clip((0.6 - gm[at]) / 0.2, 0, 1), _ramp((core_potential + 0.2) * sharp))
+    w_necrosis = None if necrosis is None else _ramp(necrosis * sharp) * w_core
+    texture = 1.0 + smooth_field(tumour.core.shape, rng, 6, amplitude=0.12)[valid]
+    bright = _bright_structures(box_shape, inside, brain, wm, csf, near, rng, zoom)
+
     contrast = _CONTRAST * rng.uniform(0.93, 1.07, size=_CONTRAST.shape).astype(np.float32)
-    core_column = _TISSUES.index("enhancing" if has_enhancing else "non_enhancing")
-    texture = 1.0 + smooth_field(oedema.shape, rng, 6, amplitude=0.04) * np.maximum(oedema, core)
-    white, grey_only, csf_only = (1 - grey) * (1 - csf), grey * (1 - csf), csf
+    core_column = _C["enhancing"] if has_enhancing else _C["non_enhancing"]
+    hot = rng.integers(0, inside.size, size=int(rng.integers(5, 40)))
     image = np.zeros((len(MODALITIES), *shape), dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    box_volume = np.zeros(box_shape, dtype=np.float32)
+    box_volume.ravel()[inside] = flat_labels
+    labels[geometry.box] = box_volume
     for m, modality in enumerate(MODALITIES):
-        wm, gm, cs, oed, _, _, nec = contrast[m]
-        tissue = wm * white + gm * grey_only + cs * csf_only
-        sub = tissue[box]  # a view: the tumour is painted into `tissue` in place
-        sub += (oed - sub) * oedema
-        sub += (contrast[m, core_column] - sub) * core
-        sub += (nec - sub) * necrosis
-        sub *= texture
-        tissue += rng.standard_normal(grid, dtype=np.float32) * np.float32(0.035)
+        c = contrast[m]
+        signal = (c[_C["wm"]] + c[_C["periventricular"]] * near) * wm + c[_C["gm"]] * gm + c[_C["csf"]] * csf
+        part = signal[at]
+        part += (c[_C["oedema"]] - part) * w_oedema
+        core_value = c[core_column] * texture
+        if modality == "t1ce" and tumour.faint is not None:  # faint, patchy, not labelled ET
+            core_value *= 1.0 + 0.35 * tumour.faint[valid]
+        part += (core_value - part) * w_core
+        if w_necrosis is not None:
+            part += (c[_C["necrosis"]] - part) * w_necrosis
+        signal[at] = part
+        signal += (c[_C["bright"]] - signal) * bright
         low, high = _WM_INTENSITY_RANGE[modality]
         scale = np.exp(rng.uniform(np.log(low), np.log(high)))  # this scanner's units
-        tissue *= smooth_field(grid, rng, 3, amplitude=0.08 * scale, offset=scale)  # scale x bias field
-        np.rint(tissue, out=tissue)
-        np.clip(tissue, 1, np.iinfo(np.int16).max, out=tissue)
-        tissue *= brain  # background exactly 0
-        image[m][head] = tissue
+        signal *= smooth_field(box_shape, rng, 3, amplitude=0.15 * scale, offset=scale).ravel()[inside]
+        signal += np.float32(scale * rng.uniform(0.0, 0.1))  # offset
+        sigma = np.float32(0.035 * scale)  # Rician noise: the magnitude of a complex Gaussian signal
+        signal = np.hypot(signal + sigma * rng.standard_normal(inside.size, dtype=np.float32),
+                          sigma * rng.standard_normal(inside.size, dtype=np.float32))
+        signal[hot] *= rng.uniform(2.0, 6.0, size=hot.size).astype(np.float32)  # heavy tails
+        np.rint(signal, out=signal)
+        np.clip(signal, 1, np.iinfo(np.int16).max, out=signal)
+        box_volume[:] = 0  # background exactly 0
+        box_volume.ravel()[inside] = signal
+        image[m][geometry.box] = box_volume
     return image, labels
+
+
+def _best_threshold_dice(values: np.ndarray, target: np.ndarray) -> float:
+    """The best Dice of ``values > t`` against ``target`` over every threshold ``t`` (NaN if empty)."""
+    positives = int(np.count_nonzero(target))
+    if positives == 0:
+        return float("nan")
+    levels, inverse = np.unique(values, return_inverse=True)
+    selected = np.bincount(inverse, minlength=len(levels))[::-1].cumsum()  # voxels above each level
+    hits = np.bincount(inverse, weights=target, minlength=len(levels))[::-1].cumsum()
+    return float((2 * hits / (selected + positives)).max())
+
+
+def threshold_baseline(image: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """How far one threshold gets: the best single-modality threshold, chosen with hindsight.
+
+    For the brain voxels of one case (``image [4, H, W, D]`` in ``MODALITIES`` order, file
+    labels), the Dice of "brighter than t" with the best ``t`` for the whole tumour on FLAIR
+    (``wt_flair``) and T2 (``wt_t2``), and for the enhancing tumour on T1ce (``et_t1ce``, NaN
+    without label 4). A data set that a threshold segments needs no network; real BraTS does.
+    """
+    brain = image.any(axis=0)
+    whole, enhancing = labels[brain] > 0, labels[brain] == 4
+    channel = {m: i for i, m in enumerate(MODALITIES)}
+    return {"wt_flair": _best_threshold_dice(image[channel["flair"]][brain], whole),
+            "wt_t2": _best_threshold_dice(image[channel["t2"]][brain], whole),
+            "et_t1ce": _best_threshold_dice(image[channel["t1ce"]][brain], enhancing)}
 
 
 # --- the Kaggle layout --------------------------------------------------------------
@@ -284,12 +541,49 @@ def float32_case_index(n_train: int) -> int:
     return min(2, n_train)
 
 
-def _save_nifti(array: np.ndarray, path: Path, dtype: type, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(array.astype(dtype), affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, path)
+def misregistered_case_index(n_train: int) -> int:
+    """The training case of a foreign dataset whose T2 is not co-registered (the last one)."""
+    return n_train
+
+
+#: Foreign datasets store int16 images scaled: value = FOREIGN_SCALING[0] * stored + FOREIGN_SCALING[1].
+FOREIGN_SCALING = (2.0, 10.0)
+#: How far (mm, along x) the T2 affine of the misregistered case of a foreign dataset is moved.
+FOREIGN_SHIFT_MM = 3.0
+
+
+class _Writer:
+    """Writes volumes the Kaggle copy's way, or (``foreign``) the way other copies do.
+
+    Foreign files are ``.nii.gz``, in RAS voxel order with the matching affine (the same anatomy
+    in the same place in world coordinates), and int16 images carry ``scl_slope``/``scl_inter``.
+    """
+
+    def __init__(self, shape: Shape3D, foreign: bool) -> None:
+        self.foreign = foreign
+        self.suffix = ".nii.gz" if foreign else ".nii"
+        self.affine = real_affine(shape)
+        if foreign:  # voxel i of the flipped axis is voxel n - 1 - i of the Kaggle one
+            flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+            flip[:2, 3] = np.array(shape[:2]) - 1
+            self.affine = self.affine @ flip
+
+    def save(self, array: np.ndarray, path: Path, dtype: type, *, shift_mm: float = 0.0) -> None:
+        """Write ``array`` (Kaggle orientation) to ``path`` + this writer's suffix as ``dtype``."""
+        affine = self.affine.copy()
+        affine[0, 3] += shift_mm
+        scaling = self.foreign and dtype == np.int16
+        if self.foreign:
+            array = array[::-1, ::-1]
+        if scaling:
+            array = np.rint((array - FOREIGN_SCALING[1]) / FOREIGN_SCALING[0])
+        image = nib.Nifti1Image(array.astype(dtype), affine)
+        image.header.set_xyzt_units("mm", "sec")
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        if scaling:
+            image.header.set_slope_inter(*FOREIGN_SCALING)
+        nib.save(image, path.with_name(path.name + self.suffix))
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -314,7 +608,7 @@ def _fake_ids(rng: np.random.Generator, index: int) -> tuple[str, str, str, str]
     return f"Brats17_{stem}", f"Brats18_{stem}", tcga, f"BraTS19_{stem}"
 
 
-def _write_training(folder: Path, n_train: int, shape: Shape3D, seed: int, affine: np.ndarray) -> None:
+def _write_training(folder: Path, n_train: int, shape: Shape3D, seed: int, writer: _Writer) -> None:
     rng = np.random.default_rng([seed, 0])
     mapping, survival = [], []
     alive_row = None
@@ -325,10 +619,13 @@ def _write_training(folder: Path, n_train: int, shape: Shape3D, seed: int, affin
         case_dir = folder / case_id
         case_dir.mkdir()
         dtype = np.float32 if index == float32_case_index(n_train) else np.int16
+        misregistered = writer.foreign and index == misregistered_case_index(n_train)
         for m, modality in enumerate(MODALITIES):
-            _save_nifti(image[m], case_dir / f"{case_id}_{modality}.nii", dtype, affine)
-        seg_name = QUIRK_SEG_NAME if index == quirk_case_index(n_train) else f"{case_id}_seg.nii"
-        _save_nifti(labels, case_dir / seg_name, np.float32 if dtype == np.float32 else np.uint8, affine)
+            shift = FOREIGN_SHIFT_MM if misregistered and modality == "t2" else 0.0
+            writer.save(image[m], case_dir / f"{case_id}_{modality}", dtype, shift_mm=shift)
+        quirk = index == quirk_case_index(n_train)
+        seg_name = QUIRK_SEG_NAME.removesuffix(".nii") if quirk else f"{case_id}_seg"
+        writer.save(labels, case_dir / seg_name, np.float32 if dtype == np.float32 else np.uint8)
         mapping.append(["LGG" if low_grade else "HGG", *_fake_ids(rng, index), case_id])
         if not low_grade:  # survival data exist for (most) high-grade cases only
             days: object = int(rng.integers(5, 1800))
@@ -343,7 +640,7 @@ def _write_training(folder: Path, n_train: int, shape: Shape3D, seed: int, affin
                survival)
 
 
-def _write_validation(folder: Path, n_val: int, shape: Shape3D, seed: int, affine: np.ndarray) -> None:
+def _write_validation(folder: Path, n_val: int, shape: Shape3D, seed: int, writer: _Writer) -> None:
     rng = np.random.default_rng([seed, 1])
     mapping, survival = [], []
     for index in range(1, n_val + 1):
@@ -352,7 +649,7 @@ def _write_validation(folder: Path, n_val: int, shape: Shape3D, seed: int, affin
         case_dir = folder / case_id
         case_dir.mkdir()
         for m, modality in enumerate(MODALITIES):
-            _save_nifti(image[m], case_dir / f"{case_id}_{modality}.nii", np.int16, affine)
+            writer.save(image[m], case_dir / f"{case_id}_{modality}", np.int16)
         mapping.append([*_fake_ids(rng, index), case_id])
         survival.append([case_id, f"{rng.uniform(19, 87):.3f}", rng.choice(["GTR", "STR", "NA"])])
     _write_csv(folder / "name_mapping_validation_data.csv",
@@ -368,7 +665,8 @@ def _is_complete(root: Path, params: dict) -> bool:
 
 
 def write_synthetic_dataset(
-    root: str | Path, n_train: int, n_val: int, shape: Shape3D = (240, 240, 155), seed: int = 42
+    root: str | Path, n_train: int, n_val: int, shape: Shape3D = BRATS_SHAPE, seed: int = 42, *,
+    foreign: bool = False,
 ) -> Path:
     """Write a synthetic BraTS 2020 dataset in the Kaggle layout under ``root``; return ``root``.
 
@@ -383,14 +681,21 @@ def write_synthetic_dataset(
 
     Grades follow the real numbering (see :func:`real_case_number`); the case of
     :func:`quirk_case_index` has its segmentation named ``W39_1998.09.19_Segm.nii``; the case
-    of :func:`float32_case_index` is stored as float32. Deterministic for ``seed``.
+    of :func:`float32_case_index` is stored as float32 (its segmentation holds 0.0, 1.0, 2.0, 4.0).
+    Deterministic for ``seed``.
+
+    ``foreign=True`` writes the pitfalls of copies other than Kaggle's instead: ``.nii.gz`` files,
+    a RAS instead of LPS affine (voxel order flipped along x and y), int16 images stored with
+    ``scl_slope``/``scl_inter`` of :data:`FOREIGN_SCALING`, and the T2 of the case of
+    :func:`misregistered_case_index` moved by :data:`FOREIGN_SHIFT_MM` (not co-registered).
     Idempotent: a complete dataset with the same parameters is left as it is. The dataset is
     written to a temporary sibling folder and moved into place when complete, so an
     interrupted run never leaves a half dataset behind.
     """
     root = Path(root)
     shape = tuple(int(n) for n in shape)
-    params = {"n_train": int(n_train), "n_val": int(n_val), "shape": list(shape), "seed": int(seed)}
+    params = {"n_train": int(n_train), "n_val": int(n_val), "shape": list(shape), "seed": int(seed),
+              "foreign": bool(foreign), "generator": GENERATOR_VERSION}
     if _is_complete(root, params):
         return root
     if root.exists() and any(root.iterdir()) and not (root / MARKER_NAME).is_file():
@@ -401,14 +706,14 @@ def write_synthetic_dataset(
 
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    affine = real_affine(shape)
+    writer = _Writer(shape, foreign)
     train_dir = tmp / "BraTS2020_TrainingData" / TRAINING_DIR_NAME
     val_dir = tmp / "BraTS2020_ValidationData" / VALIDATION_DIR_NAME
     train_dir.mkdir(parents=True)
     val_dir.mkdir(parents=True)
     try:
-        _write_training(train_dir, n_train, shape, seed, affine)
-        _write_validation(val_dir, n_val, shape, seed, affine)
+        _write_training(train_dir, n_train, shape, seed, writer)
+        _write_validation(val_dir, n_val, shape, seed, writer)
         (tmp / MARKER_NAME).write_text(json.dumps(params))
         if _is_complete(root, params):  # another process wrote the same dataset meanwhile
             return root

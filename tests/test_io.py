@@ -17,12 +17,13 @@ from brats_utils.errors import (
     MissingModalityError,
     NonFiniteError,
     NotAVolumeError,
+    NotCoregisteredError,
     ShapeMismatchError,
     UnreadableFileError,
 )
 from brats_utils.io import LoadedCase, load_case, save_segmentation
 from brats_utils.labels import MODALITIES
-from brats_utils.synthetic import real_affine
+from brats_utils.synthetic import FOREIGN_SCALING, real_affine, write_synthetic_dataset
 
 
 def _fingerprint(root: Path) -> dict[str, tuple[str, int]]:
@@ -214,3 +215,69 @@ def test_save_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.nii"):
         save_segmentation(np.zeros((8, 8, 8), np.uint8), tmp_path / "a.npy", affine=np.eye(4))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- other copies' pitfalls: the foreign synthetic dataset ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def foreign_root(tmp_path_factory: pytest.TempPathFactory, synthetic_shape) -> Path:
+    """The session dataset's cases (same seed and shape) written the way other copies are."""
+    root = tmp_path_factory.mktemp("foreign") / "dataset"
+    return write_synthetic_dataset(root, 4, 1, synthetic_shape, seed=7, foreign=True)
+
+
+def test_foreign_files_carry_the_pitfalls(foreign_root: Path) -> None:
+    cases = find_dataset(foreign_root)
+    assert len(cases) == 4 and cases[2].seg.name == "W39_1998.09.19_Segm.nii.gz"
+    for case in cases:
+        for path in [*case.modalities.values(), case.seg]:
+            assert path.name.endswith(".nii.gz")
+            image = nib.load(path)
+            assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
+            if image.get_data_dtype() == np.int16:
+                assert (image.dataobj.slope, image.dataobj.inter) == FOREIGN_SCALING
+    assert nib.load(cases[1].seg).get_data_dtype() == np.float32
+    assert set(np.unique(nib.load(cases[1].seg).get_fdata()).tolist()) == {0.0, 1.0, 2.0, 4.0}
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_foreign_case_loads_like_the_kaggle_one(foreign_root: Path, synthetic_root: Path, index: int) -> None:
+    """Orientation brought to the Kaggle files' LPS, scaling applied, float labels read as labels."""
+    foreign = load_case(find_dataset(foreign_root)[index])
+    kaggle = load_case(find_dataset(synthetic_root)[index])
+    np.testing.assert_array_equal(foreign.affine, kaggle.affine)
+    np.testing.assert_array_equal(foreign.labels, kaggle.labels)
+    assert foreign.labels.dtype == np.uint8
+    # scaled int16 storage keeps every value to within half its slope
+    assert np.abs(foreign.image - kaggle.image).max() <= FOREIGN_SCALING[0] / 2
+    assert (foreign.image[:, kaggle.image[0] == 0] == 0).all()  # background still exactly 0
+
+
+def test_prediction_goes_back_in_the_inputs_orientation(foreign_root: Path, tmp_path: Path) -> None:
+    case = find_dataset(foreign_root)[0]
+    loaded = load_case(case)
+    out = save_segmentation(loaded.labels, tmp_path / "seg.nii.gz", affine=loaded.affine,
+                            header=loaded.header)
+    written, source = nib.load(out), nib.load(case.seg)
+    np.testing.assert_array_equal(written.affine, source.affine)
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), np.asanyarray(source.dataobj))
+    assert written.get_data_dtype() == np.uint8 and written.dataobj.slope == 1.0
+
+
+def test_modalities_not_coregistered(foreign_root: Path) -> None:
+    case = find_dataset(foreign_root)[3]
+    _expect(NotCoregisteredError, "t2 has another affine than", case, case.modalities["t2"])
+
+
+def test_segmentation_not_coregistered_and_small_differences_tolerated(copy_case) -> None:
+    case = case_from_folder(copy_case("BraTS20_Training_001"))
+    reference = nib.load(case.modalities["t1"])
+    nudged = reference.affine.copy()
+    nudged[:3, 3] += 1e-5  # rounding in another tool's header: still one grid
+    nib.save(nib.Nifti1Image(_data(case.modalities["t1"]), nudged), case.modalities["t1"])
+    assert load_case(case).image.shape[0] == 4
+    moved = reference.affine.copy()
+    moved[2, 3] += 1.0
+    nib.save(nib.Nifti1Image(_data(case.seg), moved), case.seg)
+    _expect(NotCoregisteredError, "the segmentation has another affine", case, case.seg)

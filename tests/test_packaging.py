@@ -22,7 +22,7 @@ def _requirement_names(requirements: list[str]) -> set[str]:
 def test_runtime_dependencies_are_the_field_libraries():
     names = _requirement_names(_pyproject()["project"]["dependencies"])
     assert {"torch", "numpy", "nibabel", "pandas", "matplotlib", "ipywidgets",
-            "kagglehub", "tqdm"} <= names
+            "kagglehub", "tqdm", "nilearn", "filelock"} <= names
 
 
 def test_pins_from_the_data_facts():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -148,12 +149,12 @@ def test_phantom_values_and_tumour(seed: int) -> None:
     assert set(np.unique(labels)) == {0, 1, 2, 4}
     assert not labels[~brain].any()  # tumour inside the brain only
     assert 0.002 < (labels > 0).mean() < 0.1
-    # nested regions: oedema all around the core (1 and 4), the enhancing rim around the necrosis
+    # oedema around most of the core (1 and 4), the enhancing rim around most of the necrosis
     core, necrosis = np.isin(labels, (1, 4)), labels == 1
     core_shell = ndimage.binary_dilation(core) & ~core & brain
-    assert (labels[core_shell] == 2).all()
+    assert (labels[core_shell] == 2).mean() > 0.8
     necrosis_shell = ndimage.binary_dilation(necrosis) & ~necrosis
-    assert (labels[necrosis_shell] == 4).all()
+    assert (labels[necrosis_shell] == 4).mean() > 0.5
 
 
 def _median(image: np.ndarray, mask: np.ndarray, modality: str) -> float:
@@ -161,18 +162,120 @@ def _median(image: np.ndarray, mask: np.ndarray, modality: str) -> float:
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_phantom_contrasts_are_the_textbook_ones(seed: int) -> None:
+def test_tumour_contrasts_overlap_normal_tissue(seed: int) -> None:
     image, labels = synthesize_case((96, 96, 64), seed=seed)
     healthy = (image[0] > 0) & (labels == 0)
     oedema, enhancing, necrosis = labels == 2, labels == 4, labels == 1
-    for modality in ("flair", "t2"):  # oedema bright in FLAIR and T2
-        assert _median(image, oedema, modality) > 1.3 * _median(image, healthy, modality)
+    for modality in ("flair", "t2"):  # oedema brighter than healthy tissue in FLAIR and T2 ...
+        assert _median(image, oedema, modality) > 1.1 * _median(image, healthy, modality)
+    # ... but not so bright that one threshold finds the tumour
+    scores = synthetic.threshold_baseline(image, labels)
+    assert scores["wt_flair"] < 0.9 and scores["wt_t2"] < 0.9 and scores["et_t1ce"] < 0.8
     # the enhancing rim lights up after contrast, around a dark necrotic core
     assert _median(image, enhancing, "t1ce") > 1.5 * _median(image, healthy, "t1ce")
     assert _median(image, enhancing, "t1ce") > 2 * _median(image, necrosis, "t1ce")
     assert _median(image, necrosis, "t1ce") < _median(image, healthy, "t1ce")
-    # T1 without contrast does not show the rim
-    assert _median(image, enhancing, "t1") < _median(image, healthy, "t1")
+    # T1 without contrast does not show the rim; normal structures enhance as brightly on T1ce
+    def contrast(modality: str) -> float:
+        return _median(image, enhancing, modality) / _median(image, healthy, modality)
+
+    assert contrast("t1") < 1.2 < 1.5 < contrast("t1ce")
+    assert (image[2][healthy] >= _median(image, enhancing, "t1ce")).sum() > 0.2 * enhancing.sum()
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _fit_to(volume: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """``volume`` cropped to its brain and resampled onto ``box`` (bounding boxes aligned)."""
+    crop = volume[_bbox(volume > 0.5)].astype(np.float32)
+    size = [s.stop - s.start for s in box]
+    return ndimage.zoom(crop, [n / m for n, m in zip(size, crop.shape, strict=True)], order=1, grid_mode=True,
+                        mode="grid-constant")
+
+
+SHAPE = (120, 120, 78)
+
+
+@pytest.fixture(scope="module")
+def undeformed() -> tuple[np.ndarray, np.ndarray]:
+    return synthesize_case(SHAPE, seed=11, deform=False)
+
+
+def test_anatomy_is_the_mni_template(undeformed) -> None:
+    from nilearn import datasets
+
+    image, _ = undeformed
+    brain = image.any(axis=0)
+    template = nib.as_closest_canonical(datasets.load_mni152_template(resolution=1))  # RAS
+    mask = np.asarray(template.get_fdata())[::-1, ::-1] > 0  # the Kaggle files' LPS voxel order
+    box = _bbox(brain)
+    assert _dice(brain[box], _fit_to(mask, box) > 0.5) >= 0.9
+    # placed like a BraTS brain: centred in x and y, filling most of the height, not cut at the sides
+    centre = [(s.start + s.stop - 1) / 2 / n for s, n in zip(box, SHAPE, strict=True)]
+    assert abs(centre[0] - 0.5) < 0.05 and abs(centre[1] - 0.5) < 0.05
+    extent = [(s.stop - s.start) / n for s, n in zip(box, SHAPE, strict=True)]
+    assert 0.5 < extent[0] < 0.65 and 0.6 < extent[1] < 0.75 and 0.85 < extent[2] <= 1.0
+
+
+def test_contrast_orderings_per_modality(undeformed) -> None:
+    image, labels = undeformed
+    brain = image.any(axis=0)
+    box = _bbox(brain)
+    far_from_tumour = ~ndimage.binary_dilation(labels > 0, iterations=6)[box]
+    tissue = {name: _fit_to(m, box) for name, m in
+              zip(("wm", "gm", "csf"), synthetic.mni_template().maps[1:4], strict=True)}
+    pure = {name: (t > 0.9) & far_from_tumour & brain[box] for name, t in tissue.items()}
+    median = {(modality, name): float(np.median(image[MODS.index(modality)][box][mask]))
+              for modality in MODS for name, mask in pure.items()}
+    assert median["t1", "wm"] > median["t1", "gm"] > median["t1", "csf"]
+    assert median["t2", "csf"] > median["t2", "gm"] > median["t2", "wm"]
+    assert median["flair", "gm"] > median["flair", "wm"] > median["flair", "csf"]
+    assert median["t1ce", "wm"] > median["t1ce", "gm"] > median["t1ce", "csf"]
+
+
+def test_every_case_has_its_own_brain(undeformed) -> None:
+    brains = [synthesize_case(SHAPE, seed=s)[0].any(axis=0) for s in (11, 12)]
+    reference = undeformed[0].any(axis=0)
+    for brain in brains:
+        assert 0.75 < _dice(brain, reference) < 0.97  # the same anatomy, moved and deformed
+    assert _dice(*brains) < 0.97
+
+
+def test_multifocal_and_enhancement_free_cases_occur() -> None:
+    foci, enhancing = [], []
+    for seed in range(12):
+        _, labels = synthesize_case((48, 48, 32), seed=seed, has_enhancing=seed % 3 != 0)
+        core = np.isin(labels, (1, 4))
+        sizes = np.bincount(ndimage.label(core)[0].ravel())[1:]
+        foci.append(int((sizes >= 3).sum()))
+        enhancing.append(4 in labels)
+    assert max(foci) >= 2 and min(foci) >= 1
+    assert enhancing == [seed % 3 != 0 for seed in range(12)]
+
+
+def test_threshold_baseline() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:5, 2:5, 2:5] = 2
+    labels[3, 3, 3] = 4
+    image = rng.integers(1, 100, size=(4, 10, 10, 10)).astype(np.float32)
+    image[0][labels > 0] = 500  # FLAIR separates the tumour perfectly
+    image[2][labels == 4] = 400  # so does T1ce the enhancing voxel
+    scores = synthetic.threshold_baseline(image, labels)
+    assert scores["wt_flair"] == 1.0 and scores["et_t1ce"] == 1.0 and scores["wt_t2"] < 0.5
+    assert np.isnan(synthetic.threshold_baseline(image, np.minimum(labels, 2))["et_t1ce"])
+
+
+def test_missing_nilearn_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nilearn", None)
+    with pytest.raises(ImportError, match=r"pip install 'nilearn"):
+        synthetic._load_mni152()
 
 
 def test_intensity_scale_differs_per_case() -> None:

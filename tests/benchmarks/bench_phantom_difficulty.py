@@ -1,0 +1,61 @@
+"""How hard the synthetic phantoms are: the best single-modality threshold, chosen with hindsight.
+
+For 20 full-size cases (the grades of a 20-case dataset: 16 HGG, 4 LGG) it prints the mean of
+:func:`brats_utils.synthetic.threshold_baseline`: whole-tumour Dice of the best FLAIR and the best
+T2 threshold, enhancing-tumour Dice of the best T1ce threshold (over the cases with label 4). If a
+threshold reached Dice 0.95, a network trained on the phantoms would prove nothing.
+
+Side by side with another generator: set ``BRATS_OTHER_SYNTHETIC`` to the path of a copy of an
+older ``synthetic.py``, e.g. ``git show 3bf18b3:brats_utils/synthetic.py > /tmp/old_synthetic.py``
+(the egg-shaped phantoms before the MNI152 anatomy).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from types import ModuleType
+
+import numpy as np
+
+from brats_utils import synthetic
+from brats_utils.synthetic import BRATS_SHAPE, threshold_baseline
+
+CASES = 20
+
+
+def _module(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("other_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scores(generator: ModuleType) -> tuple[dict[str, float], float]:
+    """Mean threshold-baseline scores over the cases, and the mean CPU seconds per case."""
+    rows, seconds = [], 0.0
+    for index in range(1, CASES + 1):
+        start = time.process_time()
+        image, labels = generator.synthesize_case(BRATS_SHAPE, generator._case_seed(0, 0, index),
+                                                  has_enhancing=not generator.is_low_grade(index, CASES))
+        seconds += time.process_time() - start
+        rows.append(threshold_baseline(image, labels))
+    return {key: float(np.nanmean([r[key] for r in rows])) for key in rows[0]}, seconds / CASES
+
+
+def main() -> None:
+    """Print the table (one row per generator)."""
+    generators = {"this": synthetic}
+    if os.environ.get("BRATS_OTHER_SYNTHETIC"):
+        generators["other"] = _module(os.environ["BRATS_OTHER_SYNTHETIC"])
+    print(f"best threshold with hindsight, mean over {CASES} cases of {'x'.join(map(str, BRATS_SHAPE))}")
+    print("generator  WT Dice FLAIR  WT Dice T2  ET Dice T1ce  CPU s/case")
+    for name, generator in generators.items():
+        scores, seconds = _scores(generator)
+        print(f"{name:9}  {scores['wt_flair']:13.3f}  {scores['wt_t2']:10.3f}  {scores['et_t1ce']:12.3f}"
+              f"  {seconds:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
