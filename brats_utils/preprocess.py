@@ -162,12 +162,17 @@ class PreprocessedCase:
 
 
 def preprocess_case(loaded: LoadedCase, *, margin: int = 2) -> PreprocessedCase:
-    """Brain mask, crop (brain and tumour box + ``margin``), z-score inside the brain, labels 4 -> 3."""
+    """Brain mask, crop (brain and tumour box + ``margin``), z-score inside the brain, training labels.
+
+    The file labels become training labels through the case's own scheme (``loaded.scheme``:
+    BraTS 2020 4 -> 3, MSD Task01 1 <-> 2, BraTS 2023 unchanged).
+    """
     mask = brain_mask(loaded.image)
     keep = mask if loaded.labels is None else mask | (loaded.labels != 0)
     box = bounding_box(keep, margin)
     image = zscore_in_mask(loaded.image[(slice(None), *box)], mask[box], case_id=loaded.case_id)
-    labels = None if loaded.labels is None else to_train_labels(loaded.labels[box], case_id=loaded.case_id)
+    labels = None if loaded.labels is None else to_train_labels(loaded.labels[box], scheme=loaded.scheme,
+                                                                case_id=loaded.case_id)
     header = getattr(loaded.header, "binaryblock", None)
     meta = CropMeta(
         case_id=loaded.case_id,
