@@ -166,7 +166,7 @@ class Profile:
 
     @property
     def protocol(self) -> str:
-        """The metrics protocol reported: ``metrics_protocol``, else the dataset's (lesion-wise for BraTS 2023)."""
+        """The metrics protocol reported: ``metrics_protocol``, else the dataset's own (DATASET_PROTOCOLS)."""
         return self.metrics_protocol or DATASET_PROTOCOLS[self.dataset]
 
     @property

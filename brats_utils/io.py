@@ -191,7 +191,8 @@ def load_case_4d(case: Case) -> LoadedCase:
     volume on the same grid).
     """
     if case.image_4d is None or not Path(case.image_4d).is_file():
-        raise MissingModalityError("no 4D image file", case_id=case.case_id, path=case.image_4d or case.folder,
+        raise MissingModalityError("no 4D image file", case_id=case.case_id,
+                                   path=case.image_4d or case.folder,
                                    expected=f"one NIfTI file holding the {len(MODALITIES)} channels")
     image, nifti = read_volume_4d(case.image_4d, case_id=case.case_id)
     labels = None

@@ -46,7 +46,7 @@ SPLIT_FOLDERS: dict[str, dict[str, str]] = {
 
 
 def case_id_for(dataset: str, index: int) -> str:
-    """The id of the ``index``-th case (from 0) in a layout: ``BraTS2021_00000``, ``BraTS-GLI-00000-000``, ``BRATS_001``."""
+    """The id of case ``index`` (from 0): ``BraTS2021_00000``, ``BraTS-GLI-00000-000`` or ``BRATS_001``."""
     return {"brats2021": f"BraTS2021_{index:05d}", "brats2023": f"BraTS-GLI-{index:05d}-000",
             "msd": f"BRATS_{index + 1:03d}"}[dataset]
 
@@ -60,7 +60,7 @@ def _save(array: np.ndarray, path: Path, dtype: np.dtype, affine: np.ndarray) ->
 
 
 def _write_case(case: Case, new_id: str, layout: DatasetLayout, split_dir: Path) -> None:
-    """One source case re-saved under ``new_id`` in ``layout``, its labels converted to the layout's scheme."""
+    """One source case re-saved as ``new_id`` in ``layout``, its labels converted to the layout's scheme."""
     loaded = load_case(case)
     dtype = nib.load(case.modalities["flair"]).get_data_dtype()
     seg = None
@@ -69,7 +69,8 @@ def _write_case(case: Case, new_id: str, layout: DatasetLayout, split_dir: Path)
         seg = to_file_labels(train, scheme=layout.scheme, case_id=new_id)
     if layout.name == "msd":
         split_dir.mkdir(parents=True, exist_ok=True)
-        _save(np.moveaxis(loaded.image, 0, 3), split_dir / layout.image_name(new_id, "flair"), dtype, loaded.affine)
+        image_path = split_dir / layout.image_name(new_id, "flair")
+        _save(np.moveaxis(loaded.image, 0, 3), image_path, dtype, loaded.affine)
         if seg is not None:
             labels_dir = split_dir.parent / "labelsTr"
             labels_dir.mkdir(exist_ok=True)
@@ -104,7 +105,7 @@ def read_case_map(root: str | Path) -> dict[str, str]:
 
 
 def write_layout(source: str | Path, root: str | Path, dataset: str) -> Path:
-    """Re-save the Kaggle-layout dataset ``source`` under ``root`` in the layout of ``dataset``; return ``root``.
+    """Re-save the Kaggle-layout dataset ``source`` as ``dataset`` stores it, under ``root``; return ``root``.
 
     ``dataset`` is ``"brats2021"``, ``"brats2023"`` or ``"msd"``. Training cases keep their
     order (``BraTS20_Training_001`` becomes ``BraTS2021_00000``, ``BraTS-GLI-00000-000`` or
@@ -116,7 +117,8 @@ def write_layout(source: str | Path, root: str | Path, dataset: str) -> Path:
     source, root = Path(source), Path(root)
     params = {"dataset": dataset, "source": str(source.resolve())}
     marker = root / LAYOUT_MARKER
-    if marker.is_file() and {k: v for k, v in json.loads(marker.read_text()).items() if k != "cases"} == params:
+    if marker.is_file() and {k: v for k, v in json.loads(marker.read_text()).items()
+                             if k != "cases"} == params:
         return root
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise BratsError("refusing to write a synthetic dataset into a folder that holds other files",
