@@ -24,7 +24,7 @@ challenge ranks by *lesion-wise* scores instead (rules and reference implementat
 
 Regions are given as label sets. BraTS 2023 relabelled the tissues (1 = NETC, 2 = SNFH, 3 = ET), so
 its regions are :data:`BRATS2023_REGIONS`; for BraTS 2020 label maps pass
-``brats_utils.config.REGIONS`` ({1, 2, 4}, {1, 4}, {4}).
+``brats_utils.labels.REGIONS`` ({1, 2, 4}, {1, 4}, {4}).
 
 Per-lesion Dice and HD95 reuse :func:`brats_utils.metrics.dice` and :func:`brats_utils.metrics.hd95`,
 so a lesion is scored exactly like a 2020 region. That HD95 is medpy's (the 2020 organisers' tool):
@@ -202,7 +202,7 @@ def lesion_wise_case_metrics(
         pred_labels: predicted label map.
         true_labels: ground-truth label map, same shape and labelling.
         regions: region name -> labels it is made of (default: BraTS 2023's WT, TC, ET; for BraTS 2020
-            label maps pass ``brats_utils.config.REGIONS``).
+            label maps pass ``brats_utils.labels.REGIONS``).
         spacing: voxel size in mm.
         **options: ``dilation`` and ``min_volume``, passed to :func:`lesion_wise_scores`.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brats_utils.config import REGIONS
+from brats_utils.labels import REGIONS
 from brats_utils.lesion_metrics import (
     LESION_HD95_PENALTY,
     lesion_wise_case_metrics,
