@@ -23,8 +23,9 @@ import pytest
 import torch
 from torch import nn
 
+from brats_utils.checkpoints import load_pretrained
 from brats_utils.errors import CheckpointError
-from brats_utils.model import PRESETS, UNet3D, build_model, load_pretrained
+from brats_utils.model import PRESETS, UNet3D, build_model
 from brats_utils.unpickle import Record, read_pickled_checkpoint, read_pickled_state_dict
 
 #: The authors' notebook defined their model as ``__main__.ImprovedUNet3D``.
