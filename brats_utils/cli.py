@@ -41,7 +41,13 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
 def _cmd_download(args: argparse.Namespace) -> None:
     from brats_utils.download import download_brats2020
 
-    print(download_brats2020(force=args.force))
+    if args.dataset == "brats2020":
+        print(download_brats2020(force=args.force))
+        return
+    from brats_utils.pipeline import real_dataset
+
+    # BraTS 2021 through kagglehub; BraTS 2023 and MSD raise an error saying where to get them
+    print(real_dataset(get_profile().with_overrides(dataset=args.dataset, data_source="real")))
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -130,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("download", _cmd_download,
-            "download BraTS 2020 from Kaggle with kagglehub (or find a local copy)", profile=False)
-    p.add_argument("--force", action="store_true", help="download again even if cached")
+            "download BraTS 2020 (or 2021) from Kaggle with kagglehub (or find a local copy)", profile=False)
+    p.add_argument("--force", action="store_true", help="download again even if cached (BraTS 2020)")
+    p.add_argument("--dataset", choices=list(config.DATASETS), default="brats2020",
+                   help="which dataset (brats2021 via kagglehub too; brats2023, msd: where to get them)")
     p = add("synth", _cmd_synth, "write the synthetic stand-in dataset in the Kaggle layout")
     p.add_argument("--out", help="target folder (default: the profile's data/synthetic/...)")
     p = add("verify", _cmd_verify, "check a dataset folder is complete and readable")

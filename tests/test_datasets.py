@@ -209,6 +209,12 @@ def test_cli_selects_the_dataset_and_the_protocol():
         parser.parse_args(["cache", "--dataset", "brats2019"])
 
 
+def test_cli_download_of_a_dataset_that_cannot_be_downloaded_says_where(monkeypatch, capsys):
+    monkeypatch.delenv("BRATS_ROOT", raising=False)
+    assert cli.main(["download", "--dataset", "brats2023"]) == 2
+    assert "Synapse" in capsys.readouterr().err
+
+
 def test_synthetic_profiles_write_their_dataset_layout(tmp_path, monkeypatch):
     monkeypatch.delenv("BRATS_ROOT", raising=False)
     monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path))
