@@ -7,17 +7,15 @@ cases as :class:`~brats_utils.io.Case` records carrying the scheme, and how its 
 named. :func:`find_dataset` detects the layout of a folder (or takes the name you give) and lists
 the cases of one split.
 
-=============  ====================================================================  ===============
-name           files of one case                                                     file labels
-=============  ====================================================================  ===============
-``brats2020``  ``MICCAI_BraTS2020_TrainingData/BraTS20_Training_001/..._{flair,t1,     1 NCR/NET, 2 ED,
-               t1ce,t2,seg}.nii`` (the Kaggle copy, :mod:`brats_utils.download`)      4 ET
-``brats2021``  ``BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz``     as BraTS 2020
-``brats2023``  ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w,seg}.nii.gz``  1 NETC, 2 SNFH,
-               (FLAIR, T1, T1ce, T2)                                                 3 ET
-``msd``        ``imagesTr/BRATS_001.nii.gz`` one 4D file (H, W, D, 4: FLAIR, T1w, T1gd,  1 oedema, 2 non-
-               T2w), ``labelsTr/BRATS_001.nii.gz``; ``imagesTs/`` without labels      enhancing, 3 ET
-=============  ====================================================================  ===============
+* ``brats2020``: ``MICCAI_BraTS2020_TrainingData/BraTS20_Training_001/BraTS20_Training_001_{flair,
+  t1,t1ce,t2,seg}.nii`` (the Kaggle copy, paired by :mod:`brats_utils.download`); labels 1 NCR/NET,
+  2 ED, 4 ET.
+* ``brats2021``: ``BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz``; labels as 2020.
+* ``brats2023``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (FLAIR, T1,
+  T1ce, T2); labels 1 NETC, 2 SNFH, 3 ET.
+* ``msd``: ``imagesTr/BRATS_001.nii.gz``, one 4D file (H, W, D, 4: FLAIR, T1w, T1gd, T2w), and
+  ``labelsTr/BRATS_001.nii.gz``; ``imagesTs/`` has no labels; labels 1 oedema, 2 non-enhancing
+  tumour, 3 enhancing tumour (macOS ``._*`` files in the released tar are ignored).
 
 Splits: ``"training"`` are the cases released with segmentations, ``"validation"`` those
 without. BraTS 2020 tells them apart by its split folders, BraTS 2021 and 2023 by a folder name
@@ -310,7 +308,16 @@ def unpack_tars(folder: str | Path, into: str | Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     for archive in sorted(folder.rglob("*.tar")):
         with tarfile.open(archive) as tar:
-            tar.extractall(into, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                tar.extractall(into, filter="data")
+                continue
+            target = into.resolve()
+            for member in tar.getmembers():  # the same refusals by hand
+                if not (member.isfile() or member.isdir()) or \
+                        not (target / member.name).resolve().is_relative_to(target):
+                    raise BratsError(f"refusing to unpack {member.name!r}", path=archive,
+                                     expected="plain files and folders inside the archive's target")
+            tar.extractall(into)  # members checked above
     marker.write_text("done\n")
     return into
 
