@@ -261,3 +261,17 @@ def test_one_large_lesion_found_and_two_small_missed_disagree():
     lesion = LESIONWISE_PROTOCOL.score(pred, truth)
     assert region > 0.95 and abs(lesion["LesionWise_Dice_WT"] - 1 / 3) < 1e-9
     assert lesion["Num_TP_WT"] == 1 and lesion["Num_FN_WT"] == 2
+
+
+def test_checkpoints_from_before_the_dataset_field_still_resume(tmp_path):
+    from brats_utils.checkpoints import check_compatible
+    from brats_utils.errors import CheckpointError
+
+    profile = config.get_profile("ci")
+    old = {"config": {key: value for key, value in profile.as_dict().items()
+                      if key not in ("dataset", "metrics_protocol")}}
+    path = tmp_path / "last.pt"
+    check_compatible(old, profile, path)  # the new fields at their defaults: the same run
+    check_compatible(old, profile.with_overrides(metrics_protocol="lesionwise"), path)  # evaluation only
+    with pytest.raises(CheckpointError, match="dataset"):
+        check_compatible(old, profile.with_overrides(dataset="msd"), path)
