@@ -236,7 +236,6 @@ def save_segmentation(
     return path
 
 
-
 def export_segmentation(
     train_labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header: nib.Nifti1Header | None = None,
     scheme: LabelScheme = BRATS2020, case_id: str | None = None,
