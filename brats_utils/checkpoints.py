@@ -15,6 +15,7 @@ architecture study and the notebooks load models without importing the trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "
 #: what the epochs already trained would have computed).
 RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
                                "num_workers", "tta", "compare_presets", "compare_epochs",
-                               "compare_steps_per_epoch"})
+                               "compare_steps_per_epoch", "metrics_protocol"})
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -103,7 +104,9 @@ def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.M
                            if checkpoint["model_config"].get(k) != model.config.get(k))
         raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
                               path=path, expected=f"model config {model.config}")
-    saved, current = checkpoint["config"], profile.as_dict()
+    # a field added after the checkpoint was written (e.g. dataset) counts as its default there
+    saved = {**{f.name: f.default for f in dataclasses.fields(Profile)}, **checkpoint["config"]}
+    current = profile.as_dict()
     differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if differing:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)

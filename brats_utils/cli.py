@@ -28,14 +28,26 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
-    """The named profile (else ``$BRATS_PROFILE``, else demo) with the ``--set`` overrides applied."""
-    return get_profile(args.profile).with_overrides(**dict(args.overrides or []))
+    """The named profile (else ``$BRATS_PROFILE``, else demo) with ``--dataset`` and ``--set`` applied."""
+    return get_profile(args.profile).with_overrides(**dict(_overrides(args)))
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """``--dataset NAME`` (as ``dataset=NAME``) followed by the ``--set`` items, which win."""
+    dataset = [("dataset", args.dataset)] if getattr(args, "dataset", None) else []
+    return dataset + list(args.overrides or [])
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
     from brats_utils.download import download_brats2020
 
-    print(download_brats2020(force=args.force))
+    if args.dataset == "brats2020":
+        print(download_brats2020(force=args.force))
+        return
+    from brats_utils.pipeline import real_dataset
+
+    # BraTS 2021 through kagglehub; BraTS 2023 and MSD raise an error saying where to get them
+    print(real_dataset(get_profile().with_overrides(dataset=args.dataset, data_source="real")))
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -81,7 +93,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import evaluate_folder
 
     profile = profile_from_args(args)
-    _, summary = evaluate_folder(profile, args.predictions, truth=args.truth, out_csv=args.out)
+    _, summary = evaluate_folder(profile, args.predictions, truth=args.truth, out_csv=args.out,
+                                 protocol=args.protocol)
     print(summary.T.to_string())
 
 
@@ -95,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from brats_utils.demo import run_series
 
     profile_from_args(args)  # checks the overrides before any notebook starts
-    overrides = [f"{key}={value!r}" for key, value in args.overrides or []]
+    overrides = [f"{key}={value!r}" for key, value in _overrides(args)]
     run_series(get_profile(args.profile).name, overrides=overrides)
 
 
@@ -115,14 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
             return p
         p.add_argument("--profile", choices=list(PROFILES),
                        help="run profile (default: $BRATS_PROFILE or demo)")
+        p.add_argument("--dataset", choices=list(config.DATASETS),
+                       help="dataset layout and label scheme (default: the profile's, brats2020)")
         p.add_argument("--set", dest="overrides", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="override one profile field, e.g. --set epochs=3 (repeatable; the value must "
                             "fit the field's type)")
         return p
 
     p = add("download", _cmd_download,
-            "download BraTS 2020 from Kaggle with kagglehub (or find a local copy)", profile=False)
-    p.add_argument("--force", action="store_true", help="download again even if cached")
+            "download BraTS 2020 (or 2021) from Kaggle with kagglehub (or find a local copy)", profile=False)
+    p.add_argument("--force", action="store_true", help="download again even if cached (BraTS 2020)")
+    p.add_argument("--dataset", choices=list(config.DATASETS), default="brats2020",
+                   help="which dataset (brats2021 via kagglehub too; brats2023, msd: where to get them)")
     p = add("synth", _cmd_synth, "write the synthetic stand-in dataset in the Kaggle layout")
     p.add_argument("--out", help="target folder (default: the profile's data/synthetic/...)")
     p = add("verify", _cmd_verify, "check a dataset folder is complete and readable")
@@ -139,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", help="folder of <case_id>.nii.gz predictions")
     p.add_argument("--truth", help="dataset folder with the ground truth (default: the profile's dataset)")
     p.add_argument("--out", help="per-case CSV (default: <predictions>/metrics.csv)")
+    p.add_argument("--protocol", choices=["brats2020", "lesionwise"],
+                   help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023)")
     add("compare", _cmd_compare, "train and measure the paper's five architectures")
     add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
     return parser

@@ -35,6 +35,13 @@ KAGGLE_HANDLE = "awsaf49/brats20-dataset-training-validation/versions/1"
 TRAINING_DIR_NAME = "MICCAI_BraTS2020_TrainingData"
 VALIDATION_DIR_NAME = "MICCAI_BraTS2020_ValidationData"
 
+#: The datasets a profile can name (their layouts and label schemes: ``brats_utils.datasets.LAYOUTS``).
+DATASETS: tuple[str, ...] = ("brats2020", "brats2021", "brats2023", "msd")
+Dataset = Literal["brats2020", "brats2021", "brats2023", "msd"]
+#: The metrics protocol each dataset's challenge reports: per-region scores up to 2021, lesion-wise from 2023.
+DATASET_PROTOCOLS: dict[str, str] = {"brats2020": "brats2020", "brats2021": "brats2020",
+                                     "brats2023": "lesionwise", "msd": "brats2020"}
+
 #: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
 #: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
 #: wired into the forward pass, which is what the authors' code trained (ARCHITECTURES.md, section 5).
@@ -90,6 +97,10 @@ class Profile:
 
     # data: "synthetic" generates the Kaggle layout; "real" needs BraTS 2020 (kagglehub/BRATS_ROOT)
     data_source: Literal["synthetic", "real"] = "synthetic"
+    # which dataset (layout and label scheme); synthetic data is written in its layout
+    dataset: Dataset = "brats2020"
+    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; None: the dataset's own (see .protocol)
+    metrics_protocol: Literal["brats2020", "lesionwise"] | None = None
     synthetic_train_cases: int = 20
     synthetic_val_cases: int = 4
     synthetic_shape: Shape3D = (240, 240, 155)
@@ -155,6 +166,16 @@ class Profile:
         return dataclasses.asdict(self)
 
     @property
+    def protocol(self) -> str:
+        """The metrics protocol reported: ``metrics_protocol``, else the dataset's own (DATASET_PROTOCOLS)."""
+        return self.metrics_protocol or DATASET_PROTOCOLS[self.dataset]
+
+    @property
+    def _folder_name(self) -> str:
+        """The profile's name, with the dataset when it is not BraTS 2020 (caches and runs never mix)."""
+        return self.name if self.dataset == "brats2020" else f"{self.name}-{self.dataset}"
+
+    @property
     def synthetic_dir(self) -> Path:
         """Where this profile's synthetic dataset is generated."""
         shape = "x".join(map(str, self.synthetic_shape))
@@ -163,12 +184,12 @@ class Profile:
     @property
     def cache_dir(self) -> Path:
         """Preprocessed-case cache of this profile."""
-        return data_dir() / "cache" / self.name
+        return data_dir() / "cache" / self._folder_name
 
     @property
     def run_dir(self) -> Path:
         """Checkpoints, history and predictions of this profile's training run."""
-        return data_dir() / "runs" / self.name
+        return data_dir() / "runs" / self._folder_name
 
 
 # --- checking fields ---------------------------------------------------------------------

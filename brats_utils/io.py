@@ -29,7 +29,7 @@ from brats_utils.errors import (
     UnreadableFileError,
 )
 from brats_utils.files import atomic_path
-from brats_utils.labels import BRATS2020, MODALITIES, LabelScheme, check_labels
+from brats_utils.labels import BRATS2020, MODALITIES, LabelScheme, check_labels, check_scheme, to_file_labels
 
 #: Axis codes of the Kaggle files (x to the left, y to the back, z up): arrays are loaded in this order.
 KAGGLE_AXCODES = ("L", "P", "S")
@@ -42,7 +42,10 @@ class Case:
     """The files of one case: four modality paths (``MODALITIES`` order) and the segmentation.
 
     ``scheme`` is the label scheme of the segmentation file (BraTS 2020 unless a dataset
-    declares another one). :func:`brats_utils.download.find_dataset` builds these records.
+    declares another one). :func:`brats_utils.datasets.find_dataset` builds these records.
+    ``image_4d`` is set for datasets that store the four channels in one 4D file (MSD
+    Task01: ``H x W x D x 4``, channels in ``MODALITIES`` order); every modality then names
+    that file too, so code that fingerprints the sources (the cache key) sees it.
     """
 
     case_id: str
@@ -50,6 +53,7 @@ class Case:
     seg: Path | None
     folder: Path
     scheme: LabelScheme = BRATS2020
+    image_4d: Path | None = None
 
 
 @dataclass
@@ -66,6 +70,7 @@ class LoadedCase:
     labels: np.ndarray | None
     affine: np.ndarray
     header: nib.Nifti1Header
+    scheme: LabelScheme = BRATS2020  # the file labels of ``labels``
 
 
 def open_volume(path: str | Path, *, case_id: str | None = None) -> nib.Nifti1Image:
@@ -123,7 +128,7 @@ def read_labels(path: str | Path, *, case_id: str | None = None,
     path = Path(path)
     image = open_volume(path, case_id=case_id)
     data = _read(image, path, case_id, None)
-    check_labels(data, scheme.file_labels, case_id=case_id, path=path)
+    check_scheme(data, scheme, case_id=case_id, path=path)
     return data.astype(np.uint8), image
 
 
@@ -144,7 +149,7 @@ def reorient(array: np.ndarray, affine: np.ndarray, axcodes: Sequence[str]) -> t
 def _check_coregistered(nifti: nib.Nifti1Image, reference: nib.Nifti1Image, what: str, case: Case,
                         path: Path) -> None:
     if not np.allclose(nifti.affine, reference.affine, rtol=0, atol=AFFINE_TOLERANCE):
-        first = case.modalities[MODALITIES[0]]
+        first = case.image_4d or case.modalities[MODALITIES[0]]
         raise NotCoregisteredError(
             f"{what} has another affine than {Path(first).name} (largest difference "
             f"{np.abs(nifti.affine - reference.affine).max():.3g})", case_id=case.case_id, path=path,
@@ -158,8 +163,10 @@ def load_case(case: Case) -> LoadedCase:
     that of the arrays, the header that of the FLAIR file. Raises (from :mod:`brats_utils.errors`)
     :class:`MissingModalityError`, :class:`UnreadableFileError`, :class:`NotAVolumeError`,
     :class:`NonFiniteError`, :class:`ShapeMismatchError`, :class:`NotCoregisteredError` or
-    :class:`LabelValueError`.
+    :class:`LabelValueError`. A case with ``image_4d`` is read from that one file (:func:`load_case_4d`).
     """
+    if case.image_4d is not None:
+        return load_case_4d(case)
     reference = None
     image = None
     for channel, modality in enumerate(MODALITIES):
@@ -187,7 +194,66 @@ def load_case(case: Case) -> LoadedCase:
                                      path=case.seg, expected=f"the image shape {reference.shape[:3]}")
         _check_coregistered(nifti, reference, "the segmentation", case, Path(case.seg))
         labels, _ = reorient(labels, reference.affine, KAGGLE_AXCODES)
-    return LoadedCase(case.case_id, image, labels, affine.copy(), reference.header.copy())
+    return LoadedCase(case.case_id, image, labels, affine.copy(), reference.header.copy(),
+                      scheme=case.scheme)
+
+
+def read_volume_4d(path: str | Path, *, channels: int = len(MODALITIES),
+                   case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read a 4D file ``H x W x D x channels`` as float32 ``[channels, H, W, D]`` and its NIfTI image.
+
+    Raises :class:`UnreadableFileError`, :class:`NotAVolumeError` (another shape) or
+    :class:`NonFiniteError`.
+    """
+    path = Path(path)
+    try:
+        image = nib.load(path)
+    except FileNotFoundError as err:
+        raise UnreadableFileError("file not found", case_id=case_id, path=path,
+                                  expected="an existing NIfTI file") from err
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise UnreadableFileError(f"not a readable NIfTI image ({err})", case_id=case_id, path=path,
+                                  expected="a .nii or .nii.gz file") from err
+    if len(image.shape) != 4 or image.shape[3] != channels or min(image.shape[:3]) < 2:
+        raise NotAVolumeError(f"holds an array of shape {image.shape}", case_id=case_id, path=path,
+                              expected=f"a 4D image H x W x D x {channels}")
+    try:
+        data = image.get_fdata(dtype=np.float32)
+    except Exception as err:  # truncated files fail here, not at open
+        raise UnreadableFileError(f"could not read the voxel data ({type(err).__name__}: {err})",
+                                  case_id=case_id, path=path,
+                                  expected="a complete, uncorrupted NIfTI file") from err
+    if not np.isfinite(data).all():
+        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise NonFiniteError(f"{count} NaN or infinite voxels", case_id=case_id, path=path,
+                             expected="finite values only")
+    return np.ascontiguousarray(np.moveaxis(data, 3, 0)), image
+
+
+def load_case_4d(case: Case) -> LoadedCase:
+    """:func:`load_case` for a case whose four channels are one 4D file (``case.image_4d``).
+
+    The affine and header are the 4D file's, reduced to 3D (so a saved prediction is a 3D
+    volume on the same grid).
+    """
+    if case.image_4d is None or not Path(case.image_4d).is_file():
+        raise MissingModalityError("no 4D image file", case_id=case.case_id,
+                                   path=case.image_4d or case.folder,
+                                   expected=f"one NIfTI file holding the {len(MODALITIES)} channels")
+    image, nifti = read_volume_4d(case.image_4d, case_id=case.case_id)
+    labels = None
+    if case.seg is not None:
+        labels, seg_nifti = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
+        if labels.shape != image.shape[1:]:
+            raise ShapeMismatchError(f"segmentation has shape {labels.shape}", case_id=case.case_id,
+                                     path=case.seg, expected=f"the image shape {image.shape[1:]}")
+        _check_coregistered(seg_nifti, nifti, "the segmentation", case, Path(case.seg))
+        labels, _ = reorient(labels, nifti.affine, KAGGLE_AXCODES)
+    channels = [reorient(channel, nifti.affine, KAGGLE_AXCODES) for channel in image]
+    image = np.stack([channel for channel, _ in channels])
+    header = nifti.header.copy()
+    header.set_data_shape(nifti.shape[:3])
+    return LoadedCase(case.case_id, image, labels, channels[0][1].copy(), header, scheme=case.scheme)
 
 
 def save_segmentation(
@@ -224,3 +290,15 @@ def save_segmentation(
         nib.save(image, tmp)
     return path
 
+
+def export_segmentation(
+    train_labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header: nib.Nifti1Header | None = None,
+    scheme: LabelScheme = BRATS2020, case_id: str | None = None,
+) -> Path:
+    """Write *training* labels {0, 1, 2, 3} in the file labels of ``scheme`` (:func:`save_segmentation`).
+
+    This is the export of a prediction: the network's labels go out through the dataset's
+    declared scheme (BraTS 2020: 3 -> 4; MSD Task01: 1 <-> 2), never as they are.
+    """
+    return save_segmentation(to_file_labels(train_labels, scheme=scheme, case_id=case_id), path,
+                             affine=affine, header=header, scheme=scheme)

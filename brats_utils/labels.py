@@ -148,6 +148,35 @@ def check_labels(labels: np.ndarray, allowed: Iterable[int] = FILE_LABELS, *, ca
                               expected=expected)
 
 
+def likely_schemes(values: Iterable[int]) -> list[LabelScheme]:
+    """The declared schemes whose file labels include every one of ``values`` (declaration order)."""
+    values = set(int(v) for v in values)
+    return [scheme for scheme in SCHEMES.values() if values <= set(scheme.file_labels)]
+
+
+def check_scheme(labels: np.ndarray, scheme: LabelScheme, *, case_id: str | None = None,
+                 path: str | Path | None = None) -> None:
+    """:func:`check_labels` against ``scheme``'s file labels, naming the likely scheme when they do not fit.
+
+    A BraTS 2023 segmentation read as BraTS 2020 holds a 3, which BraTS 2020 does not have:
+    instead of a bare "unexpected value 3", the error lists every value found and the
+    declared schemes they do fit (``BraTS 2023 or MSD Task01``), so the fix, declaring
+    the right dataset, is in the message.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf" or set(label_values(labels).tolist()) <= set(scheme.file_labels):
+        check_labels(labels, scheme.file_labels, case_id=case_id, path=path)
+        return
+    found = label_values(labels).tolist()
+    shown = "{" + ", ".join(f"{v:g}" for v in found[:12]) + (" ..." if len(found) > 12 else "") + "}"
+    others = [s.name for s in likely_schemes(found) if s is not scheme] if all(
+        float(v).is_integer() for v in found) else []
+    guess = (f"; these fit {' or '.join(others)}: is the dataset declared right?" if others
+             else "; they fit no declared label scheme")
+    check_labels(labels, scheme.file_labels, case_id=case_id, path=path,
+                 hint=f" for {scheme.name}; the file holds {shown}{guess}")
+
+
 def _remap(labels: np.ndarray, mapping: Mapping[int, int], *, case_id: str | None) -> np.ndarray:
     labels = np.asarray(labels)
     check_labels(labels, mapping, case_id=case_id)

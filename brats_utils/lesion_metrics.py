@@ -49,9 +49,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from brats_utils.errors import ShapeMismatchError
-from brats_utils.labels import BRATS2023
-from brats_utils.metrics import dice, hd95
+from brats_utils.errors import ProfileError, ShapeMismatchError
+from brats_utils.labels import BRATS2023, TRAIN_REGIONS
+from brats_utils.metrics import BRATS2020_PROTOCOL, MetricsProtocol, dice, hd95
 
 #: BraTS 2023 regions in its labels (1 = NETC, 2 = SNFH/edema, 3 = ET), as its label scheme declares them.
 BRATS2023_REGIONS: dict[str, tuple[int, ...]] = dict(BRATS2023.regions)
@@ -219,3 +219,35 @@ def lesion_wise_case_metrics(
                    f"Num_TP_{name}": result.true_positives, f"Num_FN_{name}": result.false_negatives,
                    f"Num_FP_{name}": result.false_positives}
     return scores
+
+
+# --- as a metrics protocol ------------------------------------------------------------------
+
+
+def lesion_wise_train_scores(pred_train_labels: np.ndarray, true_train_labels: np.ndarray,
+                             spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                             case_id: str | None = None) -> dict[str, float]:
+    """:func:`lesion_wise_case_metrics` of two training-label maps (0..3, regions ``labels.TRAIN_REGIONS``).
+
+    Training labels have the same regions whatever the dataset (WT = {1, 2, 3}, TC = {1, 3},
+    ET = {3}), so this scores BraTS 2020, 2023 and MSD cases alike once their file labels are
+    converted. ``case_id`` is accepted for the protocol's signature.
+    """
+    return lesion_wise_case_metrics(pred_train_labels, true_train_labels, TRAIN_REGIONS, spacing)
+
+
+#: BraTS 2023 and later: Dice and HD95 per lesion, missed lesions and false positives penalised.
+LESIONWISE_PROTOCOL = MetricsProtocol(
+    "lesionwise", lesion_wise_train_scores,
+    "lesion-wise Dice / HD95 with lesion counts (BraTS 2023 and later)")
+#: The metrics protocols by the name a profile's ``metrics_protocol`` gives.
+PROTOCOLS: dict[str, MetricsProtocol] = {p.name: p for p in (BRATS2020_PROTOCOL, LESIONWISE_PROTOCOL)}
+
+
+def get_protocol(name: str) -> MetricsProtocol:
+    """The protocol called ``name`` (``"brats2020"`` or ``"lesionwise"``); :class:`ProfileError` otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ProfileError(f"unknown metrics protocol {name!r}",
+                           expected="one of " + ", ".join(PROTOCOLS)) from None

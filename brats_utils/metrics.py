@@ -23,7 +23,8 @@ percentile (linear interpolation) of that list, in mm (spacing 1 mm).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,11 +32,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from brats_utils.download import find_dataset
+from brats_utils.datasets import find_dataset
 from brats_utils.errors import BratsError, ShapeMismatchError
 from brats_utils.files import write_csv_atomic
 from brats_utils.io import read_labels
-from brats_utils.labels import BRATS2020, REGIONS, TRAIN_LABELS, TRAIN_REGIONS, to_train_labels
+from brats_utils.labels import BRATS2020, REGIONS, TRAIN_LABELS, TRAIN_REGIONS, LabelScheme, to_train_labels
 
 if TYPE_CHECKING:  # torch is needed only by region_dice_torch's callers, who have it loaded
     import torch
@@ -209,15 +210,24 @@ def paper_dice(pred_train_labels: np.ndarray, true_train_labels: np.ndarray, num
 
 def case_metrics(pred_file_labels: np.ndarray, true_file_labels: np.ndarray,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
-                 case_id: str | None = None) -> dict[str, float]:
-    """All scores of one case from two file-label maps {0,1,2,4} on the same grid.
+                 case_id: str | None = None, scheme: LabelScheme = BRATS2020) -> dict[str, float]:
+    """All scores of one case from two file-label maps of ``scheme`` (BraTS 2020: {0,1,2,4}) on one grid.
 
     Keys: ``Dice_<R>``, ``Sensitivity_<R>``, ``Specificity_<R>``, ``Hausdorff95_<R>`` for
     R in WT, TC, ET (the challenge's columns), ``Dice_<label>`` for background, NCR/NET,
     ED and ET (label 4 is the ET region, so ``Dice_ET`` is both), and ``PaperDice``.
+    The labels are scored as training labels, so every scheme gets the same columns.
     """
-    pred = to_train_labels(pred_file_labels, case_id=case_id)
-    truth = to_train_labels(true_file_labels, case_id=case_id)
+    pred = to_train_labels(pred_file_labels, scheme=scheme, case_id=case_id)
+    truth = to_train_labels(true_file_labels, scheme=scheme, case_id=case_id)
+    return region_scores(pred, truth, spacing, case_id=case_id)
+
+
+def region_scores(pred_train_labels: np.ndarray, true_train_labels: np.ndarray,
+                  spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                  case_id: str | None = None) -> dict[str, float]:
+    """:func:`case_metrics` from two *training*-label maps (0..3): the ``brats2020`` protocol's scorer."""
+    pred, truth = np.asarray(pred_train_labels), np.asarray(true_train_labels)
     if pred.shape != truth.shape:
         raise ShapeMismatchError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}",
                                  case_id=case_id, expected="the ground truth's grid")
@@ -259,6 +269,26 @@ def region_dice_torch(pred_train_labels: torch.Tensor, true_train_labels: torch.
 # --- folders of predictions -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MetricsProtocol:
+    """A way of scoring one case: a name and a scorer of two training-label maps.
+
+    ``score(pred, truth, spacing, case_id=...)`` takes training labels 0..3 (whatever the
+    dataset's file labels) and returns the case's row. :data:`BRATS2020_PROTOCOL` is defined
+    here; the lesion-wise one of BraTS 2023 in :mod:`brats_utils.lesion_metrics`, which also
+    holds the table of both by name (``lesion_metrics.PROTOCOLS``).
+    """
+
+    name: str
+    score: Callable[..., dict[str, float]]
+    description: str = ""
+
+
+#: BraTS 2015-2021: one Dice, HD95, sensitivity and specificity per region and case.
+BRATS2020_PROTOCOL = MetricsProtocol(
+    "brats2020", region_scores, "per-region Dice / HD95 / sensitivity / specificity (BraTS 2015-2021)")
+
+
 def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
     """Mean, StdDev (sample), Median, 25quantile and 75quantile of every score column."""
     scores = per_case.select_dtypes("number")
@@ -278,11 +308,15 @@ def _prediction_path(pred_dir: Path, case_id: str) -> Path | None:
 
 
 def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | Path | None = None, *,
-             progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+             progress: bool = True,
+             protocol: MetricsProtocol = BRATS2020_PROTOCOL) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every prediction ``<pred_dir>/<case_id>.nii.gz`` against its ground truth.
 
-    ``cases`` is a list of ``io.Case`` records or a dataset folder (its training
-    split is used). Cases without a prediction file or without a segmentation are
+    ``cases`` is a list of ``io.Case`` records or a dataset folder (any layout of
+    :mod:`brats_utils.datasets`; its training split is used). Prediction and truth are read
+    in the case's own label scheme and scored as training labels by ``protocol``
+    (:data:`BRATS2020_PROTOCOL`, or ``lesion_metrics.LESIONWISE_PROTOCOL`` for BraTS 2023's
+    lesion-wise scores). Cases without a prediction file or without a segmentation are
     skipped, so a folder holding only the validation split's predictions is scored on
     exactly those. Returns the per-case table (index ``case_id``) and its summary; with
     ``out_csv`` both are written atomically: the table to ``out_csv`` and the summary,
@@ -300,10 +334,12 @@ def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | 
                          expected="files named <case_id>.nii.gz for cases that have a segmentation")
     rows = []
     for case, path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
-        truth, truth_image = read_labels(case.seg, case_id=case.case_id)
-        pred, _ = read_labels(path, case_id=case.case_id)
+        truth, truth_image = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
+        pred, _ = read_labels(path, case_id=case.case_id, scheme=case.scheme)
         spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
-        rows.append({"case_id": case.case_id, **case_metrics(pred, truth, spacing, case_id=case.case_id)})
+        pred = to_train_labels(pred, scheme=case.scheme, case_id=case.case_id)
+        truth = to_train_labels(truth, scheme=case.scheme, case_id=case.case_id)
+        rows.append({"case_id": case.case_id, **protocol.score(pred, truth, spacing, case_id=case.case_id)})
     per_case = pd.DataFrame(rows).set_index("case_id")
     summary = summarize(per_case)
     if out_csv is not None:

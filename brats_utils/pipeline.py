@@ -28,21 +28,55 @@ from brats_utils import compare
 from brats_utils import train as training
 from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import check_compatible, checkpoint_dir, load_checkpoint, load_model
-from brats_utils.config import Profile
+from brats_utils.config import Profile, data_dir
 from brats_utils.data import VolumeDataset
-from brats_utils.download import ROOT_ENV, download_brats2020, find_dataset
+from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
+from brats_utils.download import ROOT_ENV, download_brats2020
+from brats_utils.errors import DatasetNotFoundError
 from brats_utils.inference import InferenceSettings, predict_folder
 from brats_utils.io import Case
+from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.preprocess import build_cache
 from brats_utils.synthetic import write_synthetic_dataset
+from brats_utils.synthetic_layouts import write_layout
 
 
 def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Path:
-    """The profile's synthetic dataset (at ``out_dir``, else ``profile.synthetic_dir``), made on first use."""
-    folder = Path(out_dir) if out_dir is not None else profile.synthetic_dir
-    return write_synthetic_dataset(folder, profile.synthetic_train_cases, profile.synthetic_val_cases,
-                                   profile.synthetic_shape, seed=profile.seed)
+    """The profile's synthetic dataset (at ``out_dir``, else ``profile.synthetic_dir``), made on first use.
+
+    It is written in the layout of ``profile.dataset``: the Kaggle BraTS 2020 layout, or that
+    dataset re-saved in another one (:func:`brats_utils.synthetic_layouts.write_layout`, into
+    ``<synthetic_dir>-<dataset>`` unless ``out_dir`` is given).
+    """
+    kaggle = profile.synthetic_dir
+    if profile.dataset == "brats2020" and out_dir is not None:
+        kaggle = Path(out_dir)
+    kaggle = write_synthetic_dataset(kaggle, profile.synthetic_train_cases, profile.synthetic_val_cases,
+                                     profile.synthetic_shape, seed=profile.seed)
+    if profile.dataset == "brats2020":
+        return kaggle
+    target = Path(out_dir) if out_dir is not None else kaggle.with_name(f"{kaggle.name}-{profile.dataset}")
+    return write_layout(kaggle, target, profile.dataset)
+
+
+def real_dataset(profile: Profile) -> Path:
+    """The folder of the real ``profile.dataset``: ``$BRATS_ROOT``, else downloaded where that is possible.
+
+    BraTS 2020 and 2021 come through kagglehub (2021 is unpacked into ``<data_dir>/brats2021``);
+    BraTS 2023 (Synapse, registration) and MSD Task01 (its own download) must be at
+    ``$BRATS_ROOT``, else :class:`~brats_utils.errors.DatasetNotFoundError` says where to get them.
+    """
+    layout = LAYOUTS[profile.dataset]
+    if profile.dataset == "brats2020":
+        return download_brats2020()
+    env_root = os.environ.get(ROOT_ENV)
+    if env_root:
+        return Path(env_root).expanduser()
+    if profile.dataset == "brats2021":
+        return download_brats2021(data_dir() / "brats2021")
+    raise DatasetNotFoundError(f"{layout.title} is not downloaded by this project; set ${ROOT_ENV}",
+                               expected=layout.how_to_get)
 
 
 def ensure_dataset(profile: Profile) -> Path:
@@ -53,13 +87,14 @@ def ensure_dataset(profile: Profile) -> Path:
     dataset (:func:`ensure_synthetic`). Synthetic profiles never touch the network.
     """
     if profile.data_source == "real" or os.environ.get(ROOT_ENV):
-        return download_brats2020()
+        return real_dataset(profile)
     return ensure_synthetic(profile)
 
 
 def training_cases(profile: Profile) -> list[Case]:
     """The labelled cases a profile trains on: its dataset's training split, the first ``max_cases``."""
-    return find_dataset(ensure_dataset(profile), split="training")[: profile.max_cases]
+    cases = find_dataset(ensure_dataset(profile), split="training", dataset=profile.dataset)
+    return cases[: profile.max_cases]
 
 
 def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
@@ -125,24 +160,31 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     """Segment every case of one split into ``<out_dir>/<case_id>.nii.gz``.
 
     Defaults: the profile's best checkpoint (trained if missing), its dataset, and
-    ``<run_dir>/predictions-<split>``.
+    ``<run_dir>/predictions-<split>``. A ``root`` of another dataset is detected by its layout,
+    and its predictions are written in that dataset's own labels (a model trained on BraTS 2020
+    predicts MSD cases as MSD labels).
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else ensure_trained(profile, progress=progress)
-    cases = find_dataset(Path(root) if root is not None else ensure_dataset(profile), split=split)
+    if root is not None:
+        cases = find_dataset(Path(root), split=split)
+    else:
+        cases = find_dataset(ensure_dataset(profile), split=split, dataset=profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{split}"
     return predict_folder(load_model(checkpoint), cases, out_dir, inference_settings(profile),
                           progress=progress)
 
 
 def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
-                    out_csv: str | Path | None = None,
+                    out_csv: str | Path | None = None, protocol: str | None = None,
                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score a folder of predictions against the training split of ``truth`` (default: the profile's data).
 
-    The per-case table goes to ``out_csv`` (default ``<predictions>/metrics.csv``); see
-    :func:`brats_utils.metrics.evaluate`.
+    ``protocol`` (default ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023)
+    is ``"brats2020"`` or ``"lesionwise"``. The per-case table goes to ``out_csv`` (default
+    ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
     """
-    root = Path(truth) if truth is not None else ensure_dataset(profile)
+    cases = (find_dataset(Path(truth), split="training") if truth is not None
+             else find_dataset(ensure_dataset(profile), split="training", dataset=profile.dataset))
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
-    return evaluate(Path(predictions), find_dataset(root, split="training"), out_csv=out_csv,
-                    progress=progress)
+    return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress,
+                    protocol=get_protocol(protocol or profile.protocol))

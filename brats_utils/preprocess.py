@@ -42,6 +42,7 @@ from brats_utils.errors import CacheError, ShapeMismatchError
 from brats_utils.files import disk_full_errors, folder_lock
 from brats_utils.io import Case, LoadedCase, load_case
 from brats_utils.labels import (
+    BRATS2020,
     MODALITIES,
     TRAIN_LABELS,
     to_file_labels,  # noqa: F401  (step 4's inverse, kept beside it for notebook 03)
@@ -162,12 +163,17 @@ class PreprocessedCase:
 
 
 def preprocess_case(loaded: LoadedCase, *, margin: int = 2) -> PreprocessedCase:
-    """Brain mask, crop (brain and tumour box + ``margin``), z-score inside the brain, labels 4 -> 3."""
+    """Brain mask, crop (brain and tumour box + ``margin``), z-score inside the brain, training labels.
+
+    The file labels become training labels through the case's own scheme (``loaded.scheme``:
+    BraTS 2020 4 -> 3, MSD Task01 1 <-> 2, BraTS 2023 unchanged).
+    """
     mask = brain_mask(loaded.image)
     keep = mask if loaded.labels is None else mask | (loaded.labels != 0)
     box = bounding_box(keep, margin)
     image = zscore_in_mask(loaded.image[(slice(None), *box)], mask[box], case_id=loaded.case_id)
-    labels = None if loaded.labels is None else to_train_labels(loaded.labels[box], case_id=loaded.case_id)
+    labels = None if loaded.labels is None else to_train_labels(loaded.labels[box], case_id=loaded.case_id,
+                                                                scheme=getattr(loaded, "scheme", BRATS2020))
     header = getattr(loaded.header, "binaryblock", None)
     meta = CropMeta(
         case_id=loaded.case_id,

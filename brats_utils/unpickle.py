@@ -33,7 +33,7 @@ import a named module and never call a named object that is not known to be harm
 
 What remains possible: a hostile file can still make this reader use memory in proportion to its own
 size (compressed archive members are refused, so no zip bomb), or produce a wrong state dict (which
-:func:`brats_utils.model.load_pretrained` then rejects by key and shape). It cannot run code.
+:func:`brats_utils.checkpoints.load_pretrained` then rejects by key and shape). It cannot run code.
 
 Two file layouts are read. torch's zip format (the default since torch 1.6): ``<name>/data.pkl`` (the
 pickle), ``<name>/data/<key>`` (one member per storage) and ``<name>/byteorder``. The legacy format
