@@ -95,10 +95,10 @@ def test_toy_losses_are_the_package_loss_and_mix_linearly():
 
 
 def test_toy_losses_by_hand():
-    # p = 0.5 on the 5 tumour voxels, 0.02 on the 95 others
-    ce = -(5 * np.log(0.5) + 95 * np.log(0.98)) / 100
-    tumour_dice = 2 * 5 * 0.5 / (5 * 0.5 + 95 * 0.02 + 5)
-    background_dice = 2 * 95 * 0.98 / (5 * 0.5 + 95 * 0.98 + 95)
+    # p(tumour) = 0.5 on the 4 tumour voxels, 0.005 on the 196 others
+    ce = -(4 * np.log(0.5) + 196 * np.log(0.995)) / 200
+    tumour_dice = 2 * 4 * 0.5 / (4 * 0.5 + 196 * 0.005 + 4)
+    background_dice = 2 * 196 * 0.995 / (4 * 0.5 + 196 * 0.995 + 196)
     losses = widgets.toy_losses(0.5, [0.5])
     np.testing.assert_allclose(losses["ce"], ce, rtol=1e-6)
     np.testing.assert_allclose(losses["dice"], 1 - (tumour_dice + background_dice) / 2, rtol=1e-5)
@@ -106,7 +106,7 @@ def test_toy_losses_by_hand():
 
 def test_dice_rewards_finding_a_small_tumour_more_than_cross_entropy():
     ends = widgets.toy_losses(0.0, [0.02, 0.98])
-    assert ends["dice"][0] - ends["dice"][1] > 3 * (ends["ce"][0] - ends["ce"][1])
+    assert ends["dice"][0] - ends["dice"][1] > 4 * (ends["ce"][0] - ends["ce"][1])
 
 
 def test_loss_weighting_figure_changes_with_the_weight():
@@ -133,13 +133,13 @@ def test_blend_without_overlap_is_each_windows_prediction():
     assert np.array_equal(summed, np.ones((16, 8)))
     np.testing.assert_allclose(blended[:8], blended[8:])  # two identical windows side by side
     assert blended[0, 4] == pytest.approx(0.5)  # border of a window: 1 - 0.5 · 1²
-    assert widgets._seam_depth(blended) == pytest.approx(0.5)
+    assert widgets._seam_depth(blended, 2) == pytest.approx(0.5)  # x = 7, 8: the seam between the windows
 
 
 def test_overlap_and_gaussian_weights_make_the_seams_shallower():
-    depth = {(overlap, sigma): widgets._seam_depth(widgets.blend_plane((160, 112), 64, overlap, sigma)[0])
+    depth = {(overlap, sigma): widgets._seam_depth(widgets.blend_plane((192, 128), 64, overlap, sigma)[0], 16)
              for overlap in (0.0, 0.5) for sigma in (0.0, 0.125)}
-    assert depth[(0.0, 0.0)] == pytest.approx(0.3)  # every window border shows, at full error
+    assert depth[(0.0, 0.0)] == depth[(0.0, 0.125)] == pytest.approx(0.3)  # no overlap: full error
     assert depth[(0.5, 0.0)] < depth[(0.0, 0.0)]
     assert depth[(0.5, 0.125)] < depth[(0.5, 0.0)]
 

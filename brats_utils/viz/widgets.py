@@ -96,8 +96,8 @@ def patch_centres(shape: Sequence[int], patch_size: Sequence[int], foreground: n
                   foreground_fraction: float, *, samples: int = 300, seed: int = 0) -> np.ndarray:
     """Centres ``[samples, 3]`` of patches drawn by :func:`brats_utils.data.choose_patch_start`."""
     rng = np.random.default_rng(seed)
-    starts = np.array([choose_patch_start(tuple(shape), tuple(patch_size), foreground, foreground_fraction, rng)
-                       for _ in range(samples)])
+    starts = np.array([choose_patch_start(tuple(shape), tuple(patch_size), foreground,
+                                          foreground_fraction, rng) for _ in range(samples)])
     return starts + np.asarray(patch_size) // 2
 
 
@@ -147,19 +147,23 @@ def patch_centres_widget(plane: np.ndarray, shape: Sequence[int], patch_size: Se
 
 # --- 05: the CE / Dice weighting on a toy prediction -----------------------------------------
 
-#: The toy: 100 voxels in a row, 2 classes, a 5-voxel tumour at 45..49; background voxels get
-#: p(tumour) = 0.02, tumour voxels the probability on the x-axis.
-_TOY_SIZE, _TOY_TUMOUR, _TOY_BACKGROUND_P = 100, slice(45, 50), 0.02
+#: The toy: 200 voxels in a row, 2 classes, a 4-voxel tumour at 98..101 (2 %); background voxels get
+#: p(tumour) = 0.005, tumour voxels the probability on the x-axis.
+_TOY_SIZE, _TOY_TUMOUR, _TOY_BACKGROUND_P = 200, slice(98, 102), 0.005
+#: "Missed" and "found": the tumour voxels' p(tumour) at the two ends of the right-hand panel.
+_MISSED, _FOUND = 0.02, 0.98
 
 
-def toy_losses(ce_weight: float, tumour_probabilities: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+def toy_losses(ce_weight: float,
+               tumour_probabilities: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """Losses of the toy prediction as the network's p(tumour) on the tumour voxels goes from 0 to 1.
 
     Returns ``{"p": ..., "ce": ..., "dice": ..., "loss": ..., "paper": ...}``: cross-entropy, soft Dice,
     ``ce_weight · CE + (1 - ce_weight) · Dice`` and the paper's 0.3 / 0.7, one value per probability,
     each computed by :class:`brats_utils.losses.CombinedLoss`.
     """
-    p = np.linspace(0.01, 0.99, 50) if tumour_probabilities is None else np.asarray(tumour_probabilities, float)
+    p = (np.linspace(0.01, 0.99, 50) if tumour_probabilities is None
+         else np.asarray(tumour_probabilities, dtype=float))
     truth = torch.zeros(1, _TOY_SIZE, dtype=torch.long)
     truth[0, _TOY_TUMOUR] = 1
     weighted = CombinedLoss(ce_weight=ce_weight, dice_weight=1 - ce_weight)
@@ -179,7 +183,8 @@ def toy_losses(ce_weight: float, tumour_probabilities: Sequence[float] | None = 
 
 def loss_weighting_figure(ce_weight: float) -> Figure:
     """Left: CE, Dice, the chosen mix and the paper's mix against p(tumour) on the tumour voxels.
-    Right: what finding the tumour is worth (loss at p = 0.02 minus loss at p = 0.98) for every weight."""
+    Right: what finding the tumour is worth (loss at p = 0.02 minus loss at p = 0.98) for every weight.
+    """
     losses = toy_losses(ce_weight)
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -188,11 +193,11 @@ def loss_weighting_figure(ce_weight: float) -> Figure:
     left.plot(losses["p"], losses["paper"], "k--", label="0.3 CE + 0.7 Dice (paper)")
     left.plot(losses["p"], losses["loss"], color="tab:red", lw=2.5,
               label=f"{ce_weight:.2f} CE + {1 - ce_weight:.2f} Dice")
-    left.set(xlabel="p(tumour) on the 5 tumour voxels", ylabel="loss", ylim=(0, None),
-             title="a 5-voxel tumour in 100 voxels")
+    left.set(xlabel="p(tumour) on the 4 tumour voxels", ylabel="loss", ylim=(0, None),
+             title="a 4-voxel tumour in 200 voxels")
     left.legend(fontsize=8)
     weights = np.linspace(0, 1, 21)
-    ends = toy_losses(0.0, [_TOY_BACKGROUND_P, 1 - _TOY_BACKGROUND_P])
+    ends = toy_losses(0.0, [_MISSED, _FOUND])
 
     def gap(w):
         return w * (ends["ce"][0] - ends["ce"][1]) + (1 - w) * (ends["dice"][0] - ends["dice"][1])
@@ -252,14 +257,17 @@ def blend_plane(shape: Sequence[int], patch: int, overlap: float, sigma_fraction
     return accumulated / summed, summed
 
 
-def _seam_depth(blended: np.ndarray) -> float:
-    return float(1 - blended.min())
+def _seam_depth(blended: np.ndarray, margin: int) -> float:
+    """How far the worst voxel falls below 1, ``margin`` voxels or more inside the plane's border
+    (the plane's own border is seen by one window only, whatever the overlap)."""
+    return float(1 - blended[margin:-margin, margin:-margin].min())
 
 
-def seam_figure(overlap: float, sigma_fraction: float, *, shape: Sequence[int] = (160, 112), patch: int = 64,
+def seam_figure(overlap: float, sigma_fraction: float, *, shape: Sequence[int] = (192, 128), patch: int = 64,
                 border_error: float = 0.3) -> Figure:
     """Left: window weights and the blended toy prediction along the middle row. Right: the blend
-    over the plane; every dark line is a seam. Title: how far the worst voxel falls below 1."""
+    over the plane; every dark line is a seam. Title: how far the worst voxel at least patch / 4
+    inside the plane falls below 1."""
     blended, _ = blend_plane(shape, patch, overlap, sigma_fraction, border_error=border_error)
     row = shape[1] // 2
     fig = Figure(figsize=(11, 3.6), layout="constrained")
@@ -274,8 +282,9 @@ def seam_figure(overlap: float, sigma_fraction: float, *, shape: Sequence[int] =
     shown = right.imshow(blended.T, origin="lower", cmap="magma", vmin=1 - border_error, vmax=1)
     fig.colorbar(shown, ax=right)
     weighting = "uniform" if sigma_fraction <= 0 else f"Gaussian σ = {sigma_fraction:.3f}·patch"
+    depth = _seam_depth(blended, patch // 4)
     right.set(xlabel="x", ylabel="y",
-              title=f"overlap {overlap:.2f}, {weighting}: worst voxel {_seam_depth(blended):.3f} below 1")
+              title=f"overlap {overlap:.2f}, {weighting}\nworst inner voxel {depth:.3f} below 1")
     return fig
 
 
