@@ -347,7 +347,7 @@ def et_threshold_figure(et_sizes: Sequence[int], dice_kept: Sequence[float], dic
     ax.plot(sizes, np.full_like(sizes, -0.03), "|", color="0.3", ms=12, label="cases' predicted ET size")
     ax.set(xlabel="threshold (voxels of predicted ET)", ylabel="ET Dice", ylim=(-0.06, 1.02),
            title=f"threshold {threshold:.0f}: mean {mean_at:.3f}, median {median_at:.3f} "
-                 f"({int(np.sum(sizes < threshold))} of {len(sizes)} cases relabelled)")
+                 f"({int(np.sum((sizes > 0) & (sizes < threshold)))} of {len(sizes)} cases relabelled)")
     ax.legend(fontsize=8, loc="lower right")
     return fig
 
