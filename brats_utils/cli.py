@@ -104,6 +104,23 @@ def _cmd_evaluate_pretrained(args: argparse.Namespace) -> None:
     print(summary.loc[["Mean", "StdDev", "Median"], columns].T.round(4).to_string())
 
 
+def _cmd_cross_validate(args: argparse.Namespace) -> None:
+    from brats_utils.pipeline import cross_validate, evaluate_folder, predict_with_folds
+
+    profile = profile_from_args(args)
+    per_case, summary = cross_validate(profile)
+    columns = [c for c in dict.fromkeys(REPORT_COLUMNS) if c in summary.columns]
+    print(f"{profile.n_folds}-fold cross-validation, pooled out-of-fold scores on {len(per_case)} cases "
+          f"(each predicted by the fold model that did not train on it):")
+    print(summary.loc[["Mean", "Median"], columns].T.round(4).to_string())
+    if profile.test_fraction > 0:
+        paths = predict_with_folds(profile, split="test")
+        _, test_summary = evaluate_folder(profile, paths[0].parent, split="test")
+        print(f"average of the {profile.n_folds} fold models on the {len(paths)} test cases "
+              f"(never seen by training or model selection):")
+        print(test_summary.loc[["Mean", "Median"], columns].T.round(4).to_string())
+
+
 def _cmd_compare(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import run_comparison
 
@@ -172,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cases to score (default: test when the profile has test cases, else val)")
     p.add_argument("--input", help="dataset folder (default: the profile's dataset)")
     p.add_argument("--out", help="output folder (default: data/runs/<profile>/pretrained-<split>)")
+    add("cross-validate", _cmd_cross_validate,
+        "k-fold cross-validation (--set n_folds=5): train every fold, pooled out-of-fold scores, then the "
+        "average of the fold models on the test cases; one fold alone: train --set fold=k")
     add("compare", _cmd_compare, "train and measure the paper's five architectures")
     add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
     return parser

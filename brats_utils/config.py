@@ -102,6 +102,10 @@ class Profile:
     test_fraction: float = 0.0
     # case ids removed from the training cases after the split (the authors dropped case 355)
     exclude_from_training: tuple[str, ...] = ()
+    # k-fold cross-validation (nnU-Net's practice): with fold=k the non-test patients are cut into n_folds
+    # seeded folds, fold k validates and the others train; each fold trains into run_dir/fold<k>
+    fold: int | None = None
+    n_folds: int = 5
 
     # preprocessing: z-score "brain" (inside the brain mask) or "volume" (every voxel, background
     # zeros included, as the authors); crop to the brain's bounding box (+ crop_margin) or not
@@ -185,8 +189,9 @@ class Profile:
 
     @property
     def run_dir(self) -> Path:
-        """Checkpoints, history and predictions of this profile's training run."""
-        return data_dir() / "runs" / self.name
+        """Checkpoints, history and predictions of this profile's run (``.../fold<k>`` for one fold)."""
+        base = data_dir() / "runs" / self.name
+        return base if self.fold is None else base / f"fold{self.fold}"
 
 
 # --- checking fields ---------------------------------------------------------------------
@@ -273,6 +278,10 @@ def _check_ranges(p: Profile) -> None:
                                                                        "num_workers") if getattr(p, name) < 0]
     if p.lr <= 0:
         problems.append(f"lr={p.lr} is not positive")
+    if p.n_folds < 2:
+        problems.append(f"n_folds={p.n_folds} is below 2")
+    if p.fold is not None and not 0 <= p.fold < p.n_folds:
+        problems.append(f"fold={p.fold} is not in [0, n_folds={p.n_folds})")
     unknown = [preset for preset in (p.model_preset, *p.compare_presets) if preset not in PRESETS]
     if unknown:
         problems.append(f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(PRESETS)})")

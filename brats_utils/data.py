@@ -65,14 +65,18 @@ SPLIT_NAMES = ("train", "val", "test", "excluded")
 
 
 def split_patients(case_ids: Sequence[str], *, val_fraction: float = 0.2, test_fraction: float = 0.0,
-                   seed: int = 42, exclude_from_training: Sequence[str] = (),
-                   csv_path: str | Path | None = None) -> dict[str, list[str]]:
+                   seed: int = 42, exclude_from_training: Sequence[str] = (), fold: int | None = None,
+                   n_folds: int = 5, csv_path: str | Path | None = None) -> dict[str, list[str]]:
     """Split case ids at patient level into ``{"train", "val", "test", "excluded"}`` lists.
 
     First ``test_fraction`` of the patients are held out as test cases (:func:`split_cases` with
     ``test_fraction`` in place of ``val_fraction``; none when it is 0), then the rest is split into
     training and validation cases by :func:`split_cases` with ``val_fraction`` and the same seed. With
     ``test_fraction=0`` this is exactly :func:`split_cases` (the authors' 295 / 74 on BraTS 2020).
+    With ``fold=k`` the non-test patients are instead cut into ``n_folds`` folds (the seeded permutation
+    of their sorted ids, in ``n_folds`` nearly equal consecutive parts): fold ``k`` is the validation
+    set, the others train; over ``k = 0 .. n_folds - 1`` every non-test patient validates exactly once
+    (out-of-fold), and the test cases are the same for every fold.
     Ids in ``exclude_from_training`` are then removed from the training cases (the authors dropped case
     355 after their split: 294 / 74) and listed as ``"excluded"``. The validation cases drive the
     schedule, early stopping and the best checkpoint; the test cases are for the final report only.
@@ -83,7 +87,15 @@ def split_patients(case_ids: Sequence[str], *, val_fraction: float = 0.2, test_f
     rest = ids
     if test_fraction > 0:
         rest, test = split_cases(ids, val_fraction=test_fraction, seed=seed)
-    train, val = split_cases(rest, val_fraction=val_fraction, seed=seed)
+    if fold is None:
+        train, val = split_cases(rest, val_fraction=val_fraction, seed=seed)
+    else:
+        if not 0 <= fold < n_folds <= len(rest):
+            raise ValueError(f"fold {fold} of {n_folds} needs 0 <= fold < n_folds <= {len(rest)} cases")
+        rest = sorted(rest)
+        parts_of = np.array_split(np.random.RandomState(seed).permutation(len(rest)), n_folds)
+        val = [rest[i] for i in parts_of[fold]]
+        train = [rest[i] for k, part in enumerate(parts_of) if k != fold for i in part]
     dropped = set(exclude_from_training)
     parts = {"train": [i for i in train if i not in dropped], "val": val, "test": test,
              "excluded": [i for i in train if i in dropped]}
@@ -268,14 +280,15 @@ class VolumeDataset(Dataset):
 
 def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
-                 exclude_from_training: Sequence[str] = (),
+                 exclude_from_training: Sequence[str] = (), fold: int | None = None, n_folds: int = 5,
                  seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
                  samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
                  batch_size: int = 2, num_workers: int = 2) -> tuple[DataLoader, VolumeDataset]:
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
     The cached cases (the first ``max_cases`` if set) are split with :func:`split_patients`
-    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``); the split is saved
+    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of
+    ``n_folds``); the split is saved
     to ``split_csv``. The test cases reach neither loader: nothing in training sees them. The patches follow
     :class:`PatchDataset`'s arguments, with the transform that ``augmentation`` names
     (:func:`brats_utils.augment.augmentation_for`); memory is pinned only when CUDA is available.
@@ -287,7 +300,8 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int
                          expected="a cache built by build_cache")
     by_id = {entry.name: entry for entry in entries}
     parts = split_patients(list(by_id), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           exclude_from_training=exclude_from_training, csv_path=split_csv)
+                           exclude_from_training=exclude_from_training, fold=fold, n_folds=n_folds,
+                           csv_path=split_csv)
     train_ids, val_ids = parts["train"], parts["val"]
     patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
                            samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,

@@ -14,6 +14,7 @@ The notebooks and the command line call these functions; nothing below calls the
                                                                         \\-> run_comparison
     inference_settings -> predict_split -> evaluate_folder
     split_of -> heldout_split                 evaluate_pretrained (the authors' weights)
+    cross_validate (fold=0..k-1, pooled out-of-fold scores) -> predict_with_folds (their average)
 
 Which cases a number is measured on: :func:`split_of` gives the profile's patient split
 (``train`` / ``val`` / ``test``). The validation cases drive the schedule, early stopping
@@ -45,7 +46,7 @@ from brats_utils.checkpoints import (
 from brats_utils.config import Profile
 from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.download import ROOT_ENV, download_brats2020, find_dataset
-from brats_utils.inference import InferenceSettings, predict_folder
+from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
 from brats_utils.io import Case
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
@@ -98,7 +99,8 @@ def split_of(profile: Profile, cases: list[Case] | None = None) -> dict[str, lis
     """
     ids = [case.case_id for case in (training_cases(profile) if cases is None else cases)]
     return split_patients(ids, val_fraction=profile.val_fraction, test_fraction=profile.test_fraction,
-                          seed=profile.seed, exclude_from_training=profile.exclude_from_training)
+                          seed=profile.seed, exclude_from_training=profile.exclude_from_training,
+                          fold=profile.fold, n_folds=profile.n_folds)
 
 
 def heldout_split(profile: Profile) -> str:
@@ -227,3 +229,54 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
     predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress)
+
+
+# --- k-fold cross-validation -----------------------------------------------------------------
+
+
+class FoldAverage(torch.nn.Module):
+    """Several networks as one: ``log`` of the mean of their softmax (:func:`~brats_utils.inference.
+    average_predictors`), so that the softmax the inference code takes gives back that mean exactly."""
+
+    def __init__(self, models: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        mean = average_predictors([softmax_predictor(m, amp=False) for m in self.members])(batch)
+        return torch.log(mean.clamp_min(1e-8))
+
+
+def fold_profiles(profile: Profile) -> list[Profile]:
+    """The profile once per fold (``fold=0 .. n_folds - 1``), each training into ``<run_dir>/fold<k>``."""
+    return [profile.with_overrides(fold=k) for k in range(profile.n_folds)]
+
+
+def cross_validate(profile: Profile, *, out_dir: str | Path | None = None,
+                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """k-fold cross-validation: train every fold (if needed), pool the out-of-fold scores.
+
+    Each fold's best checkpoint (chosen on its own validation fold) predicts that fold into
+    ``out_dir`` (default ``<run_dir>/cv-oof``); every non-test patient is predicted exactly once,
+    by the one model that never trained on it, and the pooled table is scored at once. The test
+    cases (``profile.test_fraction``) are in no fold: score them with :func:`predict_with_folds`.
+    """
+    base = profile.with_overrides(fold=None)
+    out_dir = Path(out_dir) if out_dir is not None else base.run_dir / "cv-oof"
+    cases = []
+    for fold in fold_profiles(base):
+        predict_split(fold, checkpoint=ensure_trained(fold, progress=progress), split="val", out_dir=out_dir,
+                      progress=progress)
+        cases += _cases_of_split(fold, ensure_dataset(fold), "val")
+    return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress)
+
+
+def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | Path | None = None,
+                       progress: bool = True) -> list[Path]:
+    """Segment one split with the average of the fold models (:class:`FoldAverage`), trained if missing."""
+    base = profile.with_overrides(fold=None)
+    models = [load_model(ensure_trained(fold, progress=progress)) for fold in fold_profiles(base)]
+    cases = _cases_of_split(base, ensure_dataset(base), split)
+    out_dir = Path(out_dir) if out_dir is not None else base.run_dir / f"predictions-{split}-folds"
+    return predict_folder(FoldAverage(models).eval(), cases, out_dir, inference_settings(base),
+                          progress=progress)

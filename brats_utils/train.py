@@ -391,8 +391,8 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path):
     """
     return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
                         test_fraction=profile.test_fraction,
-                        exclude_from_training=profile.exclude_from_training, seed=profile.seed,
-                        patch_size=profile.patch_size,
+                        exclude_from_training=profile.exclude_from_training, fold=profile.fold,
+                        n_folds=profile.n_folds, seed=profile.seed, patch_size=profile.patch_size,
                         samples_per_volume=profile.samples_per_volume,
                         foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
                         batch_size=profile.batch_size, num_workers=profile.num_workers,

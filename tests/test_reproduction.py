@@ -296,3 +296,40 @@ def test_evaluate_pretrained_runs_their_file_with_their_preprocessing(data_dir, 
     out = capsys.readouterr().out
     assert "validation cases (used for model selection)" in out and "PaperDice" in out and "Dice_WT" in out
     assert (tmp_path / "cli" / "metrics.csv").exists()
+
+
+# --- k-fold cross-validation ----------------------------------------------------------------------------
+
+
+def test_folds_partition_the_non_test_patients_and_keep_the_test_cases_out():
+    ids = [f"BraTS20_Training_{i:03d}" for i in range(1, 370)]
+    folds = [split_patients(ids, val_fraction=0.2, test_fraction=0.2, fold=k, n_folds=5) for k in range(5)]
+    test = folds[0]["test"]
+    assert all(f["test"] == test for f in folds) and len(test) == 74
+    validated = [case for f in folds for case in f["val"]]
+    assert sorted(validated) == sorted(set(ids) - set(test))  # every non-test patient validates exactly once
+    assert all(set(f["train"]).isdisjoint(f["val"]) and set(f["train"]).isdisjoint(test) for f in folds)
+    assert [len(f["val"]) for f in folds] == [59, 59, 59, 59, 59]
+    with pytest.raises(Exception, match="fold"):
+        get_profile("ci").with_overrides(fold=5)
+
+
+def test_cross_validation_pools_out_of_fold_scores_and_averages_the_folds_on_test_cases(data_dir, tmp_path):
+    profile = get_profile("ci").with_overrides(name="cv", synthetic_train_cases=8, synthetic_val_cases=0,
+                                               synthetic_shape=(32, 32, 24), patch_size=(24, 24, 16),
+                                               sw_patch_size=(32, 32, 24), epochs=1, steps_per_epoch=1,
+                                               n_folds=2)
+    assert get_profile("ci").with_overrides(name="cv", fold=1).run_dir == profile.run_dir / "fold1"
+    per_case, _ = pipeline.cross_validate(profile, out_dir=tmp_path / "oof", progress=False)
+    parts = pipeline.split_of(profile)
+    assert sorted(per_case.index) == sorted(parts["train"] + parts["val"])  # all non-test cases, once
+    for k in range(2):
+        split = pd.read_csv(profile.run_dir / f"fold{k}" / "split.csv").set_index("case_id")["split"]
+        assert {c for c, s in split.items() if s == "test"} == set(parts["test"])
+    paths = pipeline.predict_with_folds(profile, out_dir=tmp_path / "test", progress=False)
+    assert {p.name.removesuffix(".nii.gz") for p in paths} == set(parts["test"])
+    ensemble = pipeline.FoldAverage([build_model("paper"), build_model("paper", dropout=0.0)]).eval()
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        mean = (torch.softmax(ensemble.members[0](x), 1) + torch.softmax(ensemble.members[1](x), 1)) / 2
+        torch.testing.assert_close(torch.softmax(ensemble(x), 1), mean)
