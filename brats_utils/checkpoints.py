@@ -9,7 +9,8 @@ architecture study and the notebooks load models without importing the trainer.
   the previous checkpoint as the one that loads.
 - :func:`load_checkpoint`: a training checkpoint, read weights-only and checked for its keys.
 - :func:`check_compatible`: a run may only be resumed with the settings it was trained with.
-- :func:`load_pretrained`: weights of any of the usual wrappings into a model, strictly.
+- :func:`load_pretrained`: weights of any of the usual wrappings into a model, strictly, including
+  the authors' whole pickled modules (:func:`read_weights`, through :mod:`brats_utils.unpickle`).
 - :func:`load_model`: the network of a training checkpoint, rebuilt from its ``model_config``.
 """
 
@@ -27,6 +28,7 @@ from brats_utils.config import Profile
 from brats_utils.errors import CheckpointError
 from brats_utils.files import atomic_path, disk_full_error, is_disk_full
 from brats_utils.model import UNet3D
+from brats_utils.unpickle import read_pickled_state_dict
 
 CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "scheduler_state_dict",
                    "scaler_state_dict", "early_stopping", "epoch", "rng_state", "config", "history")
@@ -73,6 +75,30 @@ def read_weights_only(path: str | Path, *, expected: str) -> object:
         raise CheckpointError(f"cannot read checkpoint: it cannot be read weights-only "
                               f"({type(error).__name__}: {str(error)[:200]})", path=path,
                               expected=expected) from error
+
+
+def read_weights(path: str | os.PathLike) -> object:
+    """What a weights file holds, read without running code: ``weights_only`` first, else the restricted
+    unpickler (:func:`brats_utils.unpickle.read_pickled_state_dict`) for whole pickled modules.
+
+    Never ``torch.load(weights_only=False)``, which would run code from the file. Raises
+    :class:`CheckpointError` for a missing file, and the unpickler's error (naming the file and the
+    refused global) when neither reader accepts it.
+    """
+    path = Path(path)
+    try:
+        return read_weights_only(path, expected="a torch.save file holding only tensors and plain containers")
+    except CheckpointError as weights_only_error:
+        if not path.is_file():
+            raise
+        weights_only_problem = weights_only_error.problem
+    try:
+        return read_pickled_state_dict(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot read checkpoint: the restricted unpickler refused it too "
+                              f"({error.problem}; {weights_only_problem})", path=path,
+                              expected="a state dict, a training checkpoint or a pickled nn.Module",
+                              ) from error
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -157,18 +183,18 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
     Accepts a file path or an object holding a state dict: a bare state dict, a checkpoint dict with
     ``"model_state_dict"`` (the authors' and our format), keys prefixed by ``module.`` (saved from
     ``nn.DataParallel``, as the authors trained on Kaggle's two T4s) or ``_orig_mod.`` (``torch.compile``).
-    Files are read with ``weights_only=True``, so a checkpoint cannot run code. Raises
-    :class:`~brats_utils.errors.CheckpointError` naming missing keys, unexpected keys and shape mismatches.
+    Files are read with ``weights_only=True``; a file that holds a whole pickled module (the authors'
+    ``torch.save(DataParallel(ImprovedUNet3D))`` releases) is then read by the restricted unpickler
+    :func:`brats_utils.unpickle.read_pickled_state_dict`, which never imports or calls anything the
+    file names. So a checkpoint cannot run code. Raises :class:`~brats_utils.errors.CheckpointError`
+    for a file neither reader accepts (a pickle that would call a function among them), and naming
+    missing keys, unexpected keys and shape mismatches.
     """
     path = Path(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else None
     if path is None:
         source = path_or_state
     else:
-        # Files holding a whole pickled module (some of the authors' releases) are refused here;
-        # a restricted unpickler for them belongs at this point (brats_utils.unpickle), never
-        # torch.load(weights_only=False), which would run code from the file.
-        source = read_weights_only(path, expected="a torch.save file holding only tensors and plain "
-                                                  "containers")
+        source = read_weights(path)
     state = _state_dict_of(source, path)
     _check_fits(model, state, path)
     model.load_state_dict(state, strict=True)

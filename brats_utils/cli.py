@@ -94,8 +94,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     profile = profile_from_args(args)
     _, summary = evaluate_folder(profile, args.predictions, truth=args.truth, out_csv=args.out,
-                                 protocol=args.protocol)
+                                 protocol=args.protocol, split=args.split)
     print(summary.T.to_string())
+
+
+#: Columns of the pretrained report: the paper's metric, then the BraTS regions.
+REPORT_COLUMNS = ("PaperDice", "Dice_background", "Dice_NCR/NET", "Dice_ED", "Dice_ET", "Dice_WT", "Dice_TC",
+                  "Dice_ET", "Hausdorff95_WT", "Hausdorff95_TC", "Hausdorff95_ET")
+
+
+def _cmd_evaluate_pretrained(args: argparse.Namespace) -> None:
+    from brats_utils.pipeline import evaluate_pretrained, heldout_split, split_label
+
+    profile = profile_from_args(args)
+    split = args.split or heldout_split(profile)
+    per_case, summary = evaluate_pretrained(profile, args.weights, split=split, root=args.input,
+                                            out_dir=args.out)
+    columns = [c for c in dict.fromkeys(REPORT_COLUMNS) if c in summary.columns]
+    print(f"{args.weights} with the {profile.name} profile's preprocessing, on {len(per_case)} "
+          f"{split_label(profile, split)}:")
+    print(summary.loc[["Mean", "StdDev", "Median"], columns].T.round(4).to_string())
+
+
+def _cmd_cross_validate(args: argparse.Namespace) -> None:
+    from brats_utils.pipeline import cross_validate, evaluate_folder, predict_with_folds
+
+    profile = profile_from_args(args)
+    per_case, summary = cross_validate(profile)
+    columns = [c for c in dict.fromkeys(REPORT_COLUMNS) if c in summary.columns]
+    print(f"{profile.n_folds}-fold cross-validation, pooled out-of-fold scores on {len(per_case)} cases "
+          f"(each predicted by the fold model that did not train on it):")
+    print(summary.loc[["Mean", "Median"], columns].T.round(4).to_string())
+    if profile.test_fraction > 0:
+        paths = predict_with_folds(profile, split="test")
+        _, test_summary = evaluate_folder(profile, paths[0].parent, split="test")
+        print(f"average of the {profile.n_folds} fold models on the {len(paths)} test cases "
+              f"(never seen by training or model selection):")
+        print(test_summary.loc[["Mean", "Median"], columns].T.round(4).to_string())
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -150,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", _cmd_predict, "segment every case of a folder into BraTS-format NIfTI files")
     p.add_argument("--checkpoint", help="checkpoint file (default: the profile's best, trained if missing)")
     p.add_argument("--input", help="dataset folder (default: the profile's dataset)")
-    p.add_argument("--split", default="validation", choices=["training", "validation"])
+    p.add_argument("--split", default="validation",
+                   choices=["training", "validation", "train", "val", "test"],
+                   help="a dataset folder (training, validation: unlabelled) or a part of the run's patient "
+                        "split (train, val, test)")
     p.add_argument("--out", help="output folder (default: data/runs/<profile>/predictions-<split>)")
     p = add("evaluate", _cmd_evaluate, "score predicted segmentations against the ground truth")
     p.add_argument("predictions", help="folder of <case_id>.nii.gz predictions")
@@ -158,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="per-case CSV (default: <predictions>/metrics.csv)")
     p.add_argument("--protocol", choices=["brats2020", "lesionwise"],
                    help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023)")
+    p.add_argument("--split", default="training", choices=["training", "train", "val", "test"],
+                   help="score only this part of the run's split (default: every labelled case predicted)")
+    p = add("evaluate-pretrained", _cmd_evaluate_pretrained,
+            "run published weights (the authors' files from Hugging Face, see the README) with the profile's "
+            "preprocessing and report the paper's metric next to the BraTS regions")
+    p.add_argument("weights", help="weights file: a state dict, a training checkpoint or a pickled model "
+                                   "(read without running code)")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="cases to score (default: test when the profile has test cases, else val)")
+    p.add_argument("--input", help="dataset folder (default: the profile's dataset)")
+    p.add_argument("--out", help="output folder (default: data/runs/<profile>/pretrained-<split>)")
+    add("cross-validate", _cmd_cross_validate,
+        "k-fold cross-validation (--set n_folds=5): train every fold, pooled out-of-fold scores, then the "
+        "average of the fold models on the test cases; one fold alone: train --set fold=k")
     add("compare", _cmd_compare, "train and measure the paper's five architectures")
     add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
     return parser

@@ -44,7 +44,9 @@ DATASET_PROTOCOLS: dict[str, str] = {"brats2020": "brats2020", "brats2021": "bra
 
 #: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
 #: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
-#: wired into the forward pass, which is what the authors' code trained (ARCHITECTURES.md, section 5).
+#: wired into the forward pass. That is what the authors' code trained for the 4-level f = 16 model
+#: (shown by their code) and, inferred from its checkpoint sizes, the 5-level f = 32 one; for the other
+#: two nothing survives and the pattern is an assumption (docs/reproduction.md, "The deeper models").
 #: :func:`brats_utils.model.build_model` builds them; a profile names one as ``model_preset``.
 PRESETS: dict[str, dict] = {
     "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
@@ -107,8 +109,19 @@ class Profile:
     seed: int = 42
     max_cases: int | None = None  # use only the first N training cases (None: all)
     val_fraction: float = 0.2  # patient-level split, as the authors (80/20, seed 42)
+    # share of the patients held out as a test set before the train/validation split (0: none)
+    test_fraction: float = 0.0
+    # case ids removed from the training cases after the split (the authors dropped case 355)
+    exclude_from_training: tuple[str, ...] = ()
+    # k-fold cross-validation (nnU-Net's practice): with fold=k the non-test patients are cut into n_folds
+    # seeded folds, fold k validates and the others train; each fold trains into run_dir/fold<k>
+    fold: int | None = None
+    n_folds: int = 5
 
-    # preprocessing
+    # preprocessing: z-score "brain" (inside the brain mask) or "volume" (every voxel, background
+    # zeros included, as the authors); crop to the brain's bounding box (+ crop_margin) or not
+    normalisation: Literal["brain", "volume"] = "brain"
+    crop: bool = True
     crop_margin: int = 2
 
     # patches and augmentation; patch_size None trains on whole cropped volumes
@@ -123,17 +136,26 @@ class Profile:
     # model
     model_preset: str = "paper"
     dropout: float = 0.1
+    # "paper": Kaiming as the text states; "authors": their code's (model.init_weights_authors_)
+    init: Literal["paper", "authors"] = "paper"
 
     # optimisation (the paper's recipe)
     epochs: int = 100
     steps_per_epoch: int | None = None  # None: one pass over the patch dataset
     lr: float = 5e-4
     weight_decay: float = 5e-4
+    # "plateau": ReduceLROnPlateau on the validation loss; "cosine": CosineAnnealingLR(T_max=cosine_t_max,
+    # eta_min=min_lr) stepped once per epoch (the authors' final run)
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    cosine_t_max: int = 30
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     min_lr: float = 1e-6
     early_stop_patience: int = 10
     early_stop_min_delta: float = 1e-3
+    # "strict": improvement means loss < best - min_delta; "authors": any loss up to min_delta above
+    # the best becomes the best and resets the counter (train.EarlyStopping)
+    early_stop_rule: Literal["strict", "authors"] = "strict"
     grad_clip_norm: float = 1.5
     amp: bool = True  # used only on CUDA
     ce_weight: float = 0.3
@@ -188,8 +210,9 @@ class Profile:
 
     @property
     def run_dir(self) -> Path:
-        """Checkpoints, history and predictions of this profile's training run."""
-        return data_dir() / "runs" / self._folder_name
+        """Checkpoints, history and predictions of this profile's run (``.../fold<k>`` for one fold)."""
+        base = data_dir() / "runs" / self._folder_name
+        return base if self.fold is None else base / f"fold{self.fold}"
 
 
 # --- checking fields ---------------------------------------------------------------------
@@ -255,6 +278,7 @@ def check_field(name: str, value: object) -> object:
 def _check_ranges(p: Profile) -> None:
     """Raise :class:`ProfileError` for a fraction out of range, a size below 1 or an unknown preset."""
     fractions = {"val_fraction": (0 < p.val_fraction < 1, "in (0, 1)"),
+                 "test_fraction": (0 <= p.test_fraction < 1, "in [0, 1)"),
                  "foreground_fraction": (0 <= p.foreground_fraction <= 1, "in [0, 1]"),
                  "sw_overlap": (0 <= p.sw_overlap < 1, "in [0, 1)"),
                  "dropout": (0 <= p.dropout < 1, "in [0, 1)")}
@@ -264,7 +288,7 @@ def _check_ranges(p: Profile) -> None:
              "batch_size": p.batch_size, "epochs": p.epochs, "checkpoint_every": p.checkpoint_every,
              "sw_batch_size": p.sw_batch_size, "compare_epochs": p.compare_epochs,
              "steps_per_epoch": p.steps_per_epoch, "max_cases": p.max_cases, "max_val_cases": p.max_val_cases,
-             "compare_steps_per_epoch": p.compare_steps_per_epoch}
+             "compare_steps_per_epoch": p.compare_steps_per_epoch, "cosine_t_max": p.cosine_t_max}
     shapes = {"synthetic_shape": p.synthetic_shape, "patch_size": p.patch_size,
               "sw_patch_size": p.sw_patch_size}
     problems += [f"{name}={value} is not positive" for name, value in sizes.items()
@@ -275,6 +299,10 @@ def _check_ranges(p: Profile) -> None:
                                                                        "num_workers") if getattr(p, name) < 0]
     if p.lr <= 0:
         problems.append(f"lr={p.lr} is not positive")
+    if p.n_folds < 2:
+        problems.append(f"n_folds={p.n_folds} is below 2")
+    if p.fold is not None and not 0 <= p.fold < p.n_folds:
+        problems.append(f"fold={p.fold} is not in [0, n_folds={p.n_folds})")
     unknown = [preset for preset in (p.model_preset, *p.compare_presets) if preset not in PRESETS]
     if unknown:
         problems.append(f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(PRESETS)})")
@@ -290,7 +318,9 @@ PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci",
         description="Tiny synthetic volumes and a few steps: every notebook in seconds on a CPU.",
-        synthetic_train_cases=6,
+        # 8 labelled cases: 2 test, 2 validation, 4 training (the split of demo and gpu, in small)
+        synthetic_train_cases=8,
+        test_fraction=0.2,
         synthetic_val_cases=2,
         synthetic_shape=(48, 48, 32),
         crop_margin=1,
@@ -310,7 +340,9 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo",
         description="Synthetic cases at CPU-friendly size: a few minutes on 2 cores, still learns.",
-        synthetic_train_cases=20,
+        # 25 labelled cases: 5 test, 4 validation, 16 training
+        synthetic_train_cases=25,
+        test_fraction=0.2,
         synthetic_val_cases=3,
         # tuned on 2 CPU cores: 12 epochs x 12 steps of 48^3 patches, each with a validation on 4 whole
         # volumes, take 2.5 minutes (0.8 s per step) and reach a validation WT Dice of 0.85-0.88
@@ -333,8 +365,10 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
-        description="Real BraTS 2020 on a 16 GB GPU (Colab/Kaggle T4): AMP, 128^3 patches.",
+        description=("Real BraTS 2020 on a 16 GB GPU (Colab/Kaggle T4): AMP, 128^3 patches; "
+                     "train / validation / test at patient level."),
         data_source="real",
+        test_fraction=0.2,
         patch_size=(128, 128, 128),
         samples_per_volume=2,
         batch_size=2,
@@ -346,8 +380,11 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         description=(
-            "The paper's settings as written: whole 240x240x155 volumes, batch 2, dropout 0.3, "
-            "AdamW 5e-4/5e-4, plateau x0.5 after 2 epochs, early stop after 10."
+            "The paper's text where it is unambiguous: whole volumes cropped to the brain's bounding box "
+            "(the text's 240x240x155 input read together with its 'within the brain region'; see "
+            "docs/reproduction.md), z-score inside the brain, batch 2, in-plane flips and rot90, "
+            "dropout 0.3, "
+            "AdamW 5e-4/5e-4, plateau x0.5 after 2 epochs, early stop after 10; 80/20 split, seed 42."
         ),
         data_source="real",
         patch_size=None,
@@ -362,6 +399,35 @@ PROFILES: dict[str, Profile] = {
         sw_batch_size=1,
         compare_presets=_ALL_PRESETS,
         compare_epochs=90,
+    ),
+    "authors": Profile(
+        name="authors",
+        description=(
+            "The authors' final run as their code did it: whole uncropped 240x240x155 volumes, z-score over "
+            "the whole volume (background included), batch 2, no augmentation, dropout 0.1, their init, "
+            "AdamW 5e-4/5e-3, cosine T_max 30, their early stopping; 294/74 with the best epoch chosen on "
+            "the 74 reported cases (docs/reproduction.md)."
+        ),
+        data_source="real",
+        test_fraction=0.0,
+        exclude_from_training=("BraTS20_Training_355",),
+        normalisation="volume",
+        crop=False,
+        patch_size=None,
+        samples_per_volume=1,
+        foreground_fraction=0.0,
+        augmentation="none",
+        batch_size=2,
+        num_workers=2,
+        dropout=0.1,
+        init="authors",
+        weight_decay=5e-3,
+        lr_schedule="cosine",
+        cosine_t_max=30,
+        early_stop_rule="authors",
+        epochs=300,
+        sw_patch_size=(240, 240, 155),
+        sw_batch_size=1,
     ),
 }
 

@@ -1,7 +1,8 @@
 """From cached cases to training batches: patient split, patches, foreground oversampling, augmentation.
 
 - :func:`split_cases`: the authors' patient-level 80/20 split (``train_test_split`` of the
-  sorted case ids with ``random_state=42``), saved as CSV so runs are comparable.
+  sorted case ids with ``random_state=42``); :func:`split_patients` adds a held-out test
+  set before it and the authors' exclusion of case 355 after it, saved as CSV so runs are comparable.
 - :class:`PatchDataset`: random patches read from memory-mapped cache arrays (only the
   patch's bytes are read), a share of them centred on tumour, padded where the volume is
   smaller than the patch, augmented. Every item's randomness comes from
@@ -57,6 +58,55 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int
         table = pd.DataFrame({"case_id": train + val, "split": ["train"] * len(train) + ["val"] * len(val)})
         write_csv_atomic(table.sort_values("case_id"), csv_path)
     return train, val
+
+
+#: Names of the parts of a split, as the split CSV writes them.
+SPLIT_NAMES = ("train", "val", "test", "excluded")
+
+
+def split_patients(case_ids: Sequence[str], *, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                   seed: int = 42, exclude_from_training: Sequence[str] = (), fold: int | None = None,
+                   n_folds: int = 5, csv_path: str | Path | None = None) -> dict[str, list[str]]:
+    """Split case ids at patient level into ``{"train", "val", "test", "excluded"}`` lists.
+
+    First ``test_fraction`` of the patients are held out as test cases (:func:`split_cases` with
+    ``test_fraction`` in place of ``val_fraction``; none when it is 0), then the rest is split into
+    training and validation cases by :func:`split_cases` with ``val_fraction`` and the same seed. With
+    ``test_fraction=0`` this is exactly :func:`split_cases` (the authors' 295 / 74 on BraTS 2020).
+    With ``fold=k`` the non-test patients are instead cut into ``n_folds`` folds (the seeded permutation
+    of their sorted ids, in ``n_folds`` nearly equal consecutive parts): fold ``k`` is the validation
+    set, the others train; over ``k = 0 .. n_folds - 1`` every non-test patient validates exactly once
+    (out-of-fold), and the test cases are the same for every fold.
+    Ids in ``exclude_from_training`` are then removed from the training cases (the authors dropped case
+    355 after their split: 294 / 74) and listed as ``"excluded"``. The validation cases drive the
+    schedule, early stopping and the best checkpoint; the test cases are for the final report only.
+    With ``csv_path`` the split is written there (columns ``case_id,split``, sorted by case id).
+    """
+    ids = sorted(case_ids)
+    test: list[str] = []
+    rest = ids
+    if test_fraction > 0:
+        rest, test = split_cases(ids, val_fraction=test_fraction, seed=seed)
+    if fold is None:
+        train, val = split_cases(rest, val_fraction=val_fraction, seed=seed)
+    else:
+        if not 0 <= fold < n_folds <= len(rest):
+            raise ValueError(f"fold {fold} of {n_folds} needs 0 <= fold < n_folds <= {len(rest)} cases")
+        rest = sorted(rest)
+        parts_of = np.array_split(np.random.RandomState(seed).permutation(len(rest)), n_folds)
+        val = [rest[i] for i in parts_of[fold]]
+        train = [rest[i] for k, part in enumerate(parts_of) if k != fold for i in part]
+    dropped = set(exclude_from_training)
+    parts = {"train": [i for i in train if i not in dropped], "val": val, "test": test,
+             "excluded": [i for i in train if i in dropped]}
+    if not parts["train"]:
+        raise ValueError(f"no training cases left of {len(ids)} (val_fraction={val_fraction}, "
+                         f"test_fraction={test_fraction})")
+    if csv_path is not None:
+        table = pd.DataFrame([(case_id, name) for name in SPLIT_NAMES for case_id in parts[name]],
+                             columns=["case_id", "split"])
+        write_csv_atomic(table.sort_values("case_id"), csv_path)
+    return parts
 
 
 # --- patches -------------------------------------------------------------------------
@@ -229,13 +279,17 @@ class VolumeDataset(Dataset):
 
 
 def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int | None = None,
-                 val_fraction: float = 0.2, seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
+                 val_fraction: float = 0.2, test_fraction: float = 0.0,
+                 exclude_from_training: Sequence[str] = (), fold: int | None = None, n_folds: int = 5,
+                 seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
                  samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
                  batch_size: int = 2, num_workers: int = 2) -> tuple[DataLoader, VolumeDataset]:
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
-    The cached cases (the first ``max_cases`` if set) are split with :func:`split_cases`
-    (``val_fraction``, ``seed``); the split is saved to ``split_csv``. The patches follow
+    The cached cases (the first ``max_cases`` if set) are split with :func:`split_patients`
+    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of
+    ``n_folds``); the split is saved
+    to ``split_csv``. The test cases reach neither loader: nothing in training sees them. The patches follow
     :class:`PatchDataset`'s arguments, with the transform that ``augmentation`` names
     (:func:`brats_utils.augment.augmentation_for`); memory is pinned only when CUDA is available.
     (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
@@ -245,7 +299,10 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int
         raise CacheError("the cache holds no entries", path=cache_dir,
                          expected="a cache built by build_cache")
     by_id = {entry.name: entry for entry in entries}
-    train_ids, val_ids = split_cases(list(by_id), val_fraction=val_fraction, seed=seed, csv_path=split_csv)
+    parts = split_patients(list(by_id), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           exclude_from_training=exclude_from_training, fold=fold, n_folds=n_folds,
+                           csv_path=split_csv)
+    train_ids, val_ids = parts["train"], parts["val"]
     patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
                            samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,
                            augment=augmentation_for(augmentation), seed=seed)

@@ -150,7 +150,10 @@ def results_summary(profile: Profile) -> str:
     if summary_csv.exists():
         summary = pd.read_csv(summary_csv, index_col=0)
         columns = [c for c in summary.columns if c.startswith(("Dice_", "Hausdorff95_")) or c == "PaperDice"]
-        lines += [f"\nPaper model on the held-out validation cases ({data}; notebook 06):",
+        from brats_utils.pipeline import heldout_split, split_label
+
+        cases = split_label(profile, heldout_split(profile))
+        lines += [f"\nPaper model on the held-out {cases} ({data}; notebook 06):",
                   summary.loc[["Mean", "Median"], columns].T.round(3).to_string()]
     table_csv = comparison_csv_path(profile)
     if table_csv.exists():

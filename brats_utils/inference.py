@@ -264,7 +264,7 @@ def sliding_window_predict(
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How one case is predicted: the preprocessing margin and the sliding-window settings.
+    """How one case is predicted: the preprocessing (margin, normalisation, crop) and the sliding window.
 
     :func:`brats_utils.pipeline.inference_settings` fills them from a run profile.
     """
@@ -276,6 +276,8 @@ class InferenceSettings:
     tta: bool = False
     tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS
     margin: int = 2
+    normalisation: str = "brain"
+    crop: bool = True
 
 
 def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020) -> np.ndarray:
@@ -297,13 +299,15 @@ def predict_case(
 ) -> np.ndarray:
     """Segment one :class:`~brats_utils.io.Case`: file labels (uint8) on its original grid.
 
-    Loads the case, crops and normalises it as for training (``settings.margin``), slides
+    Loads the case, crops and normalises it as for training (``settings.margin``, ``normalisation``,
+    ``crop``), slides
     the window (``settings``), puts the argmax back on the original grid in the case's
     label scheme. With ``out_path`` the labels are also saved as a NIfTI file with the
     input's affine and header.
     """
     loaded = load_case(case)
-    cropped = preprocess_case(loaded, margin=settings.margin)
+    cropped = preprocess_case(loaded, margin=settings.margin, normalisation=settings.normalisation,
+                              crop=settings.crop)
     probs = sliding_window_predict(
         model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
         sw_batch_size=settings.sw_batch_size, device=device, amp=settings.amp, tta=settings.tta,

@@ -8,7 +8,7 @@ with ``p`` the softmax probabilities, ``g`` the one-hot ground truth, ``ε`` a s
 
 Which voxels does ``Σ_i`` run over? The equation does not say; the text says the Dice is "computed
 independently for each class across the entire batch, and then averaged". The authors' code (which
-produced their published weights, ``paper/ARCHITECTURES.md`` section 7) sums over the voxels of each
+produced their published weights, docs/reproduction.md) sums over the voxels of each
 *sample*: one Dice per sample and class, averaged over the batch, then over the classes, with all 4
 classes (background included) and ε = 1e-6. That is the default here (``batch_dice=False``).
 

@@ -1,6 +1,6 @@
 """The paper's 3D U-Net, configurable to all five of its sizes, plus tools to inspect it.
 
-One class, :class:`UNet3D`, builds every model of the paper (``paper/ARCHITECTURES.md``)::
+One class, :class:`UNet3D`, builds every model of the paper (docs/reproduction.md)::
 
     input [B, 4, X, Y, Z]                                   logits [B, 4, X, Y, Z]
       enc1 ──────────── skip: concat ────────────→ dec1 → Dropout3d → final_conv ↗
@@ -19,8 +19,11 @@ One class, :class:`UNet3D`, builds every model of the paper (``paper/ARCHITECTUR
 - module names follow the authors: ``enc1 ... enc{L-1}``, the bottom block ``enc3`` in the 3-level
   model and ``bottleneck`` in deeper ones, ``upconv{l}``/``dec{l}`` on the way up, ``final_conv``.
 
-``wired_levels`` reproduces what the authors actually trained for the deeper models: every level is
-built (and counted, as in the paper), but the forward pass only runs through the top ``wired_levels``.
+``wired_levels`` reproduces what the authors actually trained for the 4-level f = 16 model (shown by
+their code) and, inferred from its checkpoint sizes, the 5-level f = 32 one: every level is built (and
+counted, as in the paper), but the forward pass only runs through the top ``wired_levels``. For the
+other two deeper models nothing survives; their ``*_as_run`` presets are an assumption
+(docs/reproduction.md).
 
 Inspection: :func:`count_parameters`, :func:`count_trained_parameters` (a backward pass decides which
 weights are used), :func:`trace_layers` and :func:`model_costs` (cost and receptive field, traced on
@@ -40,8 +43,8 @@ from torch import nn
 from brats_utils.config import PAPER_PRESETS, PRESETS
 
 __all__ = ["FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D", "build_model", "conv_block",
-           "count_parameters", "count_trained_parameters", "init_weights_", "model_costs", "pad_and_concat",
-           "receptive_field", "trace_layers", "used_parameters"]
+           "count_parameters", "count_trained_parameters", "init_weights_", "init_weights_authors_",
+           "model_costs", "pad_and_concat", "receptive_field", "trace_layers", "used_parameters"]
 
 #: Negative slope of every LeakyReLU (the authors' value); also sets the Kaiming gain.
 LEAKY_SLOPE = 0.01
@@ -202,6 +205,20 @@ def init_weights_(model: nn.Module) -> None:
             with torch.no_grad():
                 module.weight.normal_(0.0, gain / math.sqrt(fan_in))
                 module.bias.zero_()
+
+
+def init_weights_authors_(model: nn.Module) -> None:
+    """The authors' initialisation: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` on every
+    Conv3d (variance 2 / (c_out · k³)), biases 0; ConvTranspose3d keeps PyTorch's default
+    (``reset_parameters``: uniform, ±1/sqrt(c_out·k³)). See docs/reproduction.md.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.ConvTranspose3d):
+            module.reset_parameters()
+        elif isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def build_model(preset: str = "paper", **overrides: object) -> UNet3D:

@@ -13,6 +13,15 @@ The notebooks and the command line call these functions; nothing below calls the
     ensure_dataset -> training_cases -> ensure_cache -> make_loaders -> train -> ensure_trained
                                                                         \\-> run_comparison
     inference_settings -> predict_split -> evaluate_folder
+    split_of -> heldout_split                 evaluate_pretrained (the authors' weights)
+    cross_validate (fold=0..k-1, pooled out-of-fold scores) -> predict_with_folds (their average)
+
+Which cases a number is measured on: :func:`split_of` gives the profile's patient split
+(``train`` / ``val`` / ``test``). The validation cases drive the schedule, early stopping
+and the best checkpoint; the test cases (``profile.test_fraction``, ``demo`` and ``gpu``)
+are only ever predicted by :func:`predict_split` for the final report.
+:func:`heldout_split` names the cases a profile reports on and :func:`split_label` says
+what they are.
 """
 
 from __future__ import annotations
@@ -27,16 +36,23 @@ from torch.utils.data import DataLoader
 from brats_utils import compare
 from brats_utils import train as training
 from brats_utils.augment import augmentation_for, tta_flips
-from brats_utils.checkpoints import check_compatible, checkpoint_dir, load_checkpoint, load_model
+from brats_utils.checkpoints import (
+    check_compatible,
+    checkpoint_dir,
+    load_checkpoint,
+    load_model,
+    load_pretrained,
+)
 from brats_utils.config import Profile, data_dir
-from brats_utils.data import VolumeDataset
+from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
 from brats_utils.download import ROOT_ENV, download_brats2020
 from brats_utils.errors import DatasetNotFoundError
-from brats_utils.inference import InferenceSettings, predict_folder
+from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
 from brats_utils.io import Case
 from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
+from brats_utils.model import build_model
 from brats_utils.preprocess import build_cache
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
@@ -100,8 +116,52 @@ def training_cases(profile: Profile) -> list[Case]:
 def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
     """The profile's cache folder, built (or brought up to date) from its training cases if needed."""
     build_cache(training_cases(profile), profile.cache_dir, margin=profile.crop_margin,
-                workers=profile.num_workers, progress=progress)
+                normalisation=profile.normalisation, crop=profile.crop, workers=profile.num_workers,
+                progress=progress)
     return profile.cache_dir
+
+
+#: Splits of the labelled cases a run uses (:func:`split_of`); "training" and "validation" name the
+#: dataset's folders (the official validation folder has no ground truth).
+RUN_SPLITS = ("train", "val", "test")
+
+
+def split_of(profile: Profile, cases: list[Case] | None = None) -> dict[str, list[str]]:
+    """The profile's patient split of its labelled cases (or of ``cases``): train, val, test, excluded.
+
+    The same split :func:`brats_utils.train.loaders_for` saves to ``<run_dir>/split.csv``
+    (:func:`brats_utils.data.split_patients` with the profile's fractions and seed).
+    """
+    ids = [case.case_id for case in (training_cases(profile) if cases is None else cases)]
+    return split_patients(ids, val_fraction=profile.val_fraction, test_fraction=profile.test_fraction,
+                          seed=profile.seed, exclude_from_training=profile.exclude_from_training,
+                          fold=profile.fold, n_folds=profile.n_folds)
+
+
+def heldout_split(profile: Profile) -> str:
+    """The split a profile's final report is measured on: ``"test"`` if it has test cases, else ``"val"``."""
+    return "test" if profile.test_fraction > 0 else "val"
+
+
+def split_label(profile: Profile, split: str) -> str:
+    """What the cases of ``split`` are, for a report: e.g. "test cases (never used for model selection)"."""
+    labels = {"test": "test cases (never seen by training or model selection)",
+              "val": "validation cases (used for model selection)", "train": "training cases",
+              "training": "cases of the training folder",
+              "validation": "cases of the unlabelled validation folder"}
+    return labels[split]
+
+
+def _cases_of_split(profile: Profile, root: Path, split: str, dataset: str | None) -> list[Case]:
+    """The cases of ``split`` under ``root``: a part of the run's patient split, or a dataset folder.
+
+    ``dataset`` names the layout (the profile's own data); ``None`` detects it (another folder).
+    """
+    if split not in RUN_SPLITS:
+        return find_dataset(root, split=split, dataset=dataset)
+    labelled = find_dataset(root, split="training", dataset=dataset)[: profile.max_cases]
+    wanted = set(split_of(profile, labelled)[split])
+    return [case for case in labelled if case.case_id in wanted]
 
 
 def make_loaders(profile: Profile, *, progress: bool = True) -> tuple[DataLoader, VolumeDataset]:
@@ -151,7 +211,8 @@ def inference_settings(profile: Profile, *, tta: bool | None = None) -> Inferenc
     use_tta = (profile.tta if tta is None else tta) and len(flips) > 1
     return InferenceSettings(patch_size=tuple(profile.sw_patch_size), overlap=profile.sw_overlap,
                              sw_batch_size=profile.sw_batch_size, amp=profile.amp, tta=use_tta,
-                             tta_flips=flips, margin=profile.crop_margin)
+                             tta_flips=flips, margin=profile.crop_margin, normalisation=profile.normalisation,
+                             crop=profile.crop)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,
@@ -159,6 +220,8 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
                   progress: bool = True) -> list[Path]:
     """Segment every case of one split into ``<out_dir>/<case_id>.nii.gz``.
 
+    ``split``: ``"test"``, ``"val"`` or ``"train"`` (the run's patient split of the labelled cases,
+    :func:`split_of`), or a folder of the dataset, ``"training"`` or ``"validation"`` (unlabelled).
     Defaults: the profile's best checkpoint (trained if missing), its dataset, and
     ``<run_dir>/predictions-<split>``. A ``root`` of another dataset is detected by its layout,
     and its predictions are written in that dataset's own labels (a model trained on BraTS 2020
@@ -166,25 +229,107 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else ensure_trained(profile, progress=progress)
     if root is not None:
-        cases = find_dataset(Path(root), split=split)
+        cases = _cases_of_split(profile, Path(root), split, None)
     else:
-        cases = find_dataset(ensure_dataset(profile), split=split, dataset=profile.dataset)
+        cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{split}"
     return predict_folder(load_model(checkpoint), cases, out_dir, inference_settings(profile),
                           progress=progress)
 
 
 def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
-                    out_csv: str | Path | None = None, protocol: str | None = None,
+                    out_csv: str | Path | None = None, protocol: str | None = None, split: str = "training",
                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score a folder of predictions against the training split of ``truth`` (default: the profile's data).
+    """Score a folder of predictions against the labelled cases of ``truth`` (default: the profile's data).
 
     ``protocol`` (default ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023)
-    is ``"brats2020"`` or ``"lesionwise"``. The per-case table goes to ``out_csv`` (default
+    is ``"brats2020"`` or ``"lesionwise"``. ``split`` restricts the scored cases to one part of the
+    run's split (``"test"``, ``"val"``, ``"train"``); the default ``"training"`` scores every labelled
+    case that has a prediction. The per-case table goes to ``out_csv`` (default
     ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
     """
-    cases = (find_dataset(Path(truth), split="training") if truth is not None
-             else find_dataset(ensure_dataset(profile), split="training", dataset=profile.dataset))
+    if truth is not None:
+        root, dataset = Path(truth), None  # another folder: its layout is detected
+    else:
+        root, dataset = ensure_dataset(profile), profile.dataset
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
-    return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress,
-                    protocol=get_protocol(protocol or profile.protocol))
+    return evaluate(Path(predictions), _cases_of_split(profile, root, split, dataset), out_csv=out_csv,
+                    progress=progress, protocol=get_protocol(protocol or profile.protocol))
+
+
+def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | None = None,
+                        root: str | Path | None = None, out_dir: str | Path | None = None,
+                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run published weights (e.g. the authors' ``3D_U_Net_full_slice``) with the profile's preprocessing.
+
+    The weights (any form :func:`~brats_utils.checkpoints.load_pretrained` reads, the authors'
+    whole pickled ``DataParallel(ImprovedUNet3D)`` included, never executing the file) go into the
+    profile's ``model_preset``; every case of ``split`` (default :func:`heldout_split`: the test
+    cases, or for ``paper``/``authors`` the validation cases they selected on) is predicted with
+    :func:`inference_settings` (``authors``: whole-volume z-score, uncropped, one full-volume pass)
+    into ``out_dir`` (default ``<run_dir>/pretrained-<split>``) and scored: the per-case table and
+    its summary, with the paper's metric (``PaperDice``) next to the BraTS region Dice and HD95.
+    """
+    split = split or heldout_split(profile)
+    model = load_pretrained(build_model(profile.model_preset, dropout=profile.dropout), weights)
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    if root is not None:
+        cases = _cases_of_split(profile, Path(root), split, None)
+    else:
+        cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
+    out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
+    predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
+    return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
+                    protocol=get_protocol(profile.protocol))
+
+
+# --- k-fold cross-validation -----------------------------------------------------------------
+
+
+class FoldAverage(torch.nn.Module):
+    """Several networks as one: ``log`` of the mean of their softmax (:func:`~brats_utils.inference.
+    average_predictors`), so that the softmax the inference code takes gives back that mean exactly."""
+
+    def __init__(self, models: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        mean = average_predictors([softmax_predictor(m, amp=False) for m in self.members])(batch)
+        return torch.log(mean.clamp_min(1e-8))
+
+
+def fold_profiles(profile: Profile) -> list[Profile]:
+    """The profile once per fold (``fold=0 .. n_folds - 1``), each training into ``<run_dir>/fold<k>``."""
+    return [profile.with_overrides(fold=k) for k in range(profile.n_folds)]
+
+
+def cross_validate(profile: Profile, *, out_dir: str | Path | None = None,
+                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """k-fold cross-validation: train every fold (if needed), pool the out-of-fold scores.
+
+    Each fold's best checkpoint (chosen on its own validation fold) predicts that fold into
+    ``out_dir`` (default ``<run_dir>/cv-oof``); every non-test patient is predicted exactly once,
+    by the one model that never trained on it, and the pooled table is scored at once. The test
+    cases (``profile.test_fraction``) are in no fold: score them with :func:`predict_with_folds`.
+    """
+    base = profile.with_overrides(fold=None)
+    out_dir = Path(out_dir) if out_dir is not None else base.run_dir / "cv-oof"
+    cases = []
+    for fold in fold_profiles(base):
+        predict_split(fold, checkpoint=ensure_trained(fold, progress=progress), split="val", out_dir=out_dir,
+                      progress=progress)
+        cases += _cases_of_split(fold, ensure_dataset(fold), "val", fold.dataset)
+    return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
+                    protocol=get_protocol(profile.protocol))
+
+
+def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | Path | None = None,
+                       progress: bool = True) -> list[Path]:
+    """Segment one split with the average of the fold models (:class:`FoldAverage`), trained if missing."""
+    base = profile.with_overrides(fold=None)
+    models = [load_model(ensure_trained(fold, progress=progress)) for fold in fold_profiles(base)]
+    cases = _cases_of_split(base, ensure_dataset(base), split, base.dataset)
+    out_dir = Path(out_dir) if out_dir is not None else base.run_dir / f"predictions-{split}-folds"
+    return predict_folder(FoldAverage(models).eval(), cases, out_dir, inference_settings(base),
+                          progress=progress)

@@ -9,6 +9,10 @@ The steps, in order (notebook 03 shows each one):
 3. **z-score per modality inside the brain**: MRI intensities are arbitrary scanner
    units, different in every case; subtracting the brain's mean and dividing by its
    standard deviation puts all cases on one scale. The background stays exactly 0.
+
+Steps 2 and 3 are named settings of a profile: ``crop`` (on, or the whole grid) and
+``normalisation`` (``"brain"``, or ``"volume"``: over every voxel, background included,
+as the authors' code did); the cache key includes both.
 4. **Labels** {0, 1, 2, 4} become {0, 1, 2, 3} so they can index the network's output
    channels; :func:`~brats_utils.labels.to_file_labels` maps predictions back (both
    conversions live in :mod:`brats_utils.labels`, with the label schemes).
@@ -103,6 +107,20 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray, *, case_id: str | None =
     return out
 
 
+def zscore_volume(image: np.ndarray, *, case_id: str | None = None) -> np.ndarray:
+    """Normalise each modality of ``[C, H, W, D]`` over **every** voxel, background zeros included.
+
+    The authors' normalisation (``(x - x.mean()) / x.std()`` per modality of the whole
+    240 x 240 x 155 volume): the background becomes a negative constant, not 0. A constant
+    modality becomes all zeros (with a ``UserWarning``, as :func:`zscore_in_mask`).
+    """
+    return zscore_in_mask(image, np.ones(image.shape[1:], dtype=bool), case_id=case_id)
+
+
+#: The named intensity normalisations: z-score inside the brain mask, or over the whole volume.
+NORMALISATIONS = ("brain", "volume")
+
+
 @dataclass(frozen=True)
 class CropMeta:
     """Everything needed to put a prediction on the cropped grid back into the original file's grid.
@@ -162,16 +180,25 @@ class PreprocessedCase:
     meta: CropMeta
 
 
-def preprocess_case(loaded: LoadedCase, *, margin: int = 2) -> PreprocessedCase:
+def preprocess_case(loaded: LoadedCase, *, margin: int = 2, normalisation: str = "brain",
+                    crop: bool = True) -> PreprocessedCase:
     """Brain mask, crop (brain and tumour box + ``margin``), z-score inside the brain, training labels.
 
-    The file labels become training labels through the case's own scheme (``loaded.scheme``:
-    BraTS 2020 4 -> 3, MSD Task01 1 <-> 2, BraTS 2023 unchanged).
+    The two named settings of a profile change steps 2 and 3: ``crop=False`` keeps the whole grid
+    (the box is the volume), ``normalisation="volume"`` z-scores over every voxel of the (cropped or
+    whole) volume, background included, as the authors did (:func:`zscore_volume`). The file
+    labels become training labels through the case's own scheme (``loaded.scheme``: BraTS 2020
+    4 -> 3, MSD Task01 1 <-> 2, BraTS 2023 unchanged).
     """
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     mask = brain_mask(loaded.image)
     keep = mask if loaded.labels is None else mask | (loaded.labels != 0)
-    box = bounding_box(keep, margin)
-    image = zscore_in_mask(loaded.image[(slice(None), *box)], mask[box], case_id=loaded.case_id)
+    box = bounding_box(keep, margin) if crop else tuple(slice(0, n) for n in mask.shape)
+    if normalisation == "volume":
+        image = zscore_volume(loaded.image[(slice(None), *box)], case_id=loaded.case_id)
+    else:
+        image = zscore_in_mask(loaded.image[(slice(None), *box)], mask[box], case_id=loaded.case_id)
     labels = None if loaded.labels is None else to_train_labels(loaded.labels[box], case_id=loaded.case_id,
                                                                 scheme=getattr(loaded, "scheme", BRATS2020))
     header = getattr(loaded.header, "binaryblock", None)
@@ -217,15 +244,19 @@ def foreground_coordinates(labels: np.ndarray, *, per_label: int = FOREGROUND_SA
 # --- the cache -----------------------------------------------------------------------
 
 
-def cache_key(case: Case, *, margin: int) -> str:
+def cache_key(case: Case, *, margin: int, normalisation: str = "brain", crop: bool = True) -> str:
     """Fingerprint of an entry: format version, preprocessing settings and the source files' size and time.
 
-    Any change (another margin, a new format, a re-downloaded file) gives a new key, and
+    Any change (another margin, normalisation or cropping, a new format, a re-downloaded file) gives a new
+    key, and
     :func:`build_cache` rebuilds the entry instead of trusting it.
     """
     files = [*case.modalities.values(), *([case.seg] if case.seg is not None else [])]
     sources = [[Path(f).name, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
-    settings = {"format_version": CACHE_FORMAT_VERSION, "margin": margin, "normalisation": "zscore-brain",
+    # the brain-normalised, cropped key is spelled as before these settings existed, so old caches stay valid
+    settings = {"format_version": CACHE_FORMAT_VERSION, "margin": margin,
+                "normalisation": f"zscore-{normalisation}",
+                **({} if crop else {"crop": False}),
                 "image_dtype": "float16", "foreground_per_label": FOREGROUND_SAMPLES_PER_LABEL,
                 "sources": sources}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -289,16 +320,18 @@ def _write_files(pre: PreprocessedCase, tmp: Path, key: str) -> None:
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
-def _cache_case(case: Case, cache_dir: Path, margin: int, key: str) -> Path:
-    """Load, preprocess and store one case (runs in a worker process)."""
-    return write_entry(preprocess_case(load_case(case), margin=margin), cache_dir, key=key)
+def _cache_case(case: Case, cache_dir: Path, settings: dict, key: str) -> Path:
+    """Load, preprocess (``settings``: margin, normalisation, crop) and store one case (runs in a worker)."""
+    return write_entry(preprocess_case(load_case(case), **settings), cache_dir, key=key)
 
 
-def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2, workers: int = 2,
+def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2,
+                normalisation: str = "brain", crop: bool = True, workers: int = 2,
                 progress: bool = True) -> list[Path]:
     """Preprocess ``cases`` into ``cache_dir`` (one folder per case); returns the entry folders in order.
 
-    Up-to-date entries are skipped; stale ones (other settings, format or source files)
+    ``margin``, ``normalisation`` and ``crop`` are :func:`preprocess_case`'s; they are part of every
+    entry's key. Up-to-date entries are skipped; stale ones (other settings, format or source files)
     are rebuilt. Cases are processed in ``workers`` processes (``workers <= 1``: in this
     process). Each entry appears atomically, so an interrupted build never leaves an entry
     that a later run trusts. The cache must not live inside the dataset folder. The folder
@@ -312,14 +345,15 @@ def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2
     with folder_lock(cache_dir):
         for leftover in [*cache_dir.glob(".tmp-*"), *cache_dir.glob(".old-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
-        keys = {case.case_id: cache_key(case, margin=margin) for case in cases}
+        settings = {"margin": margin, "normalisation": normalisation, "crop": crop}
+        keys = {case.case_id: cache_key(case, **settings) for case in cases}
         todo = [(case, keys[case.case_id]) for case in cases
                 if not is_up_to_date(cache_dir / case.case_id, keys[case.case_id])]
-        _cache_cases(todo, cache_dir, margin, workers, total=len(cases), progress=progress)
+        _cache_cases(todo, cache_dir, settings, workers, total=len(cases), progress=progress)
     return [cache_dir / case.case_id for case in cases]
 
 
-def _cache_cases(todo: list[tuple[Case, str]], cache_dir: Path, margin: int, workers: int, *, total: int,
+def _cache_cases(todo: list[tuple[Case, str]], cache_dir: Path, settings: dict, workers: int, *, total: int,
                  progress: bool) -> None:
     """Write the entries of ``todo`` (case, key), in this process or in ``workers`` processes."""
     bar = tqdm(total=total, initial=total - len(todo), desc="caching cases", unit="case",
@@ -327,11 +361,11 @@ def _cache_cases(todo: list[tuple[Case, str]], cache_dir: Path, margin: int, wor
     with bar:
         if workers <= 1 or len(todo) <= 1:
             for case, key in todo:
-                _cache_case(case, cache_dir, margin, key)
+                _cache_case(case, cache_dir, settings, key)
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-                futures = [pool.submit(_cache_case, case, cache_dir, margin, key) for case, key in todo]
+                futures = [pool.submit(_cache_case, case, cache_dir, settings, key) for case, key in todo]
                 for future in as_completed(futures):
                     future.result()
                     bar.update()

@@ -5,16 +5,18 @@ The recipe (all settings come from the run :class:`~brats_utils.config.Profile`)
 - loss: :class:`~brats_utils.losses.CombinedLoss`, 0.3 cross-entropy + 0.7 soft Dice;
 - optimiser: AdamW (lr 5e-4, weight decay 5e-4);
 - schedule: ``ReduceLROnPlateau`` on the validation loss (x0.5 after 2 epochs without
-  improvement, floor 1e-6);
-- early stopping on the validation loss (patience 10, minimum improvement 1e-3);
+  improvement, floor 1e-6), or the authors' ``CosineAnnealingLR`` (``profile.lr_schedule``);
+- early stopping on the validation loss (patience 10, minimum improvement 1e-3; the strict
+  rule or the authors', ``profile.early_stop_rule``);
 - gradient-norm clipping (1.5, as the authors' final code);
 - mixed precision (autocast + ``GradScaler``) on CUDA only, full precision elsewhere.
 
 Every epoch ends with a validation on whole validation volumes (sliding window when a
 volume is larger than the inference window) that reports the loss, the paper's metric
 (hard Dice averaged over the four labels, background included) and the BraTS region
-Dice (WT, TC, ET). The **best checkpoint is chosen by the paper's metric**, as the
-authors did, so our "best" is comparable with their 0.79.
+Dice (WT, TC, ET). The **best checkpoint is chosen by the paper's metric** on the
+validation cases, as the authors did, so our "best" is comparable with their 0.79. A
+profile's test cases (``profile.test_fraction``) never reach this module's loaders.
 
 Files of a run (``profile.run_dir`` unless told otherwise; locked while a process trains into it)::
 
@@ -55,7 +57,7 @@ from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import REGION_COLORS
 from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import region_dice_torch
-from brats_utils.model import build_model
+from brats_utils.model import build_model, init_weights_authors_
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
@@ -78,20 +80,31 @@ def pick_device() -> torch.device:
 class EarlyStopping:
     """Stop when the monitored loss has not improved by ``min_delta`` for ``patience`` epochs.
 
-    Improvement means ``loss < best - min_delta`` (the usual rule of Keras and Lightning).
-    The authors' code also reset the counter when the loss rose by less than ``min_delta``;
-    we do not, so a slowly worsening loss does stop the run.
+    ``rule="strict"`` (default): improvement means ``loss < best - min_delta`` (the usual rule of
+    Keras and Lightning), so a slowly worsening loss does stop the run.
+
+    ``rule="authors"``: the authors' code. Only a loss more than ``min_delta`` *above* the best counts
+    as a bad epoch; any other loss, including one up to ``min_delta`` above the best, overwrites the
+    best and resets the counter. A loss that creeps up by less than ``min_delta`` per epoch therefore
+    never stops the run.
     """
 
-    def __init__(self, patience: int, min_delta: float = 0.0) -> None:
+    RULES = ("strict", "authors")
+
+    def __init__(self, patience: int, min_delta: float = 0.0, rule: str = "strict") -> None:
+        if rule not in self.RULES:
+            raise ValueError(f"rule must be one of {self.RULES}, got {rule!r}")
         self.patience = patience
         self.min_delta = min_delta
+        self.rule = rule
         self.best = math.inf
         self.bad_epochs = 0
 
     def step(self, loss: float) -> bool:
         """Record one epoch's loss; return True when training should stop."""
-        if loss < self.best - self.min_delta:
+        improved = (loss <= self.best + self.min_delta if self.rule == "authors"
+                    else loss < self.best - self.min_delta)
+        if improved:
             self.best = loss
             self.bad_epochs = 0
         else:
@@ -105,7 +118,7 @@ class EarlyStopping:
 
     def state_dict(self) -> dict:
         """Everything needed to continue counting after a restart."""
-        return {"patience": self.patience, "min_delta": self.min_delta, "best": self.best,
+        return {"patience": self.patience, "min_delta": self.min_delta, "rule": self.rule, "best": self.best,
                 "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict) -> None:
@@ -114,7 +127,8 @@ class EarlyStopping:
         self.bad_epochs = int(state["bad_epochs"])
 
     def __repr__(self) -> str:
-        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, best={self.best:.4g}, "
+        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, rule={self.rule!r}, "
+                f"best={self.best:.4g}, "
                 f"bad_epochs={self.bad_epochs})")
 
 
@@ -269,28 +283,57 @@ class TrainResult:
                 f"  history         {history_csv_path(self.run_dir)}")
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, profile: Profile):
+    """The profile's learning-rate schedule: ``ReduceLROnPlateau`` (the paper) or ``CosineAnnealingLR``.
+
+    The cosine schedule (the authors' final run: ``T_max = profile.cosine_t_max``, ``eta_min =
+    profile.min_lr``) is stepped once per epoch without a metric; past ``T_max`` the rate rises again
+    (period ``2 * T_max``), as in theirs. See :func:`step_scheduler`.
+    """
+    if profile.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=profile.cosine_t_max,
+                                                          eta_min=profile.min_lr)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=profile.plateau_factor, patience=profile.plateau_patience,
+        min_lr=profile.min_lr)
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    """End-of-epoch step: the plateau schedule reads the validation loss, the cosine one does not."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
+def make_stopper(profile: Profile) -> EarlyStopping:
+    """The profile's early stopping (patience, minimum improvement and rule)."""
+    return EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta, profile.early_stop_rule)
+
+
 @dataclass
 class TrainingState:
     """Everything a checkpoint holds besides the random generators: the run's live objects."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.CosineAnnealingLR
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
     history: list[dict]
 
     @classmethod
     def create(cls, profile: Profile, device: torch.device, *, amp: bool) -> TrainingState:
-        """A fresh model (seeded with ``profile.seed``) and the paper's optimiser, schedule and stopper."""
+        """A fresh model (seeded with ``profile.seed``, initialised by ``profile.init``) and the profile's
+        optimiser, schedule (:func:`make_scheduler`) and stopper."""
         seed_everything(profile.seed)
-        model = build_model(profile.model_preset, dropout=profile.dropout).to(device)
+        model = build_model(profile.model_preset, dropout=profile.dropout)
+        if profile.init == "authors":
+            init_weights_authors_(model)
+        model = model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=profile.plateau_factor, patience=profile.plateau_patience,
-            min_lr=profile.min_lr)
-        return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp),
-                   EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta), [])
+        return cls(model, optimizer, make_scheduler(optimizer, profile),
+                   torch.amp.GradScaler(device.type, enabled=amp), make_stopper(profile), [])
 
     def checkpoint(self, profile: Profile) -> dict:
         """The checkpoint dict (:data:`~brats_utils.checkpoints.CHECKPOINT_KEYS`) after the last epoch."""
@@ -347,7 +390,9 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path):
     The patient split is saved to ``run_dir/split.csv``; see :func:`brats_utils.data.make_loaders`.
     """
     return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
-                        seed=profile.seed, patch_size=profile.patch_size,
+                        test_fraction=profile.test_fraction,
+                        exclude_from_training=profile.exclude_from_training, fold=profile.fold,
+                        n_folds=profile.n_folds, seed=profile.seed, patch_size=profile.patch_size,
                         samples_per_volume=profile.samples_per_volume,
                         foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
                         batch_size=profile.batch_size, num_workers=profile.num_workers,
@@ -430,7 +475,7 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
                **train_epoch(state, loader, loss_fn, profile, device, epoch, amp=amp, progress=progress),
                **validate(state.model, val_volumes, loss_fn, profile, device, amp=amp, progress=progress),
                "lr": lr, "seconds": time.perf_counter() - started}
-        state.scheduler.step(row["val_loss"])
+        step_scheduler(state.scheduler, row["val_loss"])
         state.stopper.step(row["val_loss"])
         is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
@@ -453,7 +498,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
 
 def is_finished(checkpoint: dict, profile: Profile) -> bool:
     """Whether a run's last checkpoint marks it complete (all epochs done, or stopped early)."""
-    stopper = EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta)
+    stopper = make_stopper(profile)
     stopper.load_state_dict(checkpoint["early_stopping"])
     return checkpoint["epoch"] >= profile.epochs or stopper.should_stop
 

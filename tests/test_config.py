@@ -10,7 +10,7 @@ from brats_utils import cli, config
 
 
 def test_every_profile_is_complete_and_named_after_its_key():
-    assert set(config.PROFILES) == {"ci", "demo", "gpu", "paper"}
+    assert set(config.PROFILES) == {"authors", "ci", "demo", "gpu", "paper"}
     for key, profile in config.PROFILES.items():
         assert profile.name == key
         assert profile.description

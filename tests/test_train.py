@@ -41,7 +41,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profile(data_dir):
-    """The ci profile shrunk further: 4 training cases (3 train / 1 validation), 2 steps per epoch."""
+    """The ci profile shrunk further: 4 labelled cases (2 train / 1 val / 1 test), 2 steps per epoch."""
     return get_profile("ci").with_overrides(
         name="unit", synthetic_train_cases=4, synthetic_val_cases=1, synthetic_shape=(32, 32, 24),
         patch_size=(24, 24, 16), sw_patch_size=(24, 24, 16), steps_per_epoch=2, epochs=2, checkpoint_every=1)
