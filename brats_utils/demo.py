@@ -152,7 +152,8 @@ def _size(notebook: nbformat.NotebookNode) -> int:
 
 
 def publish_notebook(executed: Path, out_dir: Path | None = None, *,
-                     budget_bytes: int = PUBLISH_BUDGET_BYTES, image_width: int = PUBLISH_IMAGE_WIDTH) -> Path:
+                     budget_bytes: int = PUBLISH_BUDGET_BYTES,
+                     image_width: int = PUBLISH_IMAGE_WIDTH) -> Path:
     """Copy an executed notebook to ``out_dir`` (default :func:`published_dir`), at most ``budget_bytes``.
 
     Saved widget states go (they only replay in a live kernel), PNG figures are downscaled to

@@ -6,7 +6,8 @@ The recipe (all settings come from the run :class:`~brats_utils.config.Profile`)
 - optimiser: AdamW (lr 5e-4, weight decay 5e-4);
 - schedule: ``ReduceLROnPlateau`` on the validation loss (x0.5 after 2 epochs without
   improvement, floor 1e-6);
-- early stopping on the validation loss (patience 10, minimum improvement 1e-3);
+- early stopping on the validation loss (patience 10, minimum improvement 1e-3: the authors'
+  code's numbers; the paper gives none);
 - gradient-norm clipping (1.5, as the authors' final code);
 - mixed precision (autocast + ``GradScaler``) on CUDA only, full precision elsewhere.
 

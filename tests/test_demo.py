@@ -91,7 +91,8 @@ def _png(width, height, seed=0):
     import numpy as np
     from PIL import Image
 
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)  # incompressible
+    # random pixels do not compress: the PNG's size is known in advance
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -103,7 +104,8 @@ def test_publishing_downscales_figures_and_keeps_the_copy_under_its_budget(tmp_p
 
     from PIL import Image
 
-    figures = [nbformat.v4.new_output("display_data", {"image/png": _png(1200, 300, seed), "text/plain": "<Figure>"})
+    figures = [nbformat.v4.new_output("display_data",
+                                      {"image/png": _png(1200, 300, seed), "text/plain": "<Figure>"})
                for seed in range(3)]
     cells = [nbformat.v4.new_code_cell("print(42)", outputs=[nbformat.v4.new_output("stream", text="42\n")]),
              *(nbformat.v4.new_code_cell("plt.show()", outputs=[figure]) for figure in figures),

@@ -114,7 +114,8 @@ def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_glossary_terms_are_linked_to_anchors_that_exist(path):
     anchors = set(re.findall(r'<a id="([\w-]+)"></a>', GLOSSARY.read_text()))
-    linked = [a for c in _cells(path) if c["cell_type"] == "markdown" for a in GLOSSARY_LINK.findall(_source(c))]
+    linked = [anchor for c in _cells(path) if c["cell_type"] == "markdown"
+              for anchor in GLOSSARY_LINK.findall(_source(c))]
     assert len(linked) >= 5, linked
     assert set(linked) <= anchors, set(linked) - anchors
     assert len(linked) == len(set(linked))  # linked where the term first appears, once

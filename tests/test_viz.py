@@ -278,7 +278,7 @@ def test_upsampling_arrows_start_at_the_block_that_feeds_them(preset):
     fig = viz.plot_architecture(model, (1, 4, 16, 16, 16))
     texts = fig.axes[0].texts
     centres = {t.get_text(): t.get_position() for t in texts if t.get_fontweight() == "bold"}
-    wired, levels = model.config["wired_levels"], model.config["levels"]
+    wired = model.config["wired_levels"]
     deepest = model.encoder_name(wired)
     for level in range(1, wired):
         label = next(i for i, t in enumerate(texts) if t.get_text() == f"upconv{level} ×2")
