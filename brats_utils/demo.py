@@ -147,6 +147,17 @@ def _image_outputs(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNod
             if any(mime.startswith("image/") for mime in output.get("data", {}))]
 
 
+def _hide_repo_folder(notebook: nbformat.NotebookNode, folder: str) -> None:
+    """Write ``folder`` as ``<repo>`` in every text output: a reader needs no one's home directory."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                output.text = output.text.replace(folder, "<repo>")
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    output.data[mime] = value.replace(folder, "<repo>")
+
+
 def _size(notebook: nbformat.NotebookNode) -> int:
     return len(nbformat.writes(notebook).encode())
 
@@ -158,10 +169,12 @@ def publish_notebook(executed: Path, out_dir: Path | None = None, *,
 
     Saved widget states go (they only replay in a live kernel), PNG figures are downscaled to
     ``image_width`` pixels, and if the copy is still over the budget the largest figures are
-    replaced, one by one, by a line saying so. Text outputs are always kept. Returns the copy's path.
+    replaced, one by one, by a line saying so. Text outputs are always kept, with this machine's
+    repository folder written as ``<repo>``. Returns the copy's path.
     """
     notebook = nbformat.read(executed, as_version=4)
     notebook.metadata.pop("widgets", None)
+    _hide_repo_folder(notebook, str(repo_root()))
     for output in _image_outputs(notebook):
         if "image/png" in output.data:
             output.data["image/png"] = _downscaled_png(output.data["image/png"], image_width)

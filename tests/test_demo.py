@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -107,7 +108,10 @@ def test_publishing_downscales_figures_and_keeps_the_copy_under_its_budget(tmp_p
     figures = [nbformat.v4.new_output("display_data",
                                       {"image/png": _png(1200, 300, seed), "text/plain": "<Figure>"})
                for seed in range(3)]
-    cells = [nbformat.v4.new_code_cell("print(42)", outputs=[nbformat.v4.new_output("stream", text="42\n")]),
+    from brats_utils.config import repo_root
+
+    printed = f"42 in {repo_root() / 'data'}\n"
+    cells = [nbformat.v4.new_code_cell("print(42)", outputs=[nbformat.v4.new_output("stream", text=printed)]),
              *(nbformat.v4.new_code_cell("plt.show()", outputs=[figure]) for figure in figures),
              nbformat.v4.new_code_cell("small", outputs=[nbformat.v4.new_output(
                  "display_data", {"image/png": _png(100, 50), "text/plain": "<Figure>"})])]
@@ -119,7 +123,8 @@ def test_publishing_downscales_figures_and_keeps_the_copy_under_its_budget(tmp_p
 
     roomy = demo.publish_notebook(executed, tmp_path / "roomy", image_width=600)
     copy = nbformat.read(roomy, as_version=4)
-    assert "widgets" not in copy.metadata and copy.cells[0].outputs[0]["text"] == "42\n"
+    assert "widgets" not in copy.metadata
+    assert copy.cells[0].outputs[0]["text"] == f"42 in {Path('<repo>') / 'data'}\n"  # no one's home folder
     widths = [Image.open(io.BytesIO(base64.b64decode(c.outputs[0]["data"]["image/png"]))).width
               for c in copy.cells[1:]]
     assert widths == [600, 600, 600, 100]  # wide figures downscaled, the small one untouched
