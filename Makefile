@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
-## make demo: the whole notebook series on the synthetic default, figures into figures/
+## make demo: the whole notebook series on the synthetic default, figures into figures/,
+## executed copies into docs/notebooks/ (at most 2 MB each: figures downscaled, the largest dropped if needed)
 demo: $(STAMP)
 	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m brats_utils demo
 
@@ -48,7 +49,7 @@ notebooks: $(STAMP)
 	rm -rf $(NOTEBOOK_DATA)
 	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/pytest --nbval-lax notebooks -q -p no:cacheprovider
 
-## make notebook-outputs: record the outputs nbval compares (# NBVAL_CHECK_OUTPUT cells), as CI sees them
+## make notebook-outputs: record the outputs nbval compares (cells tagged nbval-check-output), as CI sees them
 notebook-outputs: $(STAMP)
 	rm -rf $(NOTEBOOK_DATA)
 	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo import \

@@ -2,11 +2,16 @@
 
 Each notebook is executed by a fresh Jupyter kernel with ``BRATS_PROFILE`` set, exactly
 as a student would run it top to bottom; the executed copies (with their outputs) go
-to ``data/executed/`` where git ignores them, the figures to ``figures/``.
+to ``data/executed/`` where git ignores them, the figures to ``figures/``. A run of the
+``demo`` profile also publishes each executed notebook to ``docs/notebooks/``
+(:func:`publish_notebook`), size-capped, so that a reader on GitHub or nbviewer sees the
+figures and outputs without running anything.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import time
 from collections.abc import Sequence
@@ -30,7 +35,23 @@ def series_notebooks(notebook_dir: Path | None = None) -> list[Path]:
     return sorted((notebook_dir or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
+"""nbval's cell tag for "compare this cell's outputs" (kept out of the students' sight, in the metadata)."""
+
+PUBLISH_BUDGET_BYTES = 2_000_000
+"""Largest size of a published notebook (``docs/notebooks/``): 2 MB, what GitHub still renders quickly."""
+PUBLISH_IMAGE_WIDTH = 900
+"""Published figures wider than this many pixels are downscaled to it (a page column on GitHub)."""
+
+
+def published_dir() -> Path:
+    """Where :func:`run_series` publishes the executed demo notebooks: ``docs/notebooks`` (committed)."""
+    return repo_root() / "docs" / "notebooks"
+
+
+def is_checked(cell: nbformat.NotebookNode) -> bool:
+    """Whether nbval compares this code cell's outputs (its ``nbval-check-output`` tag)."""
+    return CHECK_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def _execute(notebook: nbformat.NotebookNode, folder: Path) -> float:
@@ -70,7 +91,7 @@ def execute_notebook(path: Path, out_dir: Path | None = None) -> float:
 
 
 def record_checked_outputs(path: Path) -> None:
-    """Execute ``path`` and save it back with outputs only in its ``# NBVAL_CHECK_OUTPUT`` cells.
+    """Execute ``path`` and save it back with outputs only in its ``nbval-check-output`` cells.
 
     nbval compares a cell only against outputs saved in the notebook, so the checked cells
     must carry them, with their execution count (nbval skips cells it sees as never run);
@@ -84,7 +105,7 @@ def record_checked_outputs(path: Path) -> None:
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
-        keep = CHECK_MARKER in cell.source
+        keep = is_checked(cell)
         cell.outputs = [_text_only(o) for o in cell.outputs if keep and _has_text(o)]
         if not keep:
             cell.execution_count = None
@@ -108,12 +129,74 @@ def _text_only(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return output
 
 
+def _downscaled_png(data: str, width: int) -> str:
+    """A base64 PNG at most ``width`` pixels wide (aspect kept), or the original when it already is."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    if image.width <= width:
+        return data
+    height = max(1, round(image.height * width / image.width))
+    buffer = io.BytesIO()
+    image.resize((width, height), Image.LANCZOS).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image_outputs(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+            if any(mime.startswith("image/") for mime in output.get("data", {}))]
+
+
+def _hide_repo_folder(notebook: nbformat.NotebookNode, folder: str) -> None:
+    """Write ``folder`` as ``<repo>`` in every text output: a reader needs no one's home directory."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                output.text = output.text.replace(folder, "<repo>")
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    output.data[mime] = value.replace(folder, "<repo>")
+
+
+def _size(notebook: nbformat.NotebookNode) -> int:
+    return len(nbformat.writes(notebook).encode())
+
+
+def publish_notebook(executed: Path, out_dir: Path | None = None, *,
+                     budget_bytes: int = PUBLISH_BUDGET_BYTES,
+                     image_width: int = PUBLISH_IMAGE_WIDTH) -> Path:
+    """Copy an executed notebook to ``out_dir`` (default :func:`published_dir`), at most ``budget_bytes``.
+
+    Saved widget states go (they only replay in a live kernel), PNG figures are downscaled to
+    ``image_width`` pixels, and if the copy is still over the budget the largest figures are
+    replaced, one by one, by a line saying so. Text outputs are always kept, with this machine's
+    repository folder written as ``<repo>``. Returns the copy's path.
+    """
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.metadata.pop("widgets", None)
+    _hide_repo_folder(notebook, str(repo_root()))
+    for output in _image_outputs(notebook):
+        if "image/png" in output.data:
+            output.data["image/png"] = _downscaled_png(output.data["image/png"], image_width)
+    for output in sorted(_image_outputs(notebook), key=lambda o: -len(str(o.data))):
+        if _size(notebook) <= budget_bytes:
+            break
+        output.data = {"text/plain": f"[figure left out of this copy to keep it under "
+                                     f"{budget_bytes / 1e6:g} MB: run the notebook to see it]"}
+        output.metadata = {}
+    target = (out_dir or published_dir()) / executed.name
+    _write_atomic(notebook, target)
+    return target
+
+
 def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
-               notebooks: list[Path] | None = None) -> None:
+               notebooks: list[Path] | None = None, publish: bool | None = None) -> None:
     """Execute the series with ``profile_name`` and ``key=value`` overrides; print timings and results.
 
     The kernels receive both through the environment (``BRATS_PROFILE``, ``BRATS_SET``),
     which every notebook's parameters cell reads with :func:`brats_utils.config.get_profile`.
+    ``publish`` (default: for the ``demo`` profile without overrides) also writes each executed
+    notebook to ``docs/notebooks/`` with :func:`publish_notebook`.
     """
     os.environ["BRATS_PROFILE"] = profile_name
     items = [item for item in (os.environ.get(OVERRIDES_ENV, ""), *overrides) if item]
@@ -121,6 +204,8 @@ def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
         os.environ[OVERRIDES_ENV] = ";".join(items)
     profile = get_profile(profile_name)
     notebooks = series_notebooks() if notebooks is None else notebooks
+    if publish is None:
+        publish = profile_name == "demo" and not items
     print(f"Running {len(notebooks)} notebooks with the {profile.name!r} profile: {profile.description}")
     total = 0.0
     for path in notebooks:
@@ -133,8 +218,12 @@ def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
             raise
         total += seconds
         print(f"{seconds:6.0f} s")
+        if publish:
+            publish_notebook(executed_dir() / path.name)
     print(f"All notebooks ran in {total / 60:.1f} min.")
     print(f"Executed notebooks: {executed_dir()}\nFigures:            {figures_dir()}")
+    if publish:
+        print(f"Published copies:   {published_dir()} (at most {PUBLISH_BUDGET_BYTES / 1e6:g} MB each)")
     print(results_summary(profile))
 
 

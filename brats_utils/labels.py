@@ -108,8 +108,9 @@ REGIONS: dict[str, tuple[int, ...]] = dict(BRATS2020.regions)
 TRAIN_REGIONS: dict[str, tuple[int, ...]] = BRATS2020.train_regions
 #: One colour per tumour label, used by every figure of the project.
 LABEL_COLORS: dict[int, str] = {1: "#e41a1c", 2: "#4daf4a", 4: "#ffd92f"}
-#: One colour per evaluation region.
-REGION_COLORS: dict[str, str] = {"WT": "#4daf4a", "TC": "#e41a1c", "ET": "#ffd92f"}
+#: One colour per evaluation region, none of them a label's colour: a region is not a label
+#: (WT blue, TC orange, ET magenta; the labels stay red, green and yellow).
+REGION_COLORS: dict[str, str] = {"WT": "#1f78b4", "TC": "#ff7f00", "ET": "#e7298a"}
 
 
 # --- the one label check -------------------------------------------------------------

@@ -27,7 +27,8 @@ its regions are :data:`BRATS2023_REGIONS`; for BraTS 2020 label maps pass
 ``brats_utils.labels.REGIONS`` ({1, 2, 4}, {1, 4}, {4}).
 
 Per-lesion Dice and HD95 reuse :func:`brats_utils.metrics.dice` and :func:`brats_utils.metrics.hd95`,
-so a lesion is scored exactly like a 2020 region. That HD95 is medpy's (the 2020 organisers' tool):
+so a lesion is scored exactly like a 2020 region. That HD95 is medpy's (called by CBICA's
+standalone Hausdorff95 tool; that the 2020 portal scored exactly so is not confirmed):
 the 95th percentile of the voxel-surface distances of both directions pooled. The 2023 reference code
 uses DeepMind's ``surface-distance`` ``compute_robust_hausdorff`` instead: surfaces made of surface
 elements weighted by their area, the 95th percentile taken in each direction separately, and the

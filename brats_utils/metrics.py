@@ -15,7 +15,8 @@ label pairs, and one set of small rule functions turns counts into scores. The n
 path (:func:`case_metrics`) and the torch path used during training
 (:func:`region_dice_torch`) differ only in how they count.
 
-HD95 follows the organisers' tool (medpy ``hd95``): the surface of a mask is the mask
+HD95 follows medpy's ``hd95``, which CBICA's standalone Hausdorff95 tool for BraTS calls (that
+the 2020 evaluation portal scored exactly this way is not confirmed): the surface of a mask is the mask
 minus its binary erosion with connectivity 1; the distances from each surface voxel to
 the nearest voxel of the other surface, both directions pooled into one list; the 95th
 percentile (linear interpolation) of that list, in mm (spacing 1 mm).

@@ -5,9 +5,15 @@ The recipe (all settings come from the run :class:`~brats_utils.config.Profile`)
 - loss: :class:`~brats_utils.losses.CombinedLoss`, 0.3 cross-entropy + 0.7 soft Dice;
 - optimiser: AdamW (lr 5e-4, weight decay 5e-4);
 - schedule: ``ReduceLROnPlateau`` on the validation loss (x0.5 after 2 epochs without
+<<<<<<< HEAD
   improvement, floor 1e-6), or the authors' ``CosineAnnealingLR`` (``profile.lr_schedule``);
 - early stopping on the validation loss (patience 10, minimum improvement 1e-3; the strict
   rule or the authors', ``profile.early_stop_rule``);
+=======
+  improvement, floor 1e-6);
+- early stopping on the validation loss (patience 10, minimum improvement 1e-3: the authors'
+  code's numbers; the paper gives none);
+>>>>>>> teach
 - gradient-norm clipping (1.5, as the authors' final code);
 - mixed precision (autocast + ``GradScaler``) on CUDA only, full precision elsewhere.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -57,14 +58,18 @@ def test_series_is_found_in_numbered_order(tmp_path):
     assert [p.name for p in demo.series_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_z.ipynb"]
 
 
+def _checked(source):
+    return nbformat.v4.new_code_cell(source, metadata={"tags": [demo.CHECK_TAG]})
+
+
 def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
-    nb = _write_notebook(tmp_path / "03_rec.ipynb",
-                         "# NBVAL_CHECK_OUTPUT\nprint('kept')\n21 * 2",
-                         "print('dropped')",
-                         "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import HTML\nHTML('<b>x</b>')",
-                         "# NBVAL_CHECK_OUTPUT\nfrom IPython.display import display\n"
-                         "display({'image/png': 'iVBORw0KGgo=', 'text/plain': '<Figure>'}, raw=True)")
-    notebook = nbformat.read(nb, as_version=4)
+    nb = tmp_path / "03_rec.ipynb"
+    cells = [_checked("print('kept')\n21 * 2"),
+             nbformat.v4.new_code_cell("print('dropped')  # nbval-check-output in a comment is not a tag"),
+             _checked("from IPython.display import HTML\nHTML('<b>x</b>')"),
+             _checked("from IPython.display import display\n"
+                      "display({'image/png': 'iVBORw0KGgo=', 'text/plain': '<Figure>'}, raw=True)")]
+    notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     nbformat.write(notebook, nb)
     demo.record_checked_outputs(nb)
@@ -78,6 +83,61 @@ def test_recording_keeps_text_outputs_of_checked_cells_only(tmp_path):
     assert cells[0].execution_count == 1 and cells[2].execution_count == 3  # nbval needs them
     assert cells[1].execution_count is None
     nbformat.validate(nbformat.read(nb, as_version=4))
+
+
+def _png(width, height, seed=0):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    # random pixels do not compress: the PNG's size is known in advance
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_publishing_downscales_figures_and_keeps_the_copy_under_its_budget(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    figures = [nbformat.v4.new_output("display_data",
+                                      {"image/png": _png(1200, 300, seed), "text/plain": "<Figure>"})
+               for seed in range(3)]
+    from brats_utils.config import repo_root
+
+    printed = f"42 in {repo_root() / 'data'}\n"
+    cells = [nbformat.v4.new_code_cell("print(42)", outputs=[nbformat.v4.new_output("stream", text=printed)]),
+             *(nbformat.v4.new_code_cell("plt.show()", outputs=[figure]) for figure in figures),
+             nbformat.v4.new_code_cell("small", outputs=[nbformat.v4.new_output(
+                 "display_data", {"image/png": _png(100, 50), "text/plain": "<Figure>"})])]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    executed = tmp_path / "executed" / "05_x.ipynb"
+    executed.parent.mkdir()
+    nbformat.write(notebook, executed)
+
+    roomy = demo.publish_notebook(executed, tmp_path / "roomy", image_width=600)
+    copy = nbformat.read(roomy, as_version=4)
+    assert "widgets" not in copy.metadata
+    assert copy.cells[0].outputs[0]["text"] == f"42 in {Path('<repo>') / 'data'}\n"  # no one's home folder
+    widths = [Image.open(io.BytesIO(base64.b64decode(c.outputs[0]["data"]["image/png"]))).width
+              for c in copy.cells[1:]]
+    assert widths == [600, 600, 600, 100]  # wide figures downscaled, the small one untouched
+
+    one_figure = len(copy.cells[1].outputs[0]["data"]["image/png"])
+    budget = roomy.stat().st_size - one_figure // 2  # room for all but one of the large figures
+    tight = demo.publish_notebook(executed, tmp_path / "tight", budget_bytes=budget, image_width=600)
+    assert tight.stat().st_size <= budget
+    kept = [c.outputs[0]["data"] for c in nbformat.read(tight, as_version=4).cells[1:]]
+    assert sum("image/png" in data for data in kept) == 3  # only one figure had to go
+    assert any("left out of this copy" in data.get("text/plain", "") for data in kept)
+    nbformat.validate(nbformat.read(tight, as_version=4))
+    assert nbformat.read(executed, as_version=4).cells[1].outputs == [figures[0]]  # the source is untouched
 
 
 def test_results_summary_reads_the_evaluation_and_the_study(tmp_path, monkeypatch):

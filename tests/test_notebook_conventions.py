@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from brats_utils.config import REPO_SLUG, REPO_URL
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))  # a new notebook (08, ...) is checked too
+GLOSSARY = ROOT / "docs" / "glossary.md"
+GLOSSARY_LINK = re.compile(r"\]\(\.\./docs/glossary\.md#([\w-]+)\)")
+CHECK_TAG = "nbval-check-output"
 
 
 def _cells(path: Path) -> list[dict]:
@@ -19,6 +24,14 @@ def _cells(path: Path) -> list[dict]:
 
 def _source(cell: dict) -> str:
     return "".join(cell["source"])
+
+
+def _tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def _parameters_index(cells: list[dict]) -> int:
+    return next(i for i, c in enumerate(cells) if "parameters" in _tags(c))
 
 
 def test_the_series_is_numbered_without_gaps():
@@ -50,9 +63,69 @@ def test_parameters_cell_reads_the_profile(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_ends_with_exercises_and_tucked_away_solutions(path):
-    tail = "\n".join(_source(c) for c in _cells(path)[-3:])
-    assert "Exercise" in tail and "<details>" in tail
+def test_title_cell_gives_prerequisites_and_the_time_of_each_profile(path):
+    title = _source(_cells(path)[0])
+    assert "## Prerequisites and time" in title
+    block = title.split("## Prerequisites and time", 1)[1]
+    assert "Before this notebook" in block and re.search(r"Reading time:\*\* about \d+ min", block)
+    for profile in ("`ci`", "`demo`", "`gpu`"):
+        assert profile in block, profile
+    assert "estimate" in block  # GPU times stay marked as estimates until measured
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_switch_cell_follows_the_parameters_cell_and_is_the_shared_one(path):
+    """One source (notebooks/_switch_cell.md), copied in by the edit script: never edit a copy."""
+    cells = _cells(path)
+    switch = cells[_parameters_index(cells) + 1]
+    source = (NOTEBOOK_DIR / "_switch_cell.md").read_text().strip()
+    assert switch["cell_type"] == "markdown" and _source(switch).strip() == source
+    for needed in ("BRATS_PROFILE", "BRATS_DATA_DIR", "Internet", "Google Drive", "gpu"):
+        assert needed in source, needed
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_questionnaire_of_8_to_15_numbered_questions_before_the_exercises(path):
+    cells = _cells(path)
+    at = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+              and re.search(r"^## Questionnaire", _source(c), re.MULTILINE))
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", _source(cells[at]), re.MULTILINE)]
+    assert 8 <= len(numbers) <= 15 and numbers == list(range(1, len(numbers) + 1)), numbers
+    exercises = next(i for i, c in enumerate(cells) if "## Exercises" in _source(c))
+    assert at < exercises
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
+    cells = _cells(path)
+    exercises = [i for i, c in enumerate(cells)
+                 if c["cell_type"] == "markdown" and re.search(r"\*\*Exercise \d+\.\*\*", _source(c))]
+    assert exercises, "no exercise"
+    for i in exercises:
+        solution = cells[i + 1]
+        assert solution["cell_type"] == "code" and "solution" in _tags(solution), _source(cells[i])[:60]
+        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True
+        assert _source(solution).strip()
+    solutions = [i for i, c in enumerate(cells) if "solution" in _tags(c)]
+    assert solutions == [i + 1 for i in exercises]  # one solution per exercise, nothing else tagged so
+    assert not any("<details>" in _source(c) for c in cells)  # nbval runs code cells, never <details>
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_glossary_terms_are_linked_to_anchors_that_exist(path):
+    anchors = set(re.findall(r'<a id="([\w-]+)"></a>', GLOSSARY.read_text()))
+    linked = [anchor for c in _cells(path) if c["cell_type"] == "markdown"
+              for anchor in GLOSSARY_LINK.findall(_source(c))]
+    assert len(linked) >= 5, linked
+    assert set(linked) <= anchors, set(linked) - anchors
+    assert len(linked) == len(set(linked))  # linked where the term first appears, once
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_checked_cells_are_tagged_not_commented(path):
+    """nbval's tag keeps the marker in the metadata, out of the students' sight."""
+    for cell in _cells(path):
+        assert "NBVAL_CHECK_OUTPUT" not in _source(cell), _source(cell)[:80]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -60,7 +133,7 @@ def test_only_checked_cells_carry_outputs(path):
     """nbval compares saved outputs: checked cells need them, every other cell is committed clean."""
     for cell in _cells(path):
         if cell["cell_type"] == "code":
-            checked = "# NBVAL_CHECK_OUTPUT" in _source(cell)
+            checked = CHECK_TAG in _tags(cell)
             assert bool(cell.get("outputs")) == checked, _source(cell)[:80]
             # nbval treats a cell without an execution count as never run and compares nothing
             assert (cell.get("execution_count") is not None) == checked, _source(cell)[:80]

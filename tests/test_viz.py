@@ -265,3 +265,25 @@ def test_histograms_use_the_mask_and_overlay_several_images():
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["case a", "case b"]
     with pytest.raises(ValueError, match="mask"):
         viz.plot_intensity_histograms({"a": image, "b": image}, mask)
+
+
+@pytest.mark.parametrize("preset", ["l4_f16_as_run", "l4_f16", "paper"])
+def test_upsampling_arrows_start_at_the_block_that_feeds_them(preset):
+    """As run, upconv2 reads enc3 (the deepest wired level), not the unwired dec3 below it."""
+    from matplotlib.text import Annotation
+
+    from brats_utils.model import build_model
+
+    model = build_model(preset)
+    fig = viz.plot_architecture(model, (1, 4, 16, 16, 16))
+    texts = fig.axes[0].texts
+    centres = {t.get_text(): t.get_position() for t in texts if t.get_fontweight() == "bold"}
+    wired = model.config["wired_levels"]
+    deepest = model.encoder_name(wired)
+    for level in range(1, wired):
+        label = next(i for i, t in enumerate(texts) if t.get_text() == f"upconv{level} ×2")
+        arrow = texts[label - 1]
+        assert isinstance(arrow, Annotation)
+        source = deepest if level == wired - 1 else f"dec{level + 1}"
+        assert arrow.xyann[0] == pytest.approx(centres[source][0] + 0.2), (level, source)
+    plt.close(fig)

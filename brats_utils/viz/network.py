@@ -114,7 +114,10 @@ def _draw_levels(ax, model: UNet3D, shapes: dict[str, tuple], step_x: float, ste
                  wired=wired, levels=levels)
             _arrow(ax, (x_enc + width / 2, y), (x_dec - width / 2, y), "#7f8c8d", "skip: concat", "--",
                    dec_used)
-            _arrow(ax, (right - level * step_x + 0.2, -level * step_y + height / 2),
+            # the upsampling input: the decoder one level down, or, at the deepest wired level of
+            # an as-run model, that level's encoder (the unwired levels below it never run)
+            source_x = (wired - 1) * step_x if level == wired - 1 else right - level * step_x
+            _arrow(ax, (source_x + 0.2, -level * step_y + height / 2),
                    (x_dec - 0.2, y - height / 2), "#27ae60", f"upconv{level} ×2", used=dec_used)
     return right
 
