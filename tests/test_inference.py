@@ -259,3 +259,52 @@ def test_load_model_rebuilds_the_network_from_a_checkpoint(tmp_path):
     assert not loaded.training
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
+
+
+# --- precision and prefetch -----------------------------------------------------------------------
+
+
+def test_prediction_precision_is_resolved_per_device_and_fp32_is_exact(image):
+    model = context_model()
+    reference = full_softmax(model, image)
+    exact = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp32")
+    torch.testing.assert_close(exact, reference)
+    older = sliding_window_predict(model, image, patch_size=image.shape[1:], amp=False)  # the older spelling
+    torch.testing.assert_close(older, reference)
+    low = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="bf16")
+    assert (low - reference).abs().max() < 0.05  # bf16 logits: close, not equal
+    with pytest.raises(ValueError, match="fp16 is not supported on a CPU"):
+        sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp16")
+
+
+def test_inference_settings_follow_the_profile_precision():
+    profile = get_profile("ci")
+    assert inference_settings(profile).precision == "auto"
+    assert inference_settings(profile.with_overrides(precision="bf16")).precision == "bf16"
+    assert inference_settings(profile.with_overrides(amp=False)).precision == "fp32"
+
+
+def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp_path, monkeypatch):
+    import dataclasses
+    import threading
+
+    case, _, _ = oracle_case
+    cases = [case, dataclasses.replace(case, case_id="BraTS20_Training_008")]
+    settings = inference_settings(get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1))
+    model = context_model()
+    sequential = inference.predict_folder(model, cases[:2], tmp_path / "seq", settings, progress=False,
+                                          prefetch=False)
+    threads = []
+    prepare = inference.prepare_case
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "prepare_case", recording)
+    prefetched = inference.predict_folder(model, cases[:2], tmp_path / "pre", settings, progress=False)
+    assert [p.name for p in prefetched] == [p.name for p in sequential]
+    for a, b in zip(sequential, prefetched, strict=True):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+    assert len(threads) == 2 and all(name.startswith("prefetch") for name in threads)  # off the main thread
+    assert inference.predict_folder(model, [], tmp_path / "none", settings, progress=False) == []
