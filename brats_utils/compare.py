@@ -175,11 +175,11 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
                           steps: int = 1) -> dict[str, float]:
     """Seconds per training step and peak training memory of a freshly built ``preset``.
 
-    One :func:`brats_utils.train.train_step` (loss, backward, clipping, AdamW update, the profile's precision as
-    in training) warms up, then ``steps`` more are timed, on a random batch of the profile's batch
-    size and patch size (the whole volume when the profile trains on whole volumes). The cost of a
-    convolution does not depend on the values, so random data times it exactly; the memory includes
-    the weights, gradients and AdamW state that a training run holds.
+    One :func:`brats_utils.train.train_step` (loss, backward, clipping, AdamW update, the profile's
+    precision as in training) warms up, then ``steps`` more are timed, on a random batch of the
+    profile's batch size and patch size (the whole volume when the profile trains on whole volumes).
+    The cost of a convolution does not depend on the values, so random data times it exactly; the
+    memory includes the weights, gradients and AdamW state that a training run holds.
     """
     shape = tuple(profile.patch_size) if profile.patch_size is not None else full_volume_shape(profile)
     precision = resolve_precision(profile.requested_precision, device)

@@ -257,7 +257,8 @@ def sliding_window_predict(
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
     The three stages in one call: :func:`softmax_predictor` (the network in ``precision``,
-    ``"auto"`` by default; ``amp=False`` is the older spelling of ``"fp32"``), wrapped in :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
+    ``"auto"`` by default; ``amp=False`` is the older spelling of ``"fp32"``), wrapped in
+    :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
     by default all 8: pair them with the training augmentation, ``augment.tta_flips``), slid
     over the image by :func:`sliding_window` (see there for the other arguments). The
     model runs on ``device`` (default: where its parameters are), in eval mode (restored

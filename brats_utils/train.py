@@ -60,8 +60,17 @@ from tqdm.auto import tqdm
 from brats_utils.checkpoints import atomic_torch_save, check_compatible, checkpoint_dir, load_checkpoint
 from brats_utils.config import Profile
 from brats_utils.data import make_loaders
-from brats_utils.distributed import (DistInfo, ShardedEpochSampler, all_reduce_mean, all_reduce_sum, barrier,
-                                     cleanup, init_distributed, unwrap_model, wrap_model)
+from brats_utils.distributed import (
+    DistInfo,
+    ShardedEpochSampler,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_distributed,
+    unwrap_model,
+    wrap_model,
+)
 from brats_utils.errors import CheckpointError, FolderLockedError
 from brats_utils.files import folder_lock, write_csv_atomic
 from brats_utils.inference import sliding_window_predict
@@ -69,7 +78,13 @@ from brats_utils.labels import REGION_COLORS
 from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import region_dice_torch
 from brats_utils.model import build_model
-from brats_utils.precision import autocast, grad_scaler, resolve_precision, to_channels_last, use_channels_last
+from brats_utils.precision import (
+    autocast,
+    grad_scaler,
+    resolve_precision,
+    to_channels_last,
+    use_channels_last,
+)
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
@@ -386,7 +401,8 @@ def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profi
             "grad_norm": all_reduce_mean(float(norm_sum) / max(float(finite_norms), 1.0))}
 
 
-def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank: int = 0, world_size: int = 1):
+def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank: int = 0,
+                world_size: int = 1):
     """Training patches and validation volumes of ``cache_dir`` with the profile's settings.
 
     The patient split is saved to ``run_dir/split.csv`` (by rank 0 only); see
@@ -452,7 +468,7 @@ def distributed_info(device: str | torch.device | None = None) -> DistInfo:
 
 @contextmanager
 def run_folder_lock(run_dir: Path, info: DistInfo) -> Iterator[None]:
-    """The run folder's lock, taken by rank 0 for all ranks of one run (:func:`~brats_utils.files.folder_lock`).
+    """The run folder's lock (:func:`~brats_utils.files.folder_lock`), taken by rank 0 for all ranks of a run.
 
     The ranks of one run share it; another run (one process or several) still gets
     :class:`~brats_utils.errors.FolderLockedError`, on every one of its ranks.

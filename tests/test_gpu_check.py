@@ -34,8 +34,8 @@ def test_arguments_have_the_paper_defaults_and_are_checked(gpu_check):
 
 
 def test_the_table_aligns_columns_and_shows_missing_cells_as_dashes(gpu_check):
-    rows = [{"check": "training step", "setting": "paper, 128^3 x2, fp16", "seconds": 0.4567, "peak MiB": 5123.4,
-             "note": "AMP"},
+    rows = [{"check": "training step", "setting": "paper, 128^3 x2, fp16", "seconds": 0.4567,
+             "peak MiB": 5123.4, "note": "AMP"},
             {"check": "DDP step", "seconds": math.nan, "note": "skipped: needs two GPUs"}]
     lines = gpu_check.format_table(rows).splitlines()
     assert lines[0].split() == ["check", "setting", "seconds", "peak", "MiB", "note"]

@@ -237,7 +237,8 @@ def test_gradients_are_clipped_before_the_step():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    _, reported = train_step(model, image, label, huge_loss, optimizer, scaler, clip_norm=1.5, precision="fp32")
+    _, reported = train_step(model, image, label, huge_loss, optimizer, scaler, clip_norm=1.5,
+                             precision="fp32")
 
     assert true_norm > 100  # the clip really had something to do
     assert float(reported) == pytest.approx(true_norm, rel=1e-4)

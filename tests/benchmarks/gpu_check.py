@@ -40,12 +40,13 @@ NO_GPU_MESSAGE = ("gpu-check needs a CUDA GPU and found none (torch.cuda.is_avai
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line: ``--steps``, ``--patch``, ``--quick``, ``--skip-compile``, ``--skip-monai``, ``--skip-ddp``."""
+    """The command line: ``--steps``, ``--patch``, ``--quick`` and ``--skip-compile/-monai/-ddp``."""
     parser = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per setting (default 5)")
-    parser.add_argument("--patch", type=int, default=128, help="training patch edge (default 128, the paper's)")
+    parser.add_argument("--patch", type=int, default=128,
+                        help="training patch edge (default 128, the paper's)")
     parser.add_argument("--quick", action="store_true",
-                        help="a 120 x 120 x 78 volume and 64^3 windows for the prediction rows (a smoke test)")
+                        help="a 120 x 120 x 78 volume and 64^3 windows for prediction (a smoke test)")
     parser.add_argument("--skip-compile", action="store_true", help="no torch.compile row")
     parser.add_argument("--skip-monai", action="store_true", help="no MONAI rows")
     parser.add_argument("--skip-ddp", action="store_true", help="no two-GPU row even with two GPUs")
@@ -56,7 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """``rows`` (dicts with :data:`COLUMNS`; missing or NaN cells print as ``-``) as one aligned text table."""
+    """``rows`` (dicts with :data:`COLUMNS`; missing or NaN cells print as ``-``) as one aligned table."""
 
     def cell(value: object) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -166,7 +167,8 @@ def prediction_rows(args: argparse.Namespace, device) -> list[dict]:
         try:
             from monai.inferers import sliding_window_inference
         except ImportError:
-            rows.append({"check": "prediction", "setting": "MONAI", "note": "MONAI missing: pip install -e '.[bench]'"})
+            rows.append({"check": "prediction", "setting": "MONAI",
+                         "note": "MONAI missing: pip install -e '.[bench]'"})
             return rows
         plain = build_model("paper").to(device).eval()
         plain.load_state_dict(model.state_dict())
