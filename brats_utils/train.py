@@ -521,7 +521,9 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
                                               world_size=info.world_size)
             state = _start_state(profile, run_dir, device, precision=precision, resume=resume,
                                  progress=progress, is_main=info.is_main)
-            state.model = wrap_model(state.model, info)
+            config = state.model.config  # an as-run preset builds levels its forward pass never uses
+            unused = config.get("wired_levels", config["levels"]) < config["levels"]
+            state.model = wrap_model(state.model, info, find_unused_parameters=unused)
             if profile.compile:
                 state.model = torch.compile(state.model)
             _run_epochs(state, profile, loader, val_volumes, run_dir, device, epochs, precision=precision,
