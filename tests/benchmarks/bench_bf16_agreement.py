@@ -6,7 +6,8 @@ window, once in fp32 and once in bf16 (the CPU's ``auto`` choice where it has na
 case and over all of them: the argmax agreement (the issue's bar: at least 99.9 %), the region Dice of
 the bf16 labels against the fp32 labels, the region Dice of both against the ground truth (within 0.005
 of each other is the bar) and the seconds of each precision. Also runnable on its own:
-``python tests/benchmarks/bench_bf16_agreement.py``.
+``python tests/benchmarks/bench_bf16_agreement.py [PROFILE]``; ``ci`` trains the unit test's ci model
+(``tests/test_precision_trained.py``: 3 epochs x 8 steps, fp32) in a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ import time
 from pathlib import Path
 
 
-def main() -> None:
-    """Print the agreement table of bf16 against fp32 on the demo model's held-out cases."""
+def main(profile_name: str = "demo") -> None:
+    """Print the agreement table of bf16 against fp32 on the held-out cases of the profile's model."""
+    if profile_name == "ci":
+        import os
+        import tempfile
+
+        os.environ["BRATS_DATA_DIR"] = tempfile.mkdtemp(prefix="bf16-ci-")
     from brats_utils import pipeline
     from brats_utils.checkpoints import load_model
     from brats_utils.config import get_profile
@@ -25,12 +31,15 @@ def main() -> None:
     from brats_utils.metrics import region_dice_torch
     from brats_utils.precision import label_map_agreement
 
-    profile = get_profile("demo")
+    profile = get_profile(profile_name)
+    if profile_name == "ci":
+        profile = profile.with_overrides(name="bf16check", precision="fp32", epochs=3, steps_per_epoch=8,
+                                         early_stop_patience=3)
     model = load_model(pipeline.ensure_trained(profile, progress=False))
     _, volumes = pipeline.make_loaders(profile, progress=False)
     settings = {"patch_size": profile.sw_patch_size, "overlap": profile.sw_overlap,
                 "sw_batch_size": profile.sw_batch_size, "device": "cpu"}
-    print(f"demo model, {len(volumes)} held-out volumes, windows {profile.sw_patch_size}, "
+    print(f"{profile_name} model, {len(volumes)} held-out volumes, windows {profile.sw_patch_size}, "
           f"overlap {profile.sw_overlap}")
     print(f"{'case':<22}{'agreement':>10}{'WT':>8}{'TC':>8}{'ET':>8}   "
           f"Dice vs truth fp32 -> bf16 (WT, TC, ET){'fp32 s':>9}{'bf16 s':>8}")
@@ -64,4 +73,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    main()
+    main(*sys.argv[1:2])
