@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from brats_utils import viz
+from brats_utils.viz import volumes
 
 pytest.importorskip("ipywidgets")
 
@@ -53,13 +54,13 @@ def _px(width: str) -> int:
 def test_slice_slider_gives_every_slice_several_pixels_and_follows_the_plane():
     image, labels = _case()
     viewer = viz.SliceViewer(image, labels)
-    track = _px(viewer.index.layout.width) - viz._SLIDER_EXTRA_PX
-    assert track / viewer.index.max >= viz._SLIDER_PX_PER_SLICE  # 32 axial slices: 8 px or more each
+    track = _px(viewer.index.layout.width) - volumes._SLIDER_EXTRA_PX
+    assert track / viewer.index.max >= volumes._SLIDER_PX_PER_SLICE  # 32 axial slices: 8 px or more each
     viewer.axis.value = "sagittal"  # 48 slices: a longer track
-    assert _px(viewer.index.layout.width) - viz._SLIDER_EXTRA_PX >= viz._SLIDER_PX_PER_SLICE * 47
+    assert _px(viewer.index.layout.width) - volumes._SLIDER_EXTRA_PX >= volumes._SLIDER_PX_PER_SLICE * 47
     # a real BraTS volume (155 or 240 slices) stays within the bounds, still above 3-4 px per slice
-    assert _px(viz._slider_width(240)) - viz._SLIDER_EXTRA_PX == viz._SLIDER_TRACK_PX[1]
-    assert viz._SLIDER_TRACK_PX[1] / 154 > 5
+    assert _px(volumes._slider_width(240)) - volumes._SLIDER_EXTRA_PX == volumes._SLIDER_TRACK_PX[1]
+    assert volumes._SLIDER_TRACK_PX[1] / 154 > 5
 
 
 def test_slice_text_counts_from_one_and_names_the_array_index():
@@ -121,7 +122,7 @@ def test_controls_share_one_label_column():
     viewer = viz.SliceViewer(image, labels)
     rows = viewer.widget.children[:4]
     assert [row.children[0].value for row in rows] == ["plane", "modality", "slice", "labels"]
-    assert {row.children[0].layout.width for row in rows} == {viz._DESCRIPTION_WIDTH}
+    assert {row.children[0].layout.width for row in rows} == {volumes._DESCRIPTION_WIDTH}
     # the controls bring no labels of their own (ipywidgets 8 would put the buttons' under them)
     assert viewer.axis.description == viewer.modality.description == viewer.index.description == ""
     assert [row.children[1] for row in rows] == [viewer.axis, viewer.modality, viewer.index, viewer.overlay]
