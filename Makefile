@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-dev
 TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
 
-.PHONY: demo test test-browser lint unit notebooks notebook-outputs lab bench setup clean
+.PHONY: demo test test-browser lint unit notebooks notebook-outputs lab bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -70,6 +70,12 @@ lab: $(STAMP)
 bench: $(STAMP)
 	@$(BIN)/python -c "import monai" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,bench]"
 	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python tests/benchmarks/run.py $(ONLY)
+
+## make gpu-check: training steps, full-volume prediction (compile on/off, MONAI) and a 2-GPU DDP step, one table
+## (at most 5 minutes on one GPU; says so and exits 1 without a GPU)
+gpu-check: $(STAMP)
+	@$(BIN)/python -c "import monai" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,bench]"
+	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python tests/benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) data/test data/executed .pytest_cache .ruff_cache

@@ -76,9 +76,13 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    import os
+
     from brats_utils.pipeline import train
 
-    print(train(profile_from_args(args), resume=not args.restart))
+    result = train(profile_from_args(args), resume=not args.restart)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(result)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:

@@ -56,6 +56,7 @@ from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import FULL_VOLUME, PRESETS, build_model
+from brats_utils.precision import grad_scaler, resolve_precision
 from brats_utils.train import pick_device, train, train_step
 from brats_utils.viz import preset_summary, save_figure
 
@@ -174,14 +175,14 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
                           steps: int = 1) -> dict[str, float]:
     """Seconds per training step and peak training memory of a freshly built ``preset``.
 
-    One :func:`brats_utils.train.train_step` (loss, backward, clipping, AdamW update, AMP on CUDA as
-    in training) warms up, then ``steps`` more are timed, on a random batch of the profile's batch
-    size and patch size (the whole volume when the profile trains on whole volumes). The cost of a
-    convolution does not depend on the values, so random data times it exactly; the memory includes
-    the weights, gradients and AdamW state that a training run holds.
+    One :func:`brats_utils.train.train_step` (loss, backward, clipping, AdamW update, the profile's
+    precision as in training) warms up, then ``steps`` more are timed, on a random batch of the
+    profile's batch size and patch size (the whole volume when the profile trains on whole volumes).
+    The cost of a convolution does not depend on the values, so random data times it exactly; the
+    memory includes the weights, gradients and AdamW state that a training run holds.
     """
     shape = tuple(profile.patch_size) if profile.patch_size is not None else full_volume_shape(profile)
-    amp = profile.amp and device.type == "cuda"
+    precision = resolve_precision(profile.requested_precision, device)
     generator = torch.Generator().manual_seed(profile.seed)
     image = torch.randn((profile.batch_size, len(MODALITIES), *shape), generator=generator)
     label = torch.randint(0, len(TRAIN_LABELS), (profile.batch_size, *shape), generator=generator)
@@ -189,7 +190,7 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
         model = build_model(preset, dropout=profile.dropout).to(device).train()
         loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp)
+        scaler = grad_scaler(precision, device)
         image, label = image.to(device), label.to(device)
 
         started = 0.0
@@ -198,7 +199,7 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
                 _synchronize(device)
                 started = time.perf_counter()
             train_step(model, image, label, loss_fn, optimizer, scaler, clip_norm=profile.grad_clip_norm,
-                       amp=amp)
+                       precision=precision)
         _synchronize(device)
         seconds = (time.perf_counter() - started) / steps
     return {"seconds per training step": seconds, "peak training memory (MiB)": memory["MiB"]}
@@ -216,7 +217,7 @@ def measure_inference(model: torch.nn.Module, profile: Profile, device: torch.de
     volume = torch.randn((len(MODALITIES), *full_volume_shape(profile)), generator=generator)
     settings = {"patch_size": profile.sw_patch_size, "overlap": profile.sw_overlap,
                 "sw_batch_size": profile.sw_batch_size, "device": device,
-                "amp": profile.amp and device.type == "cuda", "tta": profile.tta,
+                "precision": profile.requested_precision, "tta": profile.tta,
                 "tta_flips": tta_flips(augmentation_for(profile.augmentation))}
     sliding_window_predict(model, volume[(slice(None), *(slice(0, p) for p in profile.sw_patch_size))],
                            **settings)

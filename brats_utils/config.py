@@ -157,7 +157,10 @@ class Profile:
     # the best becomes the best and resets the counter (train.EarlyStopping)
     early_stop_rule: Literal["strict", "authors"] = "strict"
     grad_clip_norm: float = 1.5
-    amp: bool = True  # used only on CUDA
+    # "auto": fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere (brats_utils.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    amp: bool = True  # the older switch: False means precision fp32 whatever ``precision`` says
+    compile: bool = False  # torch.compile the network for training and prediction
     ce_weight: float = 0.3
     dice_weight: float = 0.7
     checkpoint_every: int = 5
@@ -182,6 +185,12 @@ class Profile:
     def with_overrides(self, **changes: object) -> Profile:
         """A copy with some fields changed (checked again); unknown names raise ``TypeError``."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def requested_precision(self) -> str:
+        """``precision``, or ``"fp32"`` when the older switch ``amp`` is off (resolved per device by
+        :func:`brats_utils.precision.resolve_precision`)."""
+        return self.precision if self.amp else "fp32"
 
     def as_dict(self) -> dict:
         """Plain-dict form (for checkpoints and JSON)."""

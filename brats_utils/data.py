@@ -278,18 +278,21 @@ class VolumeDataset(Dataset):
         return image, torch.from_numpy(case.labels.astype(np.int64)), case.case_id
 
 
-def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int | None = None,
+def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cases: int | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  exclude_from_training: Sequence[str] = (), fold: int | None = None, n_folds: int = 5,
                  seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
                  samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
-                 batch_size: int = 2, num_workers: int = 2) -> tuple[DataLoader, VolumeDataset]:
+                 batch_size: int = 2, num_workers: int = 2,
+                 sampler: Callable[..., Sampler[int]] | None = None) -> tuple[DataLoader, VolumeDataset]:
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
     The cached cases (the first ``max_cases`` if set) are split with :func:`split_patients`
     (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of
-    ``n_folds``); the split is saved
-    to ``split_csv``. The test cases reach neither loader: nothing in training sees them. The patches follow
+    ``n_folds``); the split is saved to ``split_csv`` (None: not saved, e.g. on the ranks of a
+    distributed run other than 0). The test cases reach neither loader: nothing in training sees
+    them. ``sampler(size, seed)`` builds the patch order (default :class:`EpochShuffleSampler`; a
+    distributed run passes its ``ShardedEpochSampler``). The patches follow
     :class:`PatchDataset`'s arguments, with the transform that ``augmentation`` names
     (:func:`brats_utils.augment.augmentation_for`); memory is pinned only when CUDA is available.
     (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
@@ -306,7 +309,8 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path, max_cases: int
     patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
                            samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,
                            augment=augmentation_for(augmentation), seed=seed)
-    loader = DataLoader(patches, batch_size=batch_size, sampler=EpochShuffleSampler(len(patches), seed=seed),
+    order = (sampler or EpochShuffleSampler)(len(patches), seed=seed)
+    loader = DataLoader(patches, batch_size=batch_size, sampler=order,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=num_workers > 0, collate_fn=pad_collate)
     return loader, VolumeDataset([by_id[i] for i in val_ids])

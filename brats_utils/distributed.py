@@ -162,9 +162,11 @@ def wrap_model(model: nn.Module, info: DistInfo, **ddp_options: object) -> nn.Mo
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The network inside a DDP (or DataParallel) wrapper: for ``state_dict``, ``config`` and checkpoints."""
+    """The network inside a DDP (or DataParallel) wrapper and/or ``torch.compile``: for ``state_dict``,
+    ``config`` and checkpoints."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
+        return getattr(model.module, "_orig_mod", model.module)
     return model
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from brats_utils.io import Case, load_case, save_segmentation
+from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
-from brats_utils.preprocess import CropMeta, preprocess_case, uncrop
+from brats_utils.precision import autocast, to_channels_last, use_channels_last
+from brats_utils.preprocess import CropMeta, PreprocessedCase, preprocess_case, uncrop
 
 Shape3D = tuple[int, int, int]
 
@@ -124,12 +126,26 @@ def _choose_stitch_device(device: torch.device, num_classes: int, shape: Sequenc
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def softmax_predictor(model: nn.Module, *, amp: bool = True) -> Predictor:
-    """The predictor of one network: its softmax, under float16 autocast on CUDA when ``amp``."""
+def _requested(precision: str, amp: bool | None) -> str:
+    """``precision``, or ``"fp32"`` when the older switch ``amp`` is given as False."""
+    return "fp32" if amp is False else precision
+
+
+def softmax_predictor(model: nn.Module, *, precision: str = "auto", amp: bool | None = None) -> Predictor:
+    """The predictor of one network: its softmax, the network run in ``precision``.
+
+    ``precision`` is one of :data:`brats_utils.precision.PRECISIONS`, resolved for the batch's device
+    (``"auto"``: fp16 autocast on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere). Where
+    :func:`~brats_utils.precision.use_channels_last` says so, the batch is handed to the network as
+    ``channels_last_3d`` (convert the model once with :func:`~brats_utils.precision.to_channels_last`).
+    ``amp=False`` is the older spelling of ``precision="fp32"``.
+    """
+    requested = _requested(precision, amp)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
-        use_amp = amp and batch.device.type == "cuda"
-        with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=use_amp):
+        if use_channels_last(requested, batch.device):
+            batch = to_channels_last(batch)
+        with autocast(requested, batch.device):
             logits = model(batch)
         return torch.softmax(logits.float(), dim=1)
 
@@ -215,9 +231,9 @@ def sliding_window(
                 acc = torch.zeros((probs.shape[1], *shape), dtype=torch.float32, device=target)
                 weights = torch.zeros(shape, dtype=torch.float32, device=target)
                 window_weights = importance_map(patch, mode).to(target)
-            probs = probs.to(acc.device).mul_(window_weights)
+            probs = probs.to(acc.device)
             for w, p in zip(group, probs, strict=True):
-                acc[(slice(None), *w)] += p
+                acc[(slice(None), *w)].addcmul_(p, window_weights)
                 weights[w] += window_weights
         acc /= weights
     return acc[(slice(None), *unpad)].cpu().contiguous()
@@ -232,22 +248,29 @@ def sliding_window_predict(
     mode: str = "gaussian",
     sw_batch_size: int = 2,
     device: str | torch.device | None = None,
-    amp: bool = True,
+    precision: str = "auto",
+    amp: bool | None = None,
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = ALL_FLIPS,
     stitch_device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
-    The three stages in one call: :func:`softmax_predictor` (float16 autocast on CUDA
-    when ``amp``), wrapped in :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
+    The three stages in one call: :func:`softmax_predictor` (the network in ``precision``,
+    ``"auto"`` by default; ``amp=False`` is the older spelling of ``"fp32"``), wrapped in
+    :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
     by default all 8: pair them with the training augmentation, ``augment.tta_flips``), slid
     over the image by :func:`sliding_window` (see there for the other arguments). The
     model runs on ``device`` (default: where its parameters are), in eval mode (restored
     after). When a single window covers the volume the result is one forward pass's softmax.
+    Where :func:`~brats_utils.precision.use_channels_last` says so (CUDA with fp16/bf16) the model is
+    converted to ``channels_last_3d`` in place (values unchanged, only strides).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    predictor = softmax_predictor(model, amp=amp)
+    requested = _requested(precision, amp)
+    if use_channels_last(requested, device):
+        to_channels_last(model)
+    predictor = softmax_predictor(model, precision=requested)
     if tta:
         predictor = with_flips(predictor, tta_flips)
     was_training = model.training
@@ -272,7 +295,7 @@ class InferenceSettings:
     patch_size: tuple[int, int, int]
     overlap: float = 0.5
     sw_batch_size: int = 2
-    amp: bool = True
+    precision: str = "auto"
     tta: bool = False
     tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS
     margin: int = 2
@@ -305,12 +328,24 @@ def predict_case(
     label scheme. With ``out_path`` the labels are also saved as a NIfTI file with the
     input's affine and header.
     """
+    return _predict_prepared(model, case, prepare_case(case, settings), settings, out_path=out_path,
+                             device=device)
+
+
+def prepare_case(case: Case, settings: InferenceSettings) -> tuple[LoadedCase, PreprocessedCase]:
+    """The CPU half of :func:`predict_case`: the loaded case and its crop, normalised as for training."""
     loaded = load_case(case)
-    cropped = preprocess_case(loaded, margin=settings.margin, normalisation=settings.normalisation,
-                              crop=settings.crop)
+    return loaded, preprocess_case(loaded, margin=settings.margin, normalisation=settings.normalisation,
+                                   crop=settings.crop)
+
+
+def _predict_prepared(model: nn.Module, case: Case, prepared: tuple[LoadedCase, PreprocessedCase],
+                      settings: InferenceSettings, *, out_path: str | Path | None,
+                      device: str | torch.device | None) -> np.ndarray:
+    loaded, cropped = prepared
     probs = sliding_window_predict(
         model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
-        sw_batch_size=settings.sw_batch_size, device=device, amp=settings.amp, tta=settings.tta,
+        sw_batch_size=settings.sw_batch_size, device=device, precision=settings.precision, tta=settings.tta,
         tta_flips=settings.tta_flips,
     )
     labels = to_original_grid(probs, cropped.meta, case.scheme)
@@ -320,17 +355,31 @@ def predict_case(
 
 
 def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path, settings: InferenceSettings,
-                   *, device: str | torch.device | None = None, progress: bool = True) -> list[Path]:
+                   *, device: str | torch.device | None = None, progress: bool = True,
+                   prefetch: bool = True) -> list[Path]:
     """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout).
 
+    With ``prefetch`` (default) one helper thread prepares the next case (load, crop, normalise:
+    :func:`prepare_case`, mostly NumPy and file reading, which release the GIL) while the current
+    one is on the network; the results are the same as one case after the other (``prefetch=False``).
     A full disk raises :class:`~brats_utils.errors.DiskFullError` naming ``out_dir``; the
     segmentations written before stay complete.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        path = out_dir / f"{case.case_id}.nii.gz"
-        predict_case(model, case, settings, out_path=path, device=device)
-        paths.append(path)
+    paths: list[Path] = []
+    if not cases:
+        return paths
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        upcoming = pool.submit(prepare_case, cases[0], settings) if prefetch else None
+        for index, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
+            if prefetch:
+                prepared = upcoming.result()
+                if index + 1 < len(cases):
+                    upcoming = pool.submit(prepare_case, cases[index + 1], settings)
+            else:
+                prepared = prepare_case(case, settings)
+            path = out_dir / f"{case.case_id}.nii.gz"
+            _predict_prepared(model, case, prepared, settings, out_path=path, device=device)
+            paths.append(path)
     return paths

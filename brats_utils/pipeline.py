@@ -46,6 +46,7 @@ from brats_utils.checkpoints import (
 from brats_utils.config import Profile, data_dir
 from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
+from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
 from brats_utils.errors import DatasetNotFoundError
 from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
@@ -172,9 +173,15 @@ def make_loaders(profile: Profile, *, progress: bool = True) -> tuple[DataLoader
 def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
           max_epochs: int | None = None, progress: bool = True,
           device: str | torch.device | None = None) -> training.TrainResult:
-    """Train the profile's U-Net on its cache (built first if needed); see :func:`brats_utils.train.train`."""
-    return training.train(profile, ensure_cache(profile, progress=progress), run_dir=run_dir, resume=resume,
-                          max_epochs=max_epochs, progress=progress, device=device)
+    """Train the profile's U-Net on its cache (built first if needed); see :func:`brats_utils.train.train`.
+
+    Under torchrun every rank calls it: rank 0 builds the cache first, the others then find it ready.
+    """
+    info = training.distributed_info(device)
+    with main_process_first():
+        cache_dir = ensure_cache(profile, progress=progress and info.is_main)
+    return training.train(profile, cache_dir, run_dir=run_dir, resume=resume, max_epochs=max_epochs,
+                          progress=progress, device=device)
 
 
 def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
@@ -210,9 +217,9 @@ def inference_settings(profile: Profile, *, tta: bool | None = None) -> Inferenc
     flips = tta_flips(augmentation_for(profile.augmentation))
     use_tta = (profile.tta if tta is None else tta) and len(flips) > 1
     return InferenceSettings(patch_size=tuple(profile.sw_patch_size), overlap=profile.sw_overlap,
-                             sw_batch_size=profile.sw_batch_size, amp=profile.amp, tta=use_tta,
-                             tta_flips=flips, margin=profile.crop_margin, normalisation=profile.normalisation,
-                             crop=profile.crop)
+                             sw_batch_size=profile.sw_batch_size, precision=profile.requested_precision,
+                             tta=use_tta, tta_flips=flips, margin=profile.crop_margin,
+                             normalisation=profile.normalisation, crop=profile.crop)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,
@@ -233,8 +240,10 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     else:
         cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{split}"
-    return predict_folder(load_model(checkpoint), cases, out_dir, inference_settings(profile),
-                          progress=progress)
+    model = load_model(checkpoint)
+    if profile.compile:
+        model = torch.compile(model)
+    return predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
 
 
 def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,

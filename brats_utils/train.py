@@ -5,17 +5,20 @@ The recipe (all settings come from the run :class:`~brats_utils.config.Profile`)
 - loss: :class:`~brats_utils.losses.CombinedLoss`, 0.3 cross-entropy + 0.7 soft Dice;
 - optimiser: AdamW (lr 5e-4, weight decay 5e-4);
 - schedule: ``ReduceLROnPlateau`` on the validation loss (x0.5 after 2 epochs without
-<<<<<<< HEAD
   improvement, floor 1e-6), or the authors' ``CosineAnnealingLR`` (``profile.lr_schedule``);
-- early stopping on the validation loss (patience 10, minimum improvement 1e-3; the strict
-  rule or the authors', ``profile.early_stop_rule``);
-=======
-  improvement, floor 1e-6);
 - early stopping on the validation loss (patience 10, minimum improvement 1e-3: the authors'
-  code's numbers; the paper gives none);
->>>>>>> teach
+  code's numbers, the paper gives none; the strict rule or the authors', ``profile.early_stop_rule``);
 - gradient-norm clipping (1.5, as the authors' final code);
-- mixed precision (autocast + ``GradScaler``) on CUDA only, full precision elsewhere.
+- precision from ``profile.precision`` (:mod:`brats_utils.precision`): ``"auto"`` is fp16 autocast with a
+  ``GradScaler`` on CUDA, bf16 autocast on a CPU with native bf16, fp32 elsewhere; channels-last 3D
+  where :func:`~brats_utils.precision.use_channels_last` says so (CUDA in 16 bits).
+
+Several processes (``torchrun --nproc_per_node=2 -m brats_utils train``) train one model with
+DistributedDataParallel (:mod:`brats_utils.distributed`): each rank draws its shard of every epoch's
+patches (``steps_per_epoch`` is then per rank ``ceil(steps / world_size)``), validates its share of the
+volumes, and the losses and scores are averaged over the ranks, so every rank steps the schedule and
+early stopping alike. Only rank 0 writes (history, checkpoints, split, progress bars) and locks the run
+folder. One process is the same code path with a world of one.
 
 Every epoch ends with a validation on whole validation volumes (sliding window when a
 volume is larger than the inference window) that reports the loss, the paper's metric
@@ -41,10 +44,12 @@ epoch k and resumed produces the same history as an uninterrupted run (tested).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +62,31 @@ from tqdm.auto import tqdm
 from brats_utils.checkpoints import atomic_torch_save, check_compatible, checkpoint_dir, load_checkpoint
 from brats_utils.config import Profile
 from brats_utils.data import make_loaders
-from brats_utils.errors import CheckpointError
+from brats_utils.distributed import (
+    DistInfo,
+    ShardedEpochSampler,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_distributed,
+    unwrap_model,
+    wrap_model,
+)
+from brats_utils.errors import CheckpointError, FolderLockedError
 from brats_utils.files import folder_lock, write_csv_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import REGION_COLORS
 from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import region_dice_torch
 from brats_utils.model import build_model, init_weights_authors_
+from brats_utils.precision import (
+    autocast,
+    grad_scaler,
+    resolve_precision,
+    to_channels_last,
+    use_channels_last,
+)
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
@@ -186,16 +209,20 @@ def history_csv_path(run_dir: Path) -> Path:
 
 def train_step(model: nn.Module, image: torch.Tensor, label: torch.Tensor, loss_fn: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
-               clip_norm: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               clip_norm: float, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns the (detached) loss and the gradient norm before clipping.
 
-    With AMP the scaler multiplies the loss before ``backward`` so that small float16
-    gradients do not underflow, and ``unscale_`` divides them back before clipping, so the
-    clipping threshold is in true gradient units.
+    The forward pass and the loss run under :func:`brats_utils.precision.autocast` for ``precision``
+    (fp32: none). With fp16 the scaler (:func:`~brats_utils.precision.grad_scaler`) multiplies the
+    loss before ``backward`` so that small float16 gradients do not underflow, and ``unscale_``
+    divides them back before clipping, so the clipping threshold is in true gradient units; for
+    fp32 and bf16 it is disabled and passes everything through. The image goes in as
+    ``channels_last_3d`` where :func:`~brats_utils.precision.use_channels_last` says so.
     """
-    device_type = image.device.type
+    if use_channels_last(precision, image.device):
+        image = to_channels_last(image)
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device_type, enabled=amp):
+    with autocast(precision, image.device):
         loss = loss_fn(model(image), label)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -205,30 +232,42 @@ def train_step(model: nn.Module, image: torch.Tensor, label: torch.Tensor, loss_
     return loss.detach(), grad_norm.detach()
 
 
+VALIDATION_KEYS = ("val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
+
+
 @torch.inference_mode()
 def validate(model: nn.Module, volumes, loss_fn: nn.Module, profile: Profile, device: torch.device, *,
-             amp: bool, progress: bool = False) -> dict[str, float]:
+             precision: str = "fp32", progress: bool = False, rank: int = 0,
+             world_size: int = 1) -> dict[str, float]:
     """Loss, paper Dice and region Dice averaged over whole validation volumes.
 
     Each volume is predicted exactly as at inference time (:func:`brats_utils.inference.
-    sliding_window_predict` with the profile's ``sw_*`` settings: one pass when the volume
-    fits in one window). The loss is computed from the softmax probabilities, given to the
-    loss as logits ``log p``, which its softmax maps back to ``p`` exactly.
+    sliding_window_predict` with the profile's ``sw_*`` settings, in ``precision``: one pass when
+    the volume fits in one window). The loss is computed from the softmax probabilities, given to
+    the loss as logits ``log p``, which its softmax maps back to ``p`` exactly. With several ranks,
+    rank ``r`` validates ``volumes[r::world_size]`` and the sums and counts are added up over the
+    ranks (:func:`~brats_utils.distributed.all_reduce_sum`), so every rank returns the same means.
     """
+    model = unwrap_model(model)
     model.eval()
     count = len(volumes) if profile.max_val_cases is None else min(len(volumes), profile.max_val_cases)
-    totals: dict[str, float] = {}
-    for index in tqdm(range(count), desc="validation", leave=False, disable=not progress):
+    totals = dict.fromkeys(VALIDATION_KEYS, 0.0)
+    mine = range(count)[rank::world_size]
+    for index in tqdm(mine, desc="validation", leave=False, disable=not progress):
         image, label, _case_id = volumes[index]
         probs = sliding_window_predict(model, image, patch_size=profile.sw_patch_size,
                                        overlap=profile.sw_overlap, sw_batch_size=profile.sw_batch_size,
-                                       device=device, amp=amp)
+                                       device=device, precision=precision)
         loss = loss_fn(torch.log(probs.clamp_min(1e-8))[None], label[None])
         dice = region_dice_torch(probs.argmax(dim=0), label)
         scores = {"val_loss": float(loss), "val_paper_dice": dice["PaperDice"],
                   **{f"val_dice_{region}": dice[f"Dice_{region}"] for region in ("WT", "TC", "ET")}}
         for key, value in scores.items():
-            totals[key] = totals.get(key, 0.0) + value
+            totals[key] += value
+    if world_size > 1:
+        summed = all_reduce_sum(torch.tensor([*totals.values(), len(mine)], dtype=torch.float64,
+                                             device=device if device.type == "cuda" else "cpu")).tolist()
+        totals, count = dict(zip(VALIDATION_KEYS, summed[:-1], strict=True)), summed[-1]
     return {key: value / count for key, value in totals.items()}
 
 
@@ -329,7 +368,7 @@ class TrainingState:
     history: list[dict]
 
     @classmethod
-    def create(cls, profile: Profile, device: torch.device, *, amp: bool) -> TrainingState:
+    def create(cls, profile: Profile, device: torch.device, *, precision: str = "fp32") -> TrainingState:
         """A fresh model (seeded with ``profile.seed``, initialised by ``profile.init``) and the profile's
         optimiser, schedule (:func:`make_scheduler`) and stopper."""
         seed_everything(profile.seed)
@@ -338,25 +377,31 @@ class TrainingState:
             init_weights_authors_(model)
         model = model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-        return cls(model, optimizer, make_scheduler(optimizer, profile),
-                   torch.amp.GradScaler(device.type, enabled=amp), make_stopper(profile), [])
+        return cls(model, optimizer, make_scheduler(optimizer, profile), grad_scaler(precision, device),
+                   make_stopper(profile), [])
 
-    def checkpoint(self, profile: Profile) -> dict:
-        """The checkpoint dict (:data:`~brats_utils.checkpoints.CHECKPOINT_KEYS`) after the last epoch."""
-        return {"model_state_dict": self.model.state_dict(), "model_config": dict(self.model.config),
+    def checkpoint(self, profile: Profile, run: dict | None = None) -> dict:
+        """The checkpoint dict (:data:`~brats_utils.checkpoints.CHECKPOINT_KEYS`) after the last epoch.
+
+        ``run`` (the resolved ``precision``, ``world_size``...) is recorded beside the profile in ``config``.
+        """
+        model = unwrap_model(self.model)
+        return {"model_state_dict": model.state_dict(), "model_config": dict(model.config),
                 "optimizer_state_dict": self.optimizer.state_dict(),
                 "scheduler_state_dict": self.scheduler.state_dict(),
                 "scaler_state_dict": self.scaler.state_dict(),
                 "early_stopping": self.stopper.state_dict(), "epoch": len(self.history),
-                "rng_state": rng_state(), "config": profile.as_dict(), "history": self.history}
+                "rng_state": rng_state(), "config": {**profile.as_dict(), **(run or {})},
+                "history": self.history}
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from a checkpoint checked by :func:`check_compatible`."""
+        model = unwrap_model(self.model)
         try:
-            self.model.load_state_dict(checkpoint["model_state_dict"])
+            model.load_state_dict(checkpoint["model_state_dict"])
         except RuntimeError as error:  # same settings, but the model code changed since
             raise CheckpointError(f"checkpoint weights do not fit the model: {error}",
-                                  expected=f"weights of {self.model.config}") from error
+                                  expected=f"weights of {model.config}") from error
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
@@ -367,34 +412,48 @@ class TrainingState:
 
 
 def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profile, device: torch.device,
-                epoch: int, *, amp: bool, progress: bool = False) -> dict[str, float]:
-    """One epoch of optimisation; returns the mean training loss and mean gradient norm (before clipping)."""
+                epoch: int, *, precision: str = "fp32", progress: bool = False, rank: int = 0,
+                world_size: int = 1) -> dict[str, float]:
+    """One epoch of optimisation; returns the mean training loss and mean gradient norm (before clipping).
+
+    With several ranks each takes ``ceil(steps_per_epoch / world_size)`` steps on its shard, the means
+    are averaged over the ranks, and ranks above 0 draw their dropout masks from ``(seed, epoch, rank)``.
+    """
     seed_everything(profile.seed, epoch)
+    if rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([profile.seed, epoch, rank]).generate_state(1)[0]))
+    steps_per_epoch = (None if profile.steps_per_epoch is None
+                       else math.ceil(profile.steps_per_epoch / world_size))
     state.model.train()
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
     finite_norms = torch.zeros((), device=device)
     steps = 0
-    batches = epoch_batches(loader, profile.steps_per_epoch, epoch)
+    batches = epoch_batches(loader, steps_per_epoch, epoch)
     for image, label in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress,
-                             total=profile.steps_per_epoch or len(loader)):
+                             total=steps_per_epoch or len(loader)):
         loss, grad_norm = train_step(state.model, image.to(device, non_blocking=True),
                                      label.to(device, non_blocking=True), loss_fn, state.optimizer,
-                                     state.scaler, clip_norm=profile.grad_clip_norm, amp=amp)
+                                     state.scaler, clip_norm=profile.grad_clip_norm, precision=precision)
         loss_sum += loss
         finite = torch.isfinite(grad_norm)  # with AMP, an overflowing step is skipped by the scaler
         norm_sum += torch.where(finite, grad_norm, 0.0)
         finite_norms += finite
         steps += 1
-    return {"train_loss": float(loss_sum) / steps,
-            "grad_norm": float(norm_sum) / max(float(finite_norms), 1.0)}
+    return {"train_loss": all_reduce_mean(float(loss_sum) / steps),
+            "grad_norm": all_reduce_mean(float(norm_sum) / max(float(finite_norms), 1.0))}
 
 
-def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path):
+def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank: int = 0,
+                world_size: int = 1):
     """Training patches and validation volumes of ``cache_dir`` with the profile's settings.
 
-    The patient split is saved to ``run_dir/split.csv``; see :func:`brats_utils.data.make_loaders`.
+    The patient split is saved to ``run_dir/split.csv`` (by rank 0 only); see
+    :func:`brats_utils.data.make_loaders`. With ``world_size > 1`` rank ``rank`` draws its shard of
+    every epoch (:class:`~brats_utils.distributed.ShardedEpochSampler`).
     """
+    sampler = (functools.partial(ShardedEpochSampler, rank=rank, world_size=world_size) if world_size > 1
+               else None)
     return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
                         test_fraction=profile.test_fraction,
                         exclude_from_training=profile.exclude_from_training, fold=profile.fold,
@@ -402,36 +461,79 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path):
                         samples_per_volume=profile.samples_per_volume,
                         foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
                         batch_size=profile.batch_size, num_workers=profile.num_workers,
-                        split_csv=Path(run_dir) / "split.csv")
+                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler)
 
 
-def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, amp: bool, resume: bool,
-                 progress: bool) -> TrainingState:
-    """A fresh training state, restored from ``last.pt`` when resuming, or with the old run deleted."""
+def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, precision: str = "fp32",
+                 resume: bool, progress: bool, is_main: bool = True) -> TrainingState:
+    """A fresh training state, restored from ``last.pt`` when resuming, or with the old run deleted.
+
+    Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. The model
+    is stored as ``channels_last_3d`` where :func:`~brats_utils.precision.use_channels_last` says so.
+    """
     last_path = checkpoint_dir(run_dir) / "last.pt"
-    state = TrainingState.create(profile, device, amp=amp)
+    state = TrainingState.create(profile, device, precision=precision)
     if resume and last_path.exists():
         checkpoint = load_checkpoint(last_path)
         check_compatible(checkpoint, profile, last_path, state.model)
         state.restore(checkpoint)
         if progress:
             tqdm.write(f"Resuming {run_dir} after epoch {checkpoint['epoch']}.")
-    elif not resume:
+    elif not resume and is_main:
         for old in [*checkpoint_dir(run_dir).glob("*.pt"), history_csv_path(run_dir)]:
             old.unlink(missing_ok=True)
+    if use_channels_last(precision, device):
+        to_channels_last(state.model)  # in place: the optimiser keeps the same parameters
     return state
 
 
-def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool) -> None:
+def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool,
+                run: dict | None = None) -> None:
     """History, best, periodic and last checkpoint after an epoch; ``last.pt`` is written last."""
     epoch = len(state.history)
     write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
-    checkpoint = state.checkpoint(profile)
+    checkpoint = state.checkpoint(profile, run)
     if is_best:
         atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "best.pt")
     if epoch % profile.checkpoint_every == 0:
         atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
     atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
+
+
+def distributed_info(device: str | torch.device | None = None) -> DistInfo:
+    """Who this process is (:func:`~brats_utils.distributed.init_distributed`) and where it computes.
+
+    Under torchrun: the rank's device (its GPU ``LOCAL_RANK``, or the CPU with gloo). One process:
+    ``device``, else :func:`pick_device`.
+    """
+    requested = torch.device(device) if device is not None else pick_device()
+    info = init_distributed(requested)
+    return info if info.is_distributed else DistInfo(device=requested)
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path, info: DistInfo) -> Iterator[None]:
+    """The run folder's lock (:func:`~brats_utils.files.folder_lock`), taken by rank 0 for all ranks of a run.
+
+    The ranks of one run share it; another run (one process or several) still gets
+    :class:`~brats_utils.errors.FolderLockedError`, on every one of its ranks.
+    """
+    if not info.is_distributed:
+        with folder_lock(run_dir):
+            yield
+        return
+    with ExitStack() as stack:
+        error = None
+        if info.is_main:
+            try:
+                stack.enter_context(folder_lock(run_dir))
+            except FolderLockedError as locked:
+                error = locked
+        if all_reduce_sum(0.0 if error is None else 1.0) > 0:  # every rank learns whether rank 0 got it
+            raise error if error is not None else FolderLockedError(
+                "rank 0 of this run found the folder held by another process", path=run_dir,
+                expected="one training per folder at a time")
+        yield
 
 
 def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = None, resume: bool = True,
@@ -447,18 +549,35 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
     checkpoint is damaged or comes from another architecture or other settings, and
     :class:`~brats_utils.errors.DiskFullError` when a checkpoint does not fit on the disk
     (the previous one stays the one that loads). :func:`brats_utils.pipeline.train` builds
-    the cache first.
+    the cache first. Under torchrun every rank calls it (see the module docstring); the process
+    group is left at the end.
     """
     run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
     epochs = profile.epochs if max_epochs is None else max_epochs
     if epochs < 1:
         raise ValueError(f"need at least one epoch, got {epochs}")
-    device = torch.device(device) if device is not None else pick_device()
-    amp = profile.amp and device.type == "cuda"
-    with folder_lock(run_dir):
-        loader, val_volumes = loaders_for(profile, cache_dir, run_dir)
-        state = _start_state(profile, run_dir, device, amp=amp, resume=resume, progress=progress)
-        _run_epochs(state, profile, loader, val_volumes, run_dir, device, epochs, amp=amp, progress=progress)
+    info = distributed_info(device)
+    device = info.device
+    precision = resolve_precision(profile.requested_precision, device)
+    progress = progress and info.is_main
+    try:
+        with run_folder_lock(run_dir, info):
+            loader, val_volumes = loaders_for(profile, cache_dir, run_dir, rank=info.rank,
+                                              world_size=info.world_size)
+            state = _start_state(profile, run_dir, device, precision=precision, resume=resume,
+                                 progress=progress, is_main=info.is_main)
+            config = state.model.config  # an as-run preset builds levels its forward pass never uses
+            unused = config.get("wired_levels", config["levels"]) < config["levels"]
+            state.model = wrap_model(state.model, info, find_unused_parameters=unused)
+            if profile.compile:
+                state.model = torch.compile(state.model)
+            _run_epochs(state, profile, loader, val_volumes, run_dir, device, epochs, precision=precision,
+                        progress=progress, info=info)
+            state.model = unwrap_model(state.model)
+            barrier()  # the other ranks leave when rank 0 has written the last checkpoint
+    finally:
+        if info.is_distributed:
+            cleanup()
     return TrainResult(history=pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                        best_checkpoint=checkpoint_dir(run_dir) / "best.pt",
                        last_checkpoint=checkpoint_dir(run_dir) / "last.pt", run_dir=run_dir,
@@ -466,8 +585,12 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
 
 
 def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run_dir: Path,
-                device: torch.device, epochs: int, *, amp: bool, progress: bool) -> None:
+                device: torch.device, epochs: int, *, precision: str = "fp32", progress: bool,
+                info: DistInfo | None = None) -> None:
     """The epochs after the last one of ``state.history`` up to ``epochs``, or until early stopping."""
+    info = info or DistInfo(device=device)
+    ranks = {"rank": info.rank, "world_size": info.world_size}
+    run = {"resolved_precision": precision, "world_size": info.world_size}
     loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
     start = len(state.history) + 1
     if state.stopper.should_stop and progress and start <= epochs:
@@ -478,14 +601,17 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch,
-               **train_epoch(state, loader, loss_fn, profile, device, epoch, amp=amp, progress=progress),
-               **validate(state.model, val_volumes, loss_fn, profile, device, amp=amp, progress=progress),
+               **train_epoch(state, loader, loss_fn, profile, device, epoch, precision=precision,
+                             progress=progress, **ranks),
+               **validate(state.model, val_volumes, loss_fn, profile, device, precision=precision,
+                          progress=progress, **ranks),
                "lr": lr, "seconds": time.perf_counter() - started}
         step_scheduler(state.scheduler, row["val_loss"])
         state.stopper.step(row["val_loss"])
         is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
-        _save_epoch(state, profile, run_dir, is_best=is_best)
+        if info.is_main:
+            _save_epoch(state, profile, run_dir, is_best=is_best, run=run)
         if progress:
             tqdm.write(_epoch_line(row, epochs))
         if state.stopper.should_stop:

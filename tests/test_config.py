@@ -77,3 +77,16 @@ def test_cli_applies_overrides_to_the_named_profile():
     args = cli.build_parser().parse_args(["train", "--profile", "ci", "--set", "epochs=7"])
     profile = cli.profile_from_args(args)
     assert profile.name == "ci" and profile.epochs == 7
+
+
+def test_precision_is_a_typed_override_and_amp_off_still_means_fp32():
+    from brats_utils.errors import ProfileError
+
+    get_profile = config.get_profile
+    args = cli.build_parser().parse_args(["train", "--set", "precision=bf16", "--set", "compile=True"])
+    profile = cli.profile_from_args(args)
+    assert (profile.precision, profile.requested_precision, profile.compile) == ("bf16", "bf16", True)
+    assert get_profile("ci").precision == "auto" and get_profile("ci").compile is False
+    assert get_profile("ci").with_overrides(amp=False).requested_precision == "fp32"
+    with pytest.raises(ProfileError, match="precision"):
+        config.parse_override("precision=fp8")

@@ -178,3 +178,41 @@ def test_two_process_ddp_on_gloo_trains_like_one_process(tmp_path):
     for epoch in range(2):
         a, b = set(rank0[4 * epoch:4 * epoch + 4]), set(rank1[4 * epoch:4 * epoch + 4])
         assert not a & b and a | b == set(range(8 * epoch, 8 * epoch + 8))
+
+
+def _torchrun_train(data: Path, port: int, *overrides: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items()
+           if key not in D.TORCHRUN_VARIABLES and key not in ("BRATS_PROFILE", "BRATS_SET")}
+    env.update(BRATS_DATA_DIR=str(data), OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "brats_utils", "train",
+               "--profile", "ci", "--set", "steps_per_epoch=4", *[f"--set={o}" for o in overrides]]
+    return subprocess.run(command, env=env, cwd=data, capture_output=True, text=True, timeout=240)
+
+
+def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes(tmp_path):
+    from brats_utils.checkpoints import load_checkpoint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    first = _torchrun_train(data, free_port(), "epochs=1")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.count("TrainResult:") == 1  # rank 0 reports, rank 1 does not
+    run_dir = data / "runs" / "ci"
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch_001.pt", "last.pt"]  # one checkpoint set, no temporary files
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "history.csv", "split.csv"]
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert checkpoint["config"]["world_size"] == 2 and checkpoint["epoch"] == 1
+    assert not any(key.startswith("module.") for key in checkpoint["model_state_dict"])  # unwrapped
+
+    second = _torchrun_train(data, free_port(), "epochs=3")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Resuming" in second.stdout + second.stderr
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert resumed["epoch"] == 3 and resumed["config"]["world_size"] == 2
+    assert resumed["history"][0] == checkpoint["history"][0]  # it continued from the first run's epoch
+    history = [row["train_loss"] for row in resumed["history"]]
+    assert history[-1] < history[0], history
+    lines = (run_dir / "history.csv").read_text().strip().splitlines()
+    assert len(lines) == 4  # header + 3 epochs, written once (by rank 0)

@@ -81,7 +81,7 @@ def test_one_window_over_the_whole_volume_equals_one_forward_pass():
     model = context_model()
     image = torch.randn(4, 16, 12, 8)
     expected = full_softmax(model, image)
-    result = sliding_window_predict(model, image, patch_size=(16, 12, 8))
+    result = sliding_window_predict(model, image, precision="fp32", patch_size=(16, 12, 8))
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -90,7 +90,7 @@ def test_volume_smaller_than_the_patch_is_padded_and_cropped_back():
     image = torch.randn(4, 10, 7, 12)
     padded = torch.nn.functional.pad(image, (0, 0, 0, 1, 1, 1))  # centred zero padding to 12 x 8 x 12
     expected = full_softmax(model, padded)[:, 1:11, 0:7, :]
-    result = sliding_window_predict(model, image.numpy(), patch_size=(12, 8, 12))
+    result = sliding_window_predict(model, image.numpy(), precision="fp32", patch_size=(12, 8, 12))
     assert result.shape == (4, 10, 7, 12) and result.dtype == torch.float32
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
 
@@ -99,24 +99,24 @@ def test_volume_smaller_than_the_patch_is_padded_and_cropped_back():
 def test_stitching_a_translation_equivariant_model_reproduces_the_full_volume(image, mode, overlap,
                                                                                sw_batch_size):
     model = pointwise_model()
-    result = sliding_window_predict(model, image, patch_size=(12, 12, 12), overlap=overlap, mode=mode,
-                                    sw_batch_size=sw_batch_size)
+    result = sliding_window_predict(model, image, precision="fp32", patch_size=(12, 12, 12), overlap=overlap,
+                                    mode=mode, sw_batch_size=sw_batch_size)
     torch.testing.assert_close(result, full_softmax(model, image), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(result.sum(dim=0), torch.ones(image.shape[1:]))
 
 
 def test_stitch_device_and_numpy_input_give_the_same_result(image):
     model = context_model()
-    a = sliding_window_predict(model, image, patch_size=(12, 12, 12))
-    b = sliding_window_predict(model, image.numpy(), patch_size=(12, 12, 12), stitch_device="cpu",
-                               sw_batch_size=5)
+    a = sliding_window_predict(model, image, precision="fp32", patch_size=(12, 12, 12))
+    b = sliding_window_predict(model, image.numpy(), precision="fp32", patch_size=(12, 12, 12),
+                               stitch_device="cpu", sw_batch_size=5)
     torch.testing.assert_close(a, b)
 
 
 def test_tta_with_a_flip_equivariant_model_equals_no_tta(image):
     model = pointwise_model()
-    plain = sliding_window_predict(model, image, patch_size=(12, 12, 12))
-    flipped = sliding_window_predict(model, image, patch_size=(12, 12, 12), tta=True)
+    plain = sliding_window_predict(model, image, precision="fp32", patch_size=(12, 12, 12))
+    flipped = sliding_window_predict(model, image, precision="fp32", patch_size=(12, 12, 12), tta=True)
     torch.testing.assert_close(flipped, plain, rtol=1e-5, atol=1e-6)
 
 
@@ -126,7 +126,7 @@ def test_tta_averages_the_eight_flipped_predictions():
     expected = torch.stack([full_softmax(model, image.flip([d - 1 for d in dims])).flip([d - 1 for d in dims])
                             for dims in ALL_FLIPS]).mean(dim=0)
     assert len(ALL_FLIPS) == 8
-    result = sliding_window_predict(model, image, patch_size=(12, 10, 8), tta=True)
+    result = sliding_window_predict(model, image, precision="fp32", patch_size=(12, 10, 8), tta=True)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(result, full_softmax(model, image), atol=1e-4)
 
@@ -134,8 +134,8 @@ def test_tta_averages_the_eight_flipped_predictions():
 def test_model_mode_is_restored_and_dropout_is_off_during_prediction():
     model = context_model().train()
     image = torch.randn(4, 8, 8, 8)
-    first = sliding_window_predict(model, image, patch_size=(8, 8, 8))
-    second = sliding_window_predict(model, image, patch_size=(8, 8, 8))
+    first = sliding_window_predict(model, image, precision="fp32", patch_size=(8, 8, 8))
+    second = sliding_window_predict(model, image, precision="fp32", patch_size=(8, 8, 8))
     assert model.training
     torch.testing.assert_close(first, second)
 
@@ -158,7 +158,8 @@ def test_flips_wrap_any_predictor_and_undo_themselves():
 def test_the_sliding_window_blends_any_predictor_and_an_ensemble_averages():
     model_a, model_b = pointwise_model(0).eval(), pointwise_model(1).eval()
     image = torch.randn(4, 20, 18, 16)
-    ensemble = average_predictors([softmax_predictor(model_a), softmax_predictor(model_b)])
+    ensemble = average_predictors([softmax_predictor(model_a, precision="fp32"),
+                                   softmax_predictor(model_b, precision="fp32")])
     blended = sliding_window(ensemble, image, patch_size=(8, 8, 8), overlap=0.5)
     expected = (full_softmax(model_a, image) + full_softmax(model_b, image)) / 2
     torch.testing.assert_close(blended, expected, rtol=1e-5, atol=1e-6)
@@ -259,3 +260,52 @@ def test_load_model_rebuilds_the_network_from_a_checkpoint(tmp_path):
     assert not loaded.training
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
+
+
+# --- precision and prefetch -----------------------------------------------------------------------
+
+
+def test_prediction_precision_is_resolved_per_device_and_fp32_is_exact(image):
+    model = context_model()
+    reference = full_softmax(model, image)
+    exact = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp32")
+    torch.testing.assert_close(exact, reference)
+    older = sliding_window_predict(model, image, patch_size=image.shape[1:], amp=False)  # the older spelling
+    torch.testing.assert_close(older, reference)
+    low = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="bf16")
+    assert (low - reference).abs().max() < 0.05  # bf16 logits: close, not equal
+    with pytest.raises(ValueError, match="fp16 is not supported on a CPU"):
+        sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp16")
+
+
+def test_inference_settings_follow_the_profile_precision():
+    profile = get_profile("ci")
+    assert inference_settings(profile).precision == "auto"
+    assert inference_settings(profile.with_overrides(precision="bf16")).precision == "bf16"
+    assert inference_settings(profile.with_overrides(amp=False)).precision == "fp32"
+
+
+def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp_path, monkeypatch):
+    import dataclasses
+    import threading
+
+    case, _, _ = oracle_case
+    cases = [case, dataclasses.replace(case, case_id="BraTS20_Training_008")]
+    settings = inference_settings(get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1))
+    model = context_model()
+    sequential = inference.predict_folder(model, cases[:2], tmp_path / "seq", settings, progress=False,
+                                          prefetch=False)
+    threads = []
+    prepare = inference.prepare_case
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "prepare_case", recording)
+    prefetched = inference.predict_folder(model, cases[:2], tmp_path / "pre", settings, progress=False)
+    assert [p.name for p in prefetched] == [p.name for p in sequential]
+    for a, b in zip(sequential, prefetched, strict=True):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+    assert len(threads) == 2 and all(name.startswith("prefetch") for name in threads)  # off the main thread
+    assert inference.predict_folder(model, [], tmp_path / "none", settings, progress=False) == []

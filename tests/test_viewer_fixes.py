@@ -22,11 +22,7 @@ import numpy as np
 import pytest
 
 from brats_utils import viz
-<<<<<<< HEAD
-from brats_utils.viz import volumes
-=======
 from brats_utils.viz import volumes  # the private sizes live in the module, not in the package
->>>>>>> teach
 
 pytest.importorskip("ipywidgets")
 

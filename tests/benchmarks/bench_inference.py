@@ -14,6 +14,12 @@ setting (several minutes; add ``BENCH_INFERENCE_TTA=0`` to skip the 8x test-time
 Our pipeline's own speed-up, cropping to the brain first, is measured on the same synthetic
 case, and test-time flips on that crop. ``BENCH_INFERENCE_REPEATS`` (default 2) runs of ours
 and MONAI alternate and the fastest of each is reported.
+
+The project's default CPU prediction, end to end from the loaded case (brain crop and normalisation,
+``precision="auto"``: bf16 on a CPU with native bf16, overlap 0.5, two windows per pass), is set
+against MONAI's default way on the same windows (its defaults: fp32, the uncropped grid, overlap 0.25,
+constant blending, one window per pass); the floor is one pass of the network over the whole crop in
+the same precision.
 """
 
 from __future__ import annotations
@@ -82,7 +88,39 @@ def _measure(method: str) -> dict:
     with torch.inference_mode():
         model(torch.zeros(1, 4, *patch))  # warm-up: oneDNN primitive creation for this shape
 
-    if method == "monai":
+    if method == "monai_default":
+        from monai.inferers import sliding_window_inference
+
+        def run():
+            with torch.inference_mode():
+                return sliding_window_inference(tensor[None], roi_size=patch, sw_batch_size=1,
+                                                predictor=lambda x: torch.softmax(model(x), dim=1))[0]
+    elif method in ("default", "floor"):
+        import torch.nn.functional as F
+
+        from brats_utils.io import LoadedCase
+        from brats_utils.precision import autocast
+        from brats_utils.preprocess import preprocess_case
+        from brats_utils.synthetic import synthesize_case
+
+        raw, _ = synthesize_case(shape=shape, seed=0)
+        cropped_shape = preprocess_case(LoadedCase("bench", raw, None, np.eye(4), None), margin=2).image.shape
+        with torch.inference_mode(), autocast("auto", "cpu"):  # warm-up in this precision and shape
+            model(torch.zeros(1, 4, *patch))
+            if method == "floor":
+                model(torch.zeros(1, *cropped_shape[:1], *(n + (-n) % 8 for n in cropped_shape[1:])))
+
+        def run():
+            cropped = preprocess_case(LoadedCase("bench", raw, None, np.eye(4), None), margin=2)
+            run.cropped_shape = cropped.image.shape[1:]
+            if method == "default":
+                return sliding_window_predict(model, cropped.image, patch_size=patch, overlap=0.5,
+                                              sw_batch_size=2, precision="auto")
+            image = torch.from_numpy(np.asarray(cropped.image, dtype=np.float32))
+            pad = [v for n in reversed(image.shape[1:]) for v in (0, (-n) % 8)]
+            with torch.inference_mode(), autocast("auto", "cpu"):
+                return torch.softmax(model(F.pad(image, pad)[None]).float(), dim=1)[0]
+    elif method == "monai":
         from monai.inferers import sliding_window_inference
 
         def run():
@@ -123,7 +161,7 @@ def _measure(method: str) -> dict:
     result = {"seconds": seconds, "network": model.seconds, "peak_mib": memory["MiB"]}
     if method in ("ours", "monai"):
         np.save(Path(os.environ["BENCH_OUT"]) / f"{method}.npy", output.numpy())
-    if method.startswith("crop"):
+    if method.startswith("crop") or method in ("default", "floor"):
         result["cropped_shape"] = [int(n) for n in run.cropped_shape]
     return result
 
@@ -135,6 +173,35 @@ def _child(method: str, out_dir: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {method!r} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _default_against_monai(out: Path, have_monai: bool) -> None:
+    """The project's default CPU prediction and its floor against MONAI's default way, side by side."""
+    import torch
+
+    from brats_utils.precision import resolve_precision
+
+    if not have_monai:
+        return
+    repeats = int(os.environ.get("BENCH_INFERENCE_REPEATS", "2"))
+    methods = ("default", "floor", "monai_default")
+    runs = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m in methods:
+            runs[m].append(_child(m, out))
+    best = {m: min(r["seconds"] for r in rs) for m, rs in runs.items()}
+    peak = {m: max(r["peak_mib"] for r in rs) for m, rs in runs.items()}
+    precision = resolve_precision("auto", torch.device("cpu"))
+    crop = tuple(runs["default"][0]["cropped_shape"])
+    print(f"default prediction: crop {crop}, precision auto = {precision}, overlap 0.5, 2 windows per pass; "
+          f"MONAI's default: fp32, uncropped, overlap 0.25, constant, 1 window per pass (best of {repeats})")
+    labels = {"default": "ours, default", "floor": f"floor (1 {precision} pass)",
+              "monai_default": "MONAI default"}
+    for m in methods:
+        print(f"{labels[m]:<22}{best[m]:7.2f} s   peak +{peak[m]:6.0f} MiB   "
+              f"{best[m] / best['monai_default']:.3f} of MONAI's time")
+    print(f"ours default / MONAI default: {best['default'] / best['monai_default']:.3f} (target <= 0.10; "
+          f"floor {best['floor'] / best['monai_default']:.3f})")
 
 
 def main() -> None:
@@ -182,6 +249,7 @@ def main() -> None:
         print(f"ours, brain crop {crop['seconds']:7.1f} s   peak +{crop['peak_mib']:6.0f} MiB   "
               f"(crop {tuple(crop['cropped_shape'])}: {best['ours'] / crop['seconds']:.2f}x faster "
               "than the whole volume)")
+        _default_against_monai(out, have_monai)
         if os.environ.get("BENCH_INFERENCE_TTA", "1") != "0":
             tta = _child("crop_tta", out)
             print(f"  + 8-flip TTA   {tta['seconds']:7.1f} s   peak +{tta['peak_mib']:6.0f} MiB   "

@@ -23,6 +23,7 @@ from brats_utils.config import get_profile
 from brats_utils.download import find_dataset
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
+from brats_utils.precision import grad_scaler, resolve_precision
 from brats_utils.preprocess import build_cache
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.train import loaders_for, pick_device, train_step
@@ -48,8 +49,8 @@ def time_steps(loader, device: torch.device, steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     model = build_model("paper", dropout=profile.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    precision = resolve_precision(profile.requested_precision, device)
+    scaler = grad_scaler(precision, device)
     loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
 
     iterator = forever(loader)
@@ -60,7 +61,8 @@ def time_steps(loader, device: torch.device, steps: int) -> tuple[float, float]:
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         _synchronize(device)
         loaded = time.perf_counter()
-        train_step(model, image, label, loss_fn, optimizer, scaler, clip_norm=profile.grad_clip_norm, amp=amp)
+        train_step(model, image, label, loss_fn, optimizer, scaler, clip_norm=profile.grad_clip_norm,
+                   precision=precision)
         _synchronize(device)
         if step > 0:  # the first step also starts the workers and warms the kernels
             waiting += loaded - started
