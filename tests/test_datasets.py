@@ -110,7 +110,7 @@ def test_a_model_predicts_another_dataset_in_that_dataset_labels(layout_roots, s
     """A network (fixed weights, standing in for one trained on BraTS 2020) segments MSD cases as MSD."""
     torch.manual_seed(0)
     model = UNet3D(base_filters=4, levels=2, units_per_block=1, dropout=0.0)
-    settings = InferenceSettings(patch_size=(16, 16, 16), sw_batch_size=1, amp=False, margin=1)
+    settings = InferenceSettings(patch_size=(16, 16, 16), sw_batch_size=1, precision="fp32", margin=1)
     msd_case = find_dataset(layout_roots["msd"])[0]
     source = source_cases(synthetic_root)[read_case_map(layout_roots["msd"])[msd_case.case_id]]
     (msd_path,) = predict_folder(model, [msd_case], tmp_path / "msd", settings, progress=False)

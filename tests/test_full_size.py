@@ -49,11 +49,11 @@ def test_a_full_size_case_trains_predicts_and_exports(full_case: tuple[Case, Pat
     assert image.shape == (4, 32, 32, 32) and labels.max() > 0
     loss, grad_norm = train_step(model, image[None], labels[None], CombinedLoss(),
                                  torch.optim.Adam(model.parameters(), lr=1e-3),
-                                 torch.amp.GradScaler("cpu", enabled=False), clip_norm=1.0, amp=False)
+                                 torch.amp.GradScaler("cpu", enabled=False), clip_norm=1.0, precision="fp32")
     assert torch.isfinite(loss) and torch.isfinite(grad_norm)
 
     # prediction: the full-size grid's windows and stitching, with a 1x1x1 convolution for speed
-    settings = InferenceSettings(patch_size=(128, 128, 128), sw_batch_size=1, amp=False, margin=1)
+    settings = InferenceSettings(patch_size=(128, 128, 128), sw_batch_size=1, precision="fp32", margin=1)
     out = tmp_path / f"{case.case_id}.nii.gz"
     pointwise = nn.Conv3d(4, 4, kernel_size=1).eval()
     predicted = predict_case(pointwise, case, settings, out_path=out, device="cpu")
