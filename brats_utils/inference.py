@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from brats_utils.io import Case, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
 from brats_utils.preprocess import CropMeta, preprocess_case, uncrop
+from brats_utils.regions import predictor_for, probs_to_labels
 
 Shape3D = tuple[int, int, int]
 
@@ -236,6 +237,7 @@ def sliding_window_predict(
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = ALL_FLIPS,
     stitch_device: str | torch.device | None = None,
+    target: str = "labels",
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
@@ -245,9 +247,10 @@ def sliding_window_predict(
     over the image by :func:`sliding_window` (see there for the other arguments). The
     model runs on ``device`` (default: where its parameters are), in eval mode (restored
     after). When a single window covers the volume the result is one forward pass's softmax.
+    ``target="regions"`` (a region model, :mod:`brats_utils.regions`) gives sigmoid WT/TC/ET instead.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    predictor = softmax_predictor(model, amp=amp)
+    predictor = predictor_for(model, target, amp=amp)
     if tta:
         predictor = with_flips(predictor, tta_flips)
     was_training = model.training
@@ -276,14 +279,17 @@ class InferenceSettings:
     tta: bool = False
     tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS
     margin: int = 2
+    target: str = "labels"  # "regions": sigmoid WT/TC/ET, converted by brats_utils.regions
 
 
-def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020) -> np.ndarray:
+def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020,
+                     target: str = "labels") -> np.ndarray:
     """Argmax of cropped probabilities ``[K, h, w, d]``, on the original grid, in ``scheme``'s file labels.
 
-    Outside the crop there is no brain: background with probability 1, i.e. label 0.
+    Outside the crop there is no brain: background with probability 1, i.e. label 0. For
+    ``target="regions"`` the three sigmoids go through :func:`brats_utils.regions.regions_to_labels`.
     """
-    train_labels = uncrop(probs.argmax(dim=0).to(torch.uint8).numpy(), meta, fill=0)
+    train_labels = uncrop(probs_to_labels(probs, target).numpy(), meta, fill=0)
     return to_file_labels(train_labels, scheme=scheme).astype(np.uint8)
 
 
@@ -307,9 +313,9 @@ def predict_case(
     probs = sliding_window_predict(
         model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
         sw_batch_size=settings.sw_batch_size, device=device, amp=settings.amp, tta=settings.tta,
-        tta_flips=settings.tta_flips,
+        tta_flips=settings.tta_flips, target=settings.target,
     )
-    labels = to_original_grid(probs, cropped.meta, case.scheme)
+    labels = to_original_grid(probs, cropped.meta, case.scheme, settings.target)
     if out_path is not None:
         save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header, scheme=case.scheme)
     return labels

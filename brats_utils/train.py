@@ -53,9 +53,9 @@ from brats_utils.errors import CheckpointError
 from brats_utils.files import folder_lock, write_csv_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import REGION_COLORS
-from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import region_dice_torch
 from brats_utils.model import build_model
+from brats_utils.regions import loss_for, output_channels, probs_to_labels, probs_to_logits
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
@@ -202,9 +202,9 @@ def validate(model: nn.Module, volumes, loss_fn: nn.Module, profile: Profile, de
         image, label, _case_id = volumes[index]
         probs = sliding_window_predict(model, image, patch_size=profile.sw_patch_size,
                                        overlap=profile.sw_overlap, sw_batch_size=profile.sw_batch_size,
-                                       device=device, amp=amp)
-        loss = loss_fn(torch.log(probs.clamp_min(1e-8))[None], label[None])
-        dice = region_dice_torch(probs.argmax(dim=0), label)
+                                       device=device, amp=amp, target=profile.target)
+        loss = loss_fn(probs_to_logits(probs, profile.target)[None], label[None])
+        dice = region_dice_torch(probs_to_labels(probs, profile.target), label)
         scores = {"val_loss": float(loss), "val_paper_dice": dice["PaperDice"],
                   **{f"val_dice_{region}": dice[f"Dice_{region}"] for region in ("WT", "TC", "ET")}}
         for key, value in scores.items():
@@ -283,8 +283,9 @@ class TrainingState:
     @classmethod
     def create(cls, profile: Profile, device: torch.device, *, amp: bool) -> TrainingState:
         """A fresh model (seeded with ``profile.seed``) and the paper's optimiser, schedule and stopper."""
-        seed_everything(profile.seed)
-        model = build_model(profile.model_preset, dropout=profile.dropout).to(device)
+        seed_everything(profile.seed if profile.init_seed is None else profile.init_seed)
+        model = build_model(profile.model_preset, dropout=profile.dropout,
+                            num_classes=output_channels(profile.target)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=profile.plateau_factor, patience=profile.plateau_patience,
@@ -320,7 +321,7 @@ class TrainingState:
 def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profile, device: torch.device,
                 epoch: int, *, amp: bool, progress: bool = False) -> dict[str, float]:
     """One epoch of optimisation; returns the mean training loss and mean gradient norm (before clipping)."""
-    seed_everything(profile.seed, epoch)
+    seed_everything(profile.seed if profile.init_seed is None else profile.init_seed, epoch)
     state.model.train()
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
@@ -417,7 +418,8 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
 def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run_dir: Path,
                 device: torch.device, epochs: int, *, amp: bool, progress: bool) -> None:
     """The epochs after the last one of ``state.history`` up to ``epochs``, or until early stopping."""
-    loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
+    loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
+                       batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
     start = len(state.history) + 1
     if state.stopper.should_stop and progress and start <= epochs:
         tqdm.write(f"This run stopped early at epoch {start - 1}; use resume=False to start over.")
