@@ -43,7 +43,7 @@ def test_training_labels_use_et_three():
 
 
 def test_the_empty_mask_rule_is_what_the_post_processing_fixes():
-    truth, prediction = case(0), case(3)  # a truth without ET, three false ET voxels
+    truth, prediction = case(0, oedema=23), case(3)  # a truth without ET; three of its oedema voxels called ET
     before = case_metrics(prediction, truth)
     after = case_metrics(suppress_small_et(prediction, 10), truth)
     assert (before["Dice_ET"], before["Hausdorff95_ET"]) == (0.0, pytest.approx(373.12866))
