@@ -1,4 +1,4 @@
-"""Beyond the paper (notebook 08): the paper's future work and the BraTS 2020 winner's tricks, in one fair study.
+"""Beyond the paper (notebook 08): the paper's future work and the BraTS 2020 winner's tricks, one study.
 
 Every *variant* changes one thing of the paper's recipe (:data:`VARIANTS`) and is trained with the
 architecture study's machinery (:func:`brats_utils.compare.measure_preset`: the same data, split,
@@ -128,7 +128,7 @@ def ensemble_predict(models: Sequence[nn.Module], image: np.ndarray | torch.Tens
 def foreign_copy(image: torch.Tensor, label: torch.Tensor, *, scale: float = 1.25,
                  offset: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
     """A foreign-looking copy of a cropped case: axes X and Y flipped (RAS instead of LPS), and the
-    normalised intensities inside the brain (non-zero voxels) scaled by ``scale`` and shifted by ``offset``."""
+    normalised intensities inside the brain (non-zero voxels) scaled by ``scale``, shifted by ``offset``."""
     flipped = image.flip((1, 2))
     brain = flipped != 0
     return torch.where(brain, flipped * scale + offset, flipped), label.flip((0, 1))
@@ -147,8 +147,9 @@ def predict_volumes(predictor: Predictor, volumes, profile: Profile, device: tor
             image, label = foreign_copy(image, label)
         started = time.perf_counter()
         with torch.inference_mode():
-            probs = sliding_window(predictor, image, patch_size=profile.sw_patch_size, overlap=profile.sw_overlap,
-                                   sw_batch_size=profile.sw_batch_size, device=device)
+            probs = sliding_window(predictor, image, patch_size=profile.sw_patch_size,
+                                   overlap=profile.sw_overlap, sw_batch_size=profile.sw_batch_size,
+                                   device=device)
         seconds += time.perf_counter() - started
         predictions.append(to_file_labels(probs_to_labels(probs, profile.target).numpy()))
         truths.append(to_file_labels(label.numpy().astype(np.uint8)))
@@ -172,7 +173,8 @@ def _volumes(profile: Profile, cache_dir: Path, run_dir: Path) -> tuple[VolumeDa
 
 def _score(predictor: Predictor, profile: Profile, held_out, device: torch.device) -> tuple[dict, list, list]:
     predictions, truths, seconds = predict_volumes(predictor, held_out, profile, device)
-    foreign_predictions, foreign_truths, _ = predict_volumes(predictor, held_out, profile, device, foreign=True)
+    foreign_predictions, foreign_truths, _ = predict_volumes(predictor, held_out, profile, device,
+                                                             foreign=True)
     row = {**mean_scores(predictions, truths),
            **{k: v for k, v in mean_scores(foreign_predictions, foreign_truths, "foreign ").items()
               if "Dice" in k},
@@ -182,7 +184,7 @@ def _score(predictor: Predictor, profile: Profile, held_out, device: torch.devic
 
 def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_dir: Path,
                 device: torch.device, *, progress: bool = True) -> dict:
-    """Train one variant with one seed (resumable), measure its cost, score it; also the post-processed row."""
+    """Train one variant with one seed (resumable), measure its cost, score it (+ the post-processed row)."""
     study = variant_profile(profile, variant, seed)
     trained = compare.measure_preset(study.model_preset, study, cache_dir, run_dir, device, progress=progress)
     study = compare.study_profile(study, study.model_preset)
@@ -233,7 +235,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, out_dir: Path | None =
         processed = row.pop("postprocessed", None)
         runs.append({"variant": variant, "seed": seed, **_static(variant), **row})
         if processed is not None:
-            not_measured = {f"foreign Dice_{r}": np.nan for r in REGIONS}  # the rule is scored on held-out cases
+            not_measured = {f"foreign Dice_{r}": np.nan for r in REGIONS}  # scored on held-out cases only
             runs.append({**runs[-1], "variant": POSTPROCESSED, **not_measured, **processed})
         write_csv_atomic(pd.DataFrame(runs), out_dir / "runs.csv")
     runs.append(_ensemble_row(profile, cache_dir, out_dir, device))
@@ -288,7 +290,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_study(table: pd.DataFrame) -> Figure:
-    """Held-out Dice per region (mean ± std over seeds) and foreign-data Dice, one group of bars per variant."""
+    """Held-out and foreign-copy Dice per region (mean ± std over seeds), one group of bars per variant."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), layout="constrained", sharey=True)

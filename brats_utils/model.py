@@ -45,8 +45,8 @@ from brats_utils.attention import AttentionGate
 from brats_utils.config import PAPER_PRESETS, PRESETS
 
 __all__ = ["FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D", "build_model", "conv_block",
-           "count_parameters", "count_trained_parameters", "init_weights_", "model_costs", "pad_and_concat", "pad_like",
-           "receptive_field", "trace_layers", "used_parameters"]
+           "count_parameters", "count_trained_parameters", "init_weights_", "model_costs", "pad_and_concat",
+           "pad_like", "receptive_field", "trace_layers", "used_parameters"]
 
 #: Negative slope of every LeakyReLU (the authors' value); also sets the Kaiming gain.
 LEAKY_SLOPE = 0.01
@@ -132,7 +132,7 @@ class UNet3D(nn.Module):
             "levels": levels, "units_per_block": units_per_block, "dropout": dropout,
             "wired_levels": wired_levels,
         }
-        if attention_gates:  # only when set, so the configs of plain models (and their checkpoints) stay as they were
+        if attention_gates:  # only when set: plain models keep their configs (and checkpoints) as they were
             self.config["attention_gates"] = True
         self.attention_gates = attention_gates
         self.levels = levels

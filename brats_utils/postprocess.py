@@ -35,7 +35,7 @@ def et_voxels(labels: np.ndarray, *, et_label: int = ET_LABEL) -> int:
 
 def suppress_small_et(labels: np.ndarray, min_voxels: int, *, et_label: int = ET_LABEL,
                       replacement: int = NCR_LABEL) -> np.ndarray:
-    """A copy of ``labels`` whose ET is relabelled ``replacement`` when it has fewer than ``min_voxels`` voxels.
+    """A copy of ``labels``, its ET relabelled ``replacement`` when it has fewer than ``min_voxels`` voxels.
 
     Defaults are BraTS 2020 file labels (ET 4 → NCR/NET 1); for training labels pass ``et_label=3``.
     ``min_voxels=0`` changes nothing. An ET of exactly ``min_voxels`` voxels is kept.
@@ -73,7 +73,8 @@ def et_threshold_table(predictions: Sequence[np.ndarray], truths: Sequence[np.nd
         scores = []
         for prediction, truth, size in zip(predictions, truth_et, sizes, strict=True):
             dropped = 0 < size < threshold
-            scores.append(dice(np.zeros_like(truth) if dropped else np.asarray(prediction) == et_label, truth))
+            predicted = np.zeros_like(truth) if dropped else np.asarray(prediction) == et_label
+            scores.append(dice(predicted, truth))
         rows.append({"threshold": int(threshold), "mean ET Dice": float(np.mean(scores)),
                      "cases changed": sum(0 < size < threshold for size in sizes)})
     return pd.DataFrame(rows)

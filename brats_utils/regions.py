@@ -1,4 +1,4 @@
-"""Region-based training (nnU-Net's BraTS recipe): three sigmoid outputs WT, TC, ET instead of a 4-class softmax.
+"""Region-based training (nnU-Net's BraTS recipe): three sigmoids WT, TC, ET instead of a 4-class softmax.
 
 BraTS does not score the four labels; it scores three *nested regions* (:data:`~brats_utils.labels.
 TRAIN_REGIONS`): whole tumour WT = {1, 2, 3}, tumour core TC = {1, 3}, enhancing tumour ET = {3} in
@@ -56,13 +56,15 @@ def output_channels(target: str) -> int:
 
 
 def labels_to_regions(labels: torch.Tensor) -> torch.Tensor:
-    """Training labels ``[B, X, Y, Z]`` (0..3) to binary region targets ``[B, 3, X, Y, Z]`` (float, WT/TC/ET)."""
+    """Training labels ``[B, X, Y, Z]`` (0..3) to binary region targets ``[B, 3, X, Y, Z]`` (WT, TC, ET)."""
     labels = labels.long()
-    masks = [torch.isin(labels, torch.tensor(TRAIN_REGIONS[name], device=labels.device)) for name in REGION_ORDER]
+    masks = [torch.isin(labels, torch.tensor(TRAIN_REGIONS[name], device=labels.device))
+             for name in REGION_ORDER]
     return torch.stack(masks, dim=1).float()
 
 
-def regions_to_labels(regions: torch.Tensor | np.ndarray, threshold: float = 0.5) -> torch.Tensor | np.ndarray:
+def regions_to_labels(regions: torch.Tensor | np.ndarray,
+                      threshold: float = 0.5) -> torch.Tensor | np.ndarray:
     """Region probabilities or masks ``[3, ...]`` (WT, TC, ET) to training labels ``[...]`` (uint8 0..3).
 
     A region is "on" where its value exceeds ``threshold``; then ET → 3, TC ∖ ET → 1, WT ∖ TC → 2,
@@ -152,7 +154,7 @@ def loss_for(target: str = "labels", *, ce_weight: float = 0.3, dice_weight: flo
 
 
 def predictor_for(model: nn.Module, target: str = "labels", *, amp: bool = True) -> Callable:
-    """A sliding-window predictor (batch of windows → probabilities): softmax for labels, sigmoid for regions."""
+    """A sliding-window predictor (windows → probabilities): softmax for labels, sigmoid for regions."""
     activation = {"labels": lambda logits: torch.softmax(logits, dim=1), "regions": torch.sigmoid}
     output_channels(target)
 
@@ -166,16 +168,17 @@ def predictor_for(model: nn.Module, target: str = "labels", *, amp: bool = True)
 
 
 def probs_to_labels(probs: torch.Tensor, target: str = "labels") -> torch.Tensor:
-    """Training labels (uint8) from probabilities ``[K, ...]``: argmax (labels) or the region rule (regions)."""
+    """Training labels (uint8) from probabilities ``[K, ...]``: argmax (labels), the region rule (regions)."""
     if output_channels(target) != probs.shape[0]:
-        raise ValueError(f"{target} probabilities need {output_channels(target)} channels, got {probs.shape[0]}")
+        raise ValueError(f"{target} probabilities need {output_channels(target)} channels, "
+                         f"got {probs.shape[0]}")
     if target == "regions":
         return regions_to_labels(probs)
     return probs.argmax(dim=0).to(torch.uint8)
 
 
 def probs_to_logits(probs: torch.Tensor, target: str = "labels") -> torch.Tensor:
-    """Logits whose activation gives back ``probs``: ``log p`` under softmax, ``log(p / (1 - p))`` under sigmoid.
+    """Logits whose activation gives ``probs`` back: ``log p`` (softmax), ``log(p / (1 - p))`` (sigmoid).
 
     The validation computes its loss from blended probabilities this way (clamped away from 0 and 1).
     """

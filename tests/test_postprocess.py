@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from brats_utils.metrics import case_metrics
-from brats_utils.postprocess import (candidate_thresholds, choose_et_threshold, et_threshold_table,
-                                     suppress_small_et)
+from brats_utils.postprocess import (
+    candidate_thresholds,
+    choose_et_threshold,
+    et_threshold_table,
+    suppress_small_et,
+)
 
 
 def case(et_voxels: int, *, oedema: int = 20, shape=(10, 10, 10)) -> np.ndarray:
@@ -43,7 +47,7 @@ def test_training_labels_use_et_three():
 
 
 def test_the_empty_mask_rule_is_what_the_post_processing_fixes():
-    truth, prediction = case(0, oedema=23), case(3)  # a truth without ET; three of its oedema voxels called ET
+    truth, prediction = case(0, oedema=23), case(3)  # no true ET; three oedema voxels called ET
     before = case_metrics(prediction, truth)
     after = case_metrics(suppress_small_et(prediction, 10), truth)
     assert (before["Dice_ET"], before["Hausdorff95_ET"]) == (0.0, pytest.approx(373.12866))

@@ -1,4 +1,4 @@
-"""Region-based training: WT/TC/ET targets, the conversion back to BraTS labels, the region loss, the options."""
+"""Region-based training: WT/TC/ET targets, the conversion back to BraTS labels, the region loss, options."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ from brats_utils import config
 from brats_utils.labels import FILE_LABELS, check_labels, to_file_labels
 from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import case_metrics
-from brats_utils.regions import (RegionLoss, labels_to_regions, loss_for, output_channels, predictor_for,
-                                 probs_to_labels, probs_to_logits, regions_to_labels)
+from brats_utils.regions import (
+    RegionLoss,
+    labels_to_regions,
+    loss_for,
+    output_channels,
+    predictor_for,
+    probs_to_labels,
+    probs_to_logits,
+    regions_to_labels,
+)
 
 
 def random_labels(shape=(2, 12, 10, 8), seed=0) -> torch.Tensor:
