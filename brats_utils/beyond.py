@@ -163,8 +163,8 @@ def mean_scores(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray],
     return {f"{prefix}{column}": float(per_case[column].mean()) for column in columns}
 
 
-def _volumes(profile: Profile, cache_dir: Path, run_dir: Path) -> tuple[VolumeDataset, VolumeDataset]:
-    """Held-out (validation split) and training volumes of the run's split."""
+def split_volumes(profile: Profile, cache_dir: Path, run_dir: Path) -> tuple[VolumeDataset, VolumeDataset]:
+    """Held-out (validation split) and training volumes of the split saved in ``run_dir``."""
     _, held_out = loaders_for(profile, cache_dir, run_dir)
     split = pd.read_csv(run_dir / "split.csv")
     train_ids = split.loc[split["split"] == "train", "case_id"]
@@ -190,7 +190,7 @@ def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_
     study = compare.study_profile(study, study.model_preset)
     model = load_model(run_dir / "checkpoints" / "best.pt", device=device)
     predictor = predictor_for(model, study.target, amp=study.amp)
-    held_out, training = _volumes(study, cache_dir, run_dir)
+    held_out, training = split_volumes(study, cache_dir, run_dir)
     scores, predictions, truths = _score(predictor, study, held_out, device)
     row = {"seconds per training step": trained["seconds per training step"],
            "training minutes": trained["training minutes"], **scores}
@@ -256,7 +256,7 @@ def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torc
     run_dirs = [out_dir / "paper" / f"seed{seed}" for seed in seeds(profile)]
     models = [load_model(run_dir / "checkpoints" / "best.pt", device=device) for run_dir in run_dirs]
     study = compare.study_profile(variant_profile(profile, "paper", profile.seed), "paper")
-    held_out, _ = _volumes(study, cache_dir, run_dirs[0])
+    held_out, _ = split_volumes(study, cache_dir, run_dirs[0])
     scores, _, _ = _score(ensemble_predictor(models, amp=study.amp), study, held_out, device)
     static = _static("paper")
     return {"variant": ENSEMBLE, "seed": -1, "parameters": static["parameters"] * len(models),
