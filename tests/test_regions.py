@@ -97,7 +97,8 @@ def test_probabilities_to_labels_and_logits_follow_the_target():
 
 def test_region_predictor_gives_sigmoids_of_three_channels():
     model = torch.nn.Conv3d(4, output_channels("regions"), 1)
-    out = predictor_for(model, "regions")(torch.randn((1, 4, 6, 6, 6)))
+    with torch.no_grad():
+        out = predictor_for(model, "regions")(torch.randn((1, 4, 6, 6, 6)))
     assert out.shape == (1, 3, 6, 6, 6) and float(out.min()) >= 0 and float(out.max()) <= 1
 
 
@@ -107,3 +108,22 @@ def test_profile_fields_for_the_target_and_the_loss_variants():
     assert profile.with_overrides(target="regions").target == "regions"
     with pytest.raises(config.ProfileError):
         profile.with_overrides(target="voxels")
+
+
+def test_a_region_model_exports_brats_labels_on_the_original_grid(synthetic_root, synthetic_shape):
+    from brats_utils import pipeline
+    from brats_utils.download import find_dataset
+    from brats_utils.inference import predict_case
+    from brats_utils.model import build_model
+
+    settings = pipeline.inference_settings(config.get_profile("ci").with_overrides(target="regions"))
+    assert settings.target == "regions"
+    torch.manual_seed(0)
+    model = build_model("paper", num_classes=3).eval()
+    with torch.no_grad():  # a head that calls every region somewhere: bias the three sigmoids up
+        model.final_conv.bias.fill_(0.5)
+    case = find_dataset(synthetic_root, split="training")[0]
+    labels = predict_case(model, case, settings, device="cpu")
+    assert labels.shape == synthetic_shape and labels.dtype == np.uint8
+    check_labels(labels, FILE_LABELS)
+    assert 4 in np.unique(labels)
