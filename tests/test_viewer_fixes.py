@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from brats_utils import viz
+from brats_utils.viz import volumes as viz
 
 pytest.importorskip("ipywidgets")
 
