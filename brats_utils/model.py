@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brats_utils.attention import AttentionGate
-from brats_utils.config import PAPER_PRESETS, PRESETS
+from brats_utils.config import EXTRA_PRESETS, PAPER_PRESETS, PRESETS
 
 __all__ = ["FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D", "build_model", "conv_block",
            "count_parameters", "count_trained_parameters", "init_weights_", "model_costs", "pad_and_concat",
@@ -231,9 +231,10 @@ def build_model(preset: str = "paper", **overrides: object) -> UNet3D:
     Raises ``KeyError`` naming the known presets when ``preset`` is unknown.
     """
     try:
-        config = PRESETS[preset]
+        config = (PRESETS | EXTRA_PRESETS)[preset]
     except KeyError:
-        raise KeyError(f"Unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}") from None
+        known = ", ".join(PRESETS | EXTRA_PRESETS)
+        raise KeyError(f"Unknown model preset {preset!r}; known presets: {known}") from None
     return UNet3D(**{**config, **overrides})
 
 
