@@ -54,9 +54,9 @@ from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS
-from brats_utils.losses import CombinedLoss
 from brats_utils.model import FULL_VOLUME, PRESETS, build_model
 from brats_utils.precision import grad_scaler, resolve_precision
+from brats_utils.regions import loss_for, output_channels
 from brats_utils.train import pick_device, train, train_step
 from brats_utils.viz import preset_summary, save_figure
 
@@ -187,8 +187,10 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
     image = torch.randn((profile.batch_size, len(MODALITIES), *shape), generator=generator)
     label = torch.randint(0, len(TRAIN_LABELS), (profile.batch_size, *shape), generator=generator)
     with peak_memory(device) as memory:
-        model = build_model(preset, dropout=profile.dropout).to(device).train()
-        loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
+        model = build_model(preset, dropout=profile.dropout, num_classes=output_channels(profile.target))
+        model = model.to(device).train()
+        loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
+                           batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
         scaler = grad_scaler(precision, device)
         image, label = image.to(device), label.to(device)
@@ -218,7 +220,7 @@ def measure_inference(model: torch.nn.Module, profile: Profile, device: torch.de
     settings = {"patch_size": profile.sw_patch_size, "overlap": profile.sw_overlap,
                 "sw_batch_size": profile.sw_batch_size, "device": device,
                 "precision": profile.requested_precision, "tta": profile.tta,
-                "tta_flips": tta_flips(augmentation_for(profile.augmentation))}
+                "tta_flips": tta_flips(augmentation_for(profile.augmentation)), "target": profile.target}
     sliding_window_predict(model, volume[(slice(None), *(slice(0, p) for p in profile.sw_patch_size))],
                            **settings)
     with peak_memory(device) as memory:

@@ -56,6 +56,9 @@ PRESETS: dict[str, dict] = {
     "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
 }
 PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
+#: Presets beyond the paper (notebook 08), kept out of PRESETS so that the paper's tables list its models:
+#: attention gates (Oktay et al., 2018) on the paper model's skip connections.
+EXTRA_PRESETS: dict[str, dict] = {"paper_attention": {**PRESETS["paper"], "attention_gates": True}}  # +1,330
 #: The five models of the paper, smallest first.
 PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
 
@@ -177,6 +180,14 @@ class Profile:
     compare_epochs: int = 1
     compare_steps_per_epoch: int | None = None
 
+    # beyond the paper (notebook 08, brats_utils.regions and brats_utils.beyond)
+    target: Literal["labels", "regions"] = "labels"  # "regions": 3 sigmoids WT/TC/ET (nnU-Net's BraTS)
+    batch_dice: bool = False  # one Dice per class over the whole batch (the paper's wording)
+    dice_include_background: bool = True  # False: Dice over the tumour classes only
+    init_seed: int | None = None  # seeds initialisation and dropout (None: seed); the split keeps seed
+    beyond_variants: tuple[str, ...] = ()  # () : every variant of brats_utils.beyond.VARIANTS
+    beyond_seeds: int = 3
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             check_field(field.name, getattr(self, field.name))
@@ -297,7 +308,8 @@ def _check_ranges(p: Profile) -> None:
              "batch_size": p.batch_size, "epochs": p.epochs, "checkpoint_every": p.checkpoint_every,
              "sw_batch_size": p.sw_batch_size, "compare_epochs": p.compare_epochs,
              "steps_per_epoch": p.steps_per_epoch, "max_cases": p.max_cases, "max_val_cases": p.max_val_cases,
-             "compare_steps_per_epoch": p.compare_steps_per_epoch, "cosine_t_max": p.cosine_t_max}
+             "compare_steps_per_epoch": p.compare_steps_per_epoch, "cosine_t_max": p.cosine_t_max,
+             "beyond_seeds": p.beyond_seeds}
     shapes = {"synthetic_shape": p.synthetic_shape, "patch_size": p.patch_size,
               "sw_patch_size": p.sw_patch_size}
     problems += [f"{name}={value} is not positive" for name, value in sizes.items()
@@ -312,9 +324,10 @@ def _check_ranges(p: Profile) -> None:
         problems.append(f"n_folds={p.n_folds} is below 2")
     if p.fold is not None and not 0 <= p.fold < p.n_folds:
         problems.append(f"fold={p.fold} is not in [0, n_folds={p.n_folds})")
-    unknown = [preset for preset in (p.model_preset, *p.compare_presets) if preset not in PRESETS]
+    known = PRESETS | EXTRA_PRESETS
+    unknown = [preset for preset in (p.model_preset, *p.compare_presets) if preset not in known]
     if unknown:
-        problems.append(f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(PRESETS)})")
+        problems.append(f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(known)})")
     if problems:
         raise ProfileError(f"profile {p.name!r}: " + "; ".join(problems))
 
@@ -345,6 +358,7 @@ PROFILES: dict[str, Profile] = {
         compare_presets=("paper", "l4_f16", "l4_f16_as_run"),
         compare_epochs=1,
         compare_steps_per_epoch=2,
+        beyond_seeds=1,
     ),
     "demo": Profile(
         name="demo",

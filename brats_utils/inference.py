@@ -42,8 +42,9 @@ from tqdm.auto import tqdm
 
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
-from brats_utils.precision import autocast, to_channels_last, use_channels_last
+from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, PreprocessedCase, preprocess_case, uncrop
+from brats_utils.regions import predictor_for, probs_to_labels
 
 Shape3D = tuple[int, int, int]
 
@@ -140,16 +141,7 @@ def softmax_predictor(model: nn.Module, *, precision: str = "auto", amp: bool | 
     ``channels_last_3d`` (convert the model once with :func:`~brats_utils.precision.to_channels_last`).
     ``amp=False`` is the older spelling of ``precision="fp32"``.
     """
-    requested = _requested(precision, amp)
-
-    def predict(batch: torch.Tensor) -> torch.Tensor:
-        if use_channels_last(requested, batch.device):
-            batch = to_channels_last(batch)
-        with autocast(requested, batch.device):
-            logits = model(batch)
-        return torch.softmax(logits.float(), dim=1)
-
-    return predict
+    return predictor_for(model, "labels", precision=_requested(precision, amp))
 
 
 def average_predictors(predictors: Sequence[Predictor]) -> Predictor:
@@ -253,6 +245,7 @@ def sliding_window_predict(
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = ALL_FLIPS,
     stitch_device: str | torch.device | None = None,
+    target: str = "labels",
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
@@ -265,12 +258,13 @@ def sliding_window_predict(
     after). When a single window covers the volume the result is one forward pass's softmax.
     Where :func:`~brats_utils.precision.use_channels_last` says so (CUDA with fp16/bf16) the model is
     converted to ``channels_last_3d`` in place (values unchanged, only strides).
+    ``target="regions"`` (a region model, :mod:`brats_utils.regions`) gives sigmoid WT/TC/ET instead.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     requested = _requested(precision, amp)
     if use_channels_last(requested, device):
         to_channels_last(model)
-    predictor = softmax_predictor(model, precision=requested)
+    predictor = predictor_for(model, target, precision=requested)
     if tta:
         predictor = with_flips(predictor, tta_flips)
     was_training = model.training
@@ -301,14 +295,17 @@ class InferenceSettings:
     margin: int = 2
     normalisation: str = "brain"
     crop: bool = True
+    target: str = "labels"  # "regions": sigmoid WT/TC/ET, converted by brats_utils.regions
 
 
-def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020) -> np.ndarray:
+def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020,
+                     target: str = "labels") -> np.ndarray:
     """Argmax of cropped probabilities ``[K, h, w, d]``, on the original grid, in ``scheme``'s file labels.
 
-    Outside the crop there is no brain: background with probability 1, i.e. label 0.
+    Outside the crop there is no brain: background with probability 1, i.e. label 0. For
+    ``target="regions"`` the three sigmoids go through :func:`brats_utils.regions.regions_to_labels`.
     """
-    train_labels = uncrop(probs.argmax(dim=0).to(torch.uint8).numpy(), meta, fill=0)
+    train_labels = uncrop(probs_to_labels(probs, target).numpy(), meta, fill=0)
     return to_file_labels(train_labels, scheme=scheme).astype(np.uint8)
 
 
@@ -346,9 +343,9 @@ def _predict_prepared(model: nn.Module, case: Case, prepared: tuple[LoadedCase, 
     probs = sliding_window_predict(
         model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
         sw_batch_size=settings.sw_batch_size, device=device, precision=settings.precision, tta=settings.tta,
-        tta_flips=settings.tta_flips,
+        tta_flips=settings.tta_flips, target=settings.target,
     )
-    labels = to_original_grid(probs, cropped.meta, case.scheme)
+    labels = to_original_grid(probs, cropped.meta, case.scheme, settings.target)
     if out_path is not None:
         save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header, scheme=case.scheme)
     return labels

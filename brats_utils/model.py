@@ -19,6 +19,10 @@ One class, :class:`UNet3D`, builds every model of the paper (docs/reproduction.m
 - module names follow the authors: ``enc1 ... enc{L-1}``, the bottom block ``enc3`` in the 3-level
   model and ``bottleneck`` in deeper ones, ``upconv{l}``/``dec{l}`` on the way up, ``final_conv``.
 
+``attention_gates=True`` (the ``paper_attention`` preset, not in the paper) puts an attention gate
+(:class:`brats_utils.attention.AttentionGate`, Oktay et al. 2018) on every skip connection, gated by
+the upsampled decoder tensor; the gates are modules ``gate{l}``, registered after the authors' modules.
+
 ``wired_levels`` reproduces what the authors actually trained for the 4-level f = 16 model (shown by
 their code) and, inferred from its checkpoint sizes, the 5-level f = 32 one: every level is built (and
 counted, as in the paper), but the forward pass only runs through the top ``wired_levels``. For the
@@ -40,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brats_utils.config import PAPER_PRESETS, PRESETS
+from brats_utils.attention import AttentionGate
+from brats_utils.config import EXTRA_PRESETS, PAPER_PRESETS, PRESETS
 
 __all__ = ["FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D", "build_model", "conv_block",
            "count_parameters", "count_trained_parameters", "init_weights_", "init_weights_authors_",
-           "model_costs", "pad_and_concat", "receptive_field", "trace_layers", "used_parameters"]
+           "model_costs", "pad_and_concat", "pad_like", "receptive_field", "trace_layers", "used_parameters"]
 
 #: Negative slope of every LeakyReLU (the authors' value); also sets the Kaiming gain.
 LEAKY_SLOPE = 0.01
@@ -78,13 +83,16 @@ def pad_and_concat(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 
     Max-pooling floors odd sizes (155 → 77), so the way back up can be one voxel short (77 → 76 + 1).
     """
+    return torch.cat([pad_like(upsampled, skip), skip], dim=1)
+
+
+def pad_like(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``upsampled`` zero-padded to the spatial size of ``skip`` (floor before, ceil after)."""
     pads: list[int] = []
     for up_size, skip_size in zip(reversed(upsampled.shape[2:]), reversed(skip.shape[2:]), strict=True):
         missing = skip_size - up_size
         pads += [missing // 2, missing - missing // 2]  # F.pad wants the last axis first
-    if any(pads):
-        upsampled = F.pad(upsampled, pads)
-    return torch.cat([upsampled, skip], dim=1)
+    return F.pad(upsampled, pads) if any(pads) else upsampled
 
 
 class UNet3D(nn.Module):
@@ -99,6 +107,7 @@ class UNet3D(nn.Module):
         dropout: ``Dropout3d`` probability before the 1×1×1 head (authors' final code 0.1, paper 0.3).
         wired_levels: run only the top ``wired_levels`` levels (``None``: all). Deeper levels are still
             built, so they appear in the parameter count and the state dict, but never get a gradient.
+        attention_gates: gate every skip connection (:class:`~brats_utils.attention.AttentionGate`).
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class UNet3D(nn.Module):
         units_per_block: int = 2,
         dropout: float = 0.1,
         wired_levels: int | None = None,
+        attention_gates: bool = False,
     ) -> None:
         super().__init__()
         wired_levels = levels if wired_levels is None else wired_levels
@@ -125,6 +135,9 @@ class UNet3D(nn.Module):
             "levels": levels, "units_per_block": units_per_block, "dropout": dropout,
             "wired_levels": wired_levels,
         }
+        if attention_gates:  # only when set: plain models keep their configs (and checkpoints) as they were
+            self.config["attention_gates"] = True
+        self.attention_gates = attention_gates
         self.levels = levels
         self.wired_levels = wired_levels
         channels = [base_filters * 2**level for level in range(levels)]  # channels[l-1] for level l
@@ -139,6 +152,9 @@ class UNet3D(nn.Module):
             self.add_module(f"upconv{level}", upsample)
             self.add_module(f"dec{level}", conv_block(2 * channels[level - 1], channels[level - 1], units))
         self.final_conv = nn.Conv3d(channels[0], num_classes, kernel_size=1)
+        if attention_gates:
+            for level in range(levels - 1, 0, -1):
+                self.add_module(f"gate{level}", AttentionGate(channels[level - 1], channels[level - 1]))
         # Modules without parameters: they add no state-dict keys, so the authors' names stay intact.
         self.pool = nn.MaxPool3d(kernel_size=2, stride=2)
         self.dropout = nn.Dropout3d(dropout)
@@ -163,7 +179,11 @@ class UNet3D(nn.Module):
             x = self.pool(x)
         x = self.block(self.encoder_name(self.wired_levels))(x)  # the bottom of the wired network
         for level in range(self.wired_levels - 1, 0, -1):
-            x = self.block(f"dec{level}")(pad_and_concat(self.block(f"upconv{level}")(x), skips.pop()))
+            upsampled, skip = self.block(f"upconv{level}")(x), skips.pop()
+            if self.attention_gates:
+                upsampled = pad_like(upsampled, skip)
+                skip = self.block(f"gate{level}")(skip, upsampled)
+            x = self.block(f"dec{level}")(pad_and_concat(upsampled, skip))
         return self.final_conv(self.dropout(x))
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
@@ -204,7 +224,8 @@ def init_weights_(model: nn.Module) -> None:
                 fan_in //= math.prod(module.stride)
             with torch.no_grad():
                 module.weight.normal_(0.0, gain / math.sqrt(fan_in))
-                module.bias.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def init_weights_authors_(model: nn.Module) -> None:
@@ -227,9 +248,10 @@ def build_model(preset: str = "paper", **overrides: object) -> UNet3D:
     Raises ``KeyError`` naming the known presets when ``preset`` is unknown.
     """
     try:
-        config = PRESETS[preset]
+        config = (PRESETS | EXTRA_PRESETS)[preset]
     except KeyError:
-        raise KeyError(f"Unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}") from None
+        known = ", ".join(PRESETS | EXTRA_PRESETS)
+        raise KeyError(f"Unknown model preset {preset!r}; known presets: {known}") from None
     return UNet3D(**{**config, **overrides})
 
 

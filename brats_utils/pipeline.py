@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from brats_utils import compare
+from brats_utils import beyond, compare
 from brats_utils import train as training
 from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import (
@@ -207,6 +207,13 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
                                   progress=progress, device=device)
 
 
+def run_beyond(profile: Profile, *, out_dir: Path | None = None, progress: bool = True,
+               device: str | torch.device | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The beyond-the-paper study of the profile on its cache; see :func:`brats_utils.beyond.run_study`."""
+    return beyond.run_study(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
+                            progress=progress, device=device)
+
+
 def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:
     """The profile's preprocessing margin and sliding-window settings; ``tta`` overrides the profile's.
 
@@ -219,7 +226,7 @@ def inference_settings(profile: Profile, *, tta: bool | None = None) -> Inferenc
     return InferenceSettings(patch_size=tuple(profile.sw_patch_size), overlap=profile.sw_overlap,
                              sw_batch_size=profile.sw_batch_size, precision=profile.requested_precision,
                              tta=use_tta, tta_flips=flips, margin=profile.crop_margin,
-                             normalisation=profile.normalisation, crop=profile.crop)
+                             normalisation=profile.normalisation, crop=profile.crop, target=profile.target)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,

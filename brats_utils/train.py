@@ -77,7 +77,6 @@ from brats_utils.errors import CheckpointError, FolderLockedError
 from brats_utils.files import folder_lock, write_csv_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import REGION_COLORS
-from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import region_dice_torch
 from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import (
@@ -87,6 +86,7 @@ from brats_utils.precision import (
     to_channels_last,
     use_channels_last,
 )
+from brats_utils.regions import loss_for, output_channels, probs_to_labels, probs_to_logits
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
@@ -257,9 +257,9 @@ def validate(model: nn.Module, volumes, loss_fn: nn.Module, profile: Profile, de
         image, label, _case_id = volumes[index]
         probs = sliding_window_predict(model, image, patch_size=profile.sw_patch_size,
                                        overlap=profile.sw_overlap, sw_batch_size=profile.sw_batch_size,
-                                       device=device, precision=precision)
-        loss = loss_fn(torch.log(probs.clamp_min(1e-8))[None], label[None])
-        dice = region_dice_torch(probs.argmax(dim=0), label)
+                                       device=device, precision=precision, target=profile.target)
+        loss = loss_fn(probs_to_logits(probs, profile.target)[None], label[None])
+        dice = region_dice_torch(probs_to_labels(probs, profile.target), label)
         scores = {"val_loss": float(loss), "val_paper_dice": dice["PaperDice"],
                   **{f"val_dice_{region}": dice[f"Dice_{region}"] for region in ("WT", "TC", "ET")}}
         for key, value in scores.items():
@@ -369,10 +369,12 @@ class TrainingState:
 
     @classmethod
     def create(cls, profile: Profile, device: torch.device, *, precision: str = "fp32") -> TrainingState:
-        """A fresh model (seeded with ``profile.seed``, initialised by ``profile.init``) and the profile's
-        optimiser, schedule (:func:`make_scheduler`) and stopper."""
-        seed_everything(profile.seed)
-        model = build_model(profile.model_preset, dropout=profile.dropout)
+        """A fresh model (seeded with ``profile.init_seed`` or ``profile.seed``, initialised by
+        ``profile.init``, with the outputs of ``profile.target``) and the profile's optimiser, schedule
+        (:func:`make_scheduler`) and stopper."""
+        seed_everything(profile.seed if profile.init_seed is None else profile.init_seed)
+        model = build_model(profile.model_preset, dropout=profile.dropout,
+                            num_classes=output_channels(profile.target))
         if profile.init == "authors":
             init_weights_authors_(model)
         model = model.to(device)
@@ -419,7 +421,7 @@ def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profi
     With several ranks each takes ``ceil(steps_per_epoch / world_size)`` steps on its shard, the means
     are averaged over the ranks, and ranks above 0 draw their dropout masks from ``(seed, epoch, rank)``.
     """
-    seed_everything(profile.seed, epoch)
+    seed_everything(profile.seed if profile.init_seed is None else profile.init_seed, epoch)
     if rank > 0:
         torch.manual_seed(int(np.random.SeedSequence([profile.seed, epoch, rank]).generate_state(1)[0]))
     steps_per_epoch = (None if profile.steps_per_epoch is None
@@ -591,7 +593,8 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
     info = info or DistInfo(device=device)
     ranks = {"rank": info.rank, "world_size": info.world_size}
     run = {"resolved_precision": precision, "world_size": info.world_size}
-    loss_fn = CombinedLoss(ce_weight=profile.ce_weight, dice_weight=profile.dice_weight)
+    loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
+                       batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
     start = len(state.history) + 1
     if state.stopper.should_stop and progress and start <= epochs:
         tqdm.write(f"This run stopped early at epoch {start - 1}; use resume=False to start over.")

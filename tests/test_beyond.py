@@ -1,0 +1,112 @@
+"""The beyond-the-paper study: ensembles, the foreign copy, the table; one tiny study run end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brats_utils import beyond, config, pipeline
+from brats_utils.checkpoints import load_checkpoint
+from brats_utils.inference import sliding_window_predict
+from brats_utils.model import build_model
+
+
+def tiny_profile(**changes: object) -> config.Profile:
+    """The ci profile shrunk: 3 cases of 24x24x16 voxels, 16^3 patches, one step per run."""
+    return config.get_profile("ci").with_overrides(**{
+        "name": "beyond-test", "synthetic_train_cases": 3, "synthetic_val_cases": 0,
+        "synthetic_shape": (24, 24, 16), "patch_size": (16, 16, 16), "sw_patch_size": (16, 16, 16),
+        "batch_size": 1, "samples_per_volume": 1, "compare_epochs": 1, "compare_steps_per_epoch": 1,
+        "beyond_variants": ("paper", "regions"), "beyond_seeds": 2, **changes})
+
+
+def test_an_ensemble_of_one_model_equals_that_model():
+    profile = tiny_profile()
+    torch.manual_seed(0)
+    model = build_model("paper").eval()
+    image = torch.randn((4, 24, 20, 16))
+    alone = sliding_window_predict(model, image, patch_size=profile.sw_patch_size, overlap=profile.sw_overlap,
+                                   sw_batch_size=profile.sw_batch_size)
+    assert torch.equal(beyond.ensemble_predict([model], image, profile), alone)
+    assert torch.allclose(beyond.ensemble_predict([model, model], image, profile), alone, atol=1e-6)
+
+
+def test_an_ensemble_averages_the_probabilities_of_its_models():
+    profile = tiny_profile(target="regions")
+    torch.manual_seed(0)
+    models = [build_model("paper", num_classes=3).eval() for _ in range(2)]
+    image = torch.randn((4, 16, 16, 16))
+    each = [sliding_window_predict(m, image, patch_size=(16, 16, 16), target="regions") for m in models]
+    assert torch.allclose(beyond.ensemble_predict(models, image, profile), (each[0] + each[1]) / 2, atol=1e-6)
+    with pytest.raises(ValueError):
+        beyond.ensemble_predictor([])
+
+
+def test_foreign_copy_flips_image_and_labels_together_and_shifts_brain_intensities():
+    image = torch.zeros((4, 6, 5, 4))
+    image[:, 1, 2, 3] = 1.0
+    label = torch.zeros((6, 5, 4), dtype=torch.long)
+    label[1, 2, 3] = 3
+    foreign, foreign_label = beyond.foreign_copy(image, label)
+    assert foreign_label[4, 2, 3] == 3 and foreign[0, 4, 2, 3] == pytest.approx(1.5)
+    assert float(foreign.abs().sum()) == pytest.approx(4 * 1.5)  # the background stays 0
+
+
+def test_summary_gives_mean_and_sample_std_per_variant():
+    runs = pd.DataFrame({"variant": ["a", "a", "b"], "seed": [1, 2, 1], "Dice_WT": [0.5, 0.7, 0.9]})
+    table = beyond.summarize(runs)
+    assert table.loc["a", ("Dice_WT", "mean")] == pytest.approx(0.6)
+    assert table.loc["a", ("Dice_WT", "std")] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert np.isnan(table.loc["b", ("Dice_WT", "std")]) and table.loc["a", ("seeds", "")] == 2
+    assert beyond.format_table(table).loc["a", "Dice_WT"] == "0.600 ± 0.141"
+
+
+def test_unknown_variants_are_refused():
+    with pytest.raises(ValueError, match="known variants"):
+        beyond.variant_names(tiny_profile(beyond_variants=("regions",)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("beyond")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BRATS_DATA_DIR", str(root / "data"))
+        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def study(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pipeline.run_beyond(tiny_profile(), progress=False, device="cpu")
+
+
+def test_study_has_every_run_and_the_derived_rows(study, data_dir):
+    runs, table = study
+    assert list(table.index) == ["paper", beyond.POSTPROCESSED, "regions", beyond.ENSEMBLE]
+    assert table.loc["paper", ("seeds", "")] == 2 and table.loc[beyond.ENSEMBLE, ("seeds", "")] == 1
+    for column in beyond.QUALITY_COLUMNS[:6]:
+        assert runs[column].between(0, 400).all()
+    assert runs.loc[runs["variant"] == "regions", "parameters"].iloc[0] == 340_596 - 16 - 1
+    csv = pd.read_csv(data_dir / "data" / "beyond" / "beyond-test" / "beyond.csv", header=[0, 1])
+    assert len(csv) == 4
+    assert (data_dir / "figures" / beyond.FIGURE).exists()
+
+
+def test_the_seeds_give_different_models_on_one_split(study, data_dir):
+    folder = data_dir / "data" / "beyond" / "beyond-test" / "paper"
+    splits = [pd.read_csv(folder / f"seed{s}" / "split.csv") for s in (42, 43)]
+    assert splits[0].equals(splits[1])
+    weights = [load_checkpoint(folder / f"seed{s}" / "checkpoints" / "best.pt")["model_state_dict"]
+               for s in (42, 43)]
+    assert not torch.equal(weights[0]["enc1.0.weight"], weights[1]["enc1.0.weight"])
+
+
+def test_a_second_call_reuses_every_run(study, data_dir):
+    rows = sorted((data_dir / "data" / "beyond" / "beyond-test").glob("*/seed*/row.json"))
+    stamps = [p.stat().st_mtime_ns for p in rows]
+    pipeline.run_beyond(tiny_profile(), progress=False, device="cpu")
+    assert [p.stat().st_mtime_ns for p in rows] == stamps and len(rows) == 4
