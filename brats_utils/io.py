@@ -73,6 +73,18 @@ class LoadedCase:
     scheme: LabelScheme = BRATS2020  # the file labels of ``labels``
 
 
+def _load_nifti(path: Path, case_id: str | None) -> nib.Nifti1Image:
+    """``nib.load`` (header only), with :class:`UnreadableFileError` for a missing or damaged file."""
+    try:
+        return nib.load(path)
+    except FileNotFoundError as err:
+        raise UnreadableFileError("file not found", case_id=case_id, path=path,
+                                  expected="an existing NIfTI file") from err
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise UnreadableFileError(f"not a readable NIfTI image ({err})", case_id=case_id, path=path,
+                                  expected="a .nii or .nii.gz file") from err
+
+
 def open_volume(path: str | Path, *, case_id: str | None = None) -> nib.Nifti1Image:
     """Open a NIfTI file lazily (header only) and check it holds one 3D volume.
 
@@ -80,14 +92,7 @@ def open_volume(path: str | Path, *, case_id: str | None = None) -> nib.Nifti1Im
     :class:`UnreadableFileError` or :class:`NotAVolumeError`.
     """
     path = Path(path)
-    try:
-        image = nib.load(path)
-    except FileNotFoundError as err:
-        raise UnreadableFileError("file not found", case_id=case_id, path=path,
-                                  expected="an existing NIfTI file") from err
-    except Exception as err:  # nibabel raises many types for damaged files
-        raise UnreadableFileError(f"not a readable NIfTI image ({err})", case_id=case_id, path=path,
-                                  expected="a .nii or .nii.gz file") from err
+    image = _load_nifti(path, case_id)
     shape = image.shape
     if len(shape) < 3 or any(n != 1 for n in shape[3:]) or min(shape[:3]) < 2:
         raise NotAVolumeError(f"holds an array of shape {shape}", case_id=case_id, path=path,
@@ -95,20 +100,25 @@ def open_volume(path: str | Path, *, case_id: str | None = None) -> nib.Nifti1Im
     return image
 
 
-def _read(image: nib.Nifti1Image, path: Path, case_id: str | None, dtype: type | None) -> np.ndarray:
-    """The voxel array of an opened image, as stored (``dtype=None``) or cast, 3D."""
+def _voxels(image: nib.Nifti1Image, path: Path, case_id: str | None, dtype: type | None) -> np.ndarray:
+    """The voxel array of an opened image as stored (``dtype=None``) or cast, checked to be finite."""
     try:
         data = image.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(image.dataobj)
     except Exception as err:  # truncated files fail here, not at open: ValueError, EOFError, zlib.error...
         kind = type(err).__name__
         raise UnreadableFileError(f"could not read the voxel data ({kind}: {err})", case_id=case_id,
                                   path=path, expected="a complete, uncorrupted NIfTI file") from err
-    data = np.asarray(data).reshape(image.shape[:3])
+    data = np.asarray(data)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise NonFiniteError(f"{count} NaN or infinite voxels", case_id=case_id, path=path,
                              expected="finite values only")
     return data
+
+
+def _read(image: nib.Nifti1Image, path: Path, case_id: str | None, dtype: type | None) -> np.ndarray:
+    """The voxel array of an opened 3D image (a trailing axis of length 1 dropped), checked."""
+    return _voxels(image, path, case_id, dtype).reshape(image.shape[:3])
 
 
 def read_volume(path: str | Path, *, case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -206,27 +216,11 @@ def read_volume_4d(path: str | Path, *, channels: int = len(MODALITIES),
     :class:`NonFiniteError`.
     """
     path = Path(path)
-    try:
-        image = nib.load(path)
-    except FileNotFoundError as err:
-        raise UnreadableFileError("file not found", case_id=case_id, path=path,
-                                  expected="an existing NIfTI file") from err
-    except Exception as err:  # nibabel raises many types for damaged files
-        raise UnreadableFileError(f"not a readable NIfTI image ({err})", case_id=case_id, path=path,
-                                  expected="a .nii or .nii.gz file") from err
+    image = _load_nifti(path, case_id)
     if len(image.shape) != 4 or image.shape[3] != channels or min(image.shape[:3]) < 2:
         raise NotAVolumeError(f"holds an array of shape {image.shape}", case_id=case_id, path=path,
                               expected=f"a 4D image H x W x D x {channels}")
-    try:
-        data = image.get_fdata(dtype=np.float32)
-    except Exception as err:  # truncated files fail here, not at open
-        raise UnreadableFileError(f"could not read the voxel data ({type(err).__name__}: {err})",
-                                  case_id=case_id, path=path,
-                                  expected="a complete, uncorrupted NIfTI file") from err
-    if not np.isfinite(data).all():
-        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise NonFiniteError(f"{count} NaN or infinite voxels", case_id=case_id, path=path,
-                             expected="finite values only")
+    data = _voxels(image, path, case_id, np.float32)
     return np.ascontiguousarray(np.moveaxis(data, 3, 0)), image
 
 
