@@ -123,7 +123,8 @@ class ViewerPage:
         self.page, self.name, self.data_dir = page, name, data_dir
         heading = page.locator(".brats-view-state")
         heading.first.wait_for(state="attached", timeout=60_000)
-        self.root = page.locator(".jp-OutputArea-output").filter(has=heading).last
+        # the section's viewer: the first one (exercise solutions further down may show their own)
+        self.root = page.locator(".jp-OutputArea-output").filter(has=heading).first
         self.headings, self.images = self.root.locator(".brats-view-state"), self.root.locator("img")
         self.root.scroll_into_view_if_needed()
         self.case: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
