@@ -8,16 +8,24 @@ Two more rows need no training of their own, they reuse the paper model's runs:
 
 - ``paper + ET post-processing``: each paper run's predictions with small ET relabelled
   (:mod:`brats_utils.postprocess`), the threshold chosen on that run's predictions of its *training*
-  volumes, reported on the held-out ones;
+  volumes, reported on the test cases;
 - ``paper ensemble``: the average of the paper runs' probabilities (all seeds), through the same
   sliding window (:func:`ensemble_predictor`); one ensemble, so no standard deviation.
 
-Every run is scored on the held-out volumes (the profile's validation split, which also picked each
-run's best epoch, the same for every variant) with the BraTS rules (:func:`brats_utils.metrics.
-case_metrics`: Dice and HD95 per region), and on a **foreign-looking copy** of them
-(:func:`foreign_copy`: left-right and front-back flipped, as RAS against LPS, and the intensities
-scaled by 1.25 and shifted by 0.25 inside the brain), made here because the package has no
-foreign dataset of its own.
+Every run is scored with the BraTS rules (:func:`brats_utils.metrics.case_metrics`: Dice and HD95
+per region) on the **test cases** of the profile's split (``report_split``; they took no part in
+training nor in choosing a run's best epoch, which the validation cases did, the same way for every
+variant), and, Dice only, on two kinds of unfamiliar data:
+
+- **foreign dataset** (``foreign_entries``): other patients stored the way other copies of BraTS
+  store them (for the synthetic profiles, phantoms of another seed written with
+  ``write_synthetic_dataset(..., foreign=True)``: ``.nii.gz``, RAS voxel order, scaled int16, one
+  case whose T2 is not co-registered), read through the package's own loader and cache. It measures
+  the whole pipeline on data from "another site";
+- **shifted copy** (:func:`shifted_copy`): the test cases with the pipeline's safeguards bypassed,
+  left-right and front-back flipped (a RAS volume nobody reoriented) and the intensities scaled by
+  1.25 and shifted by 0.25 inside the brain (a normalisation that does not match). It measures the
+  model alone under a shift of orientation and contrast.
 
 Files (``data/beyond/<profile>/``)::
 
@@ -52,7 +60,7 @@ from brats_utils.metrics import case_metrics
 from brats_utils.model import build_model, model_costs
 from brats_utils.postprocess import choose_et_threshold, suppress_small_et
 from brats_utils.regions import output_channels, predictor_for, probs_to_labels
-from brats_utils.train import loaders_for, pick_device
+from brats_utils.train import pick_device
 from brats_utils.viz import save_figure
 
 #: What each trained variant changes in the paper's recipe (profile overrides).
@@ -67,9 +75,12 @@ VARIANTS: dict[str, dict] = {
 POSTPROCESSED = "paper + ET post-processing"
 ENSEMBLE = "paper ensemble"
 REGIONS = ("WT", "TC", "ET")
-#: Per-run quality columns: held-out Dice and HD95 per region, then Dice on the foreign copy.
+#: The two kinds of unfamiliar data a run is also scored on (Dice only), as column prefixes.
+UNFAMILIAR = ("foreign ", "shifted ")
+#: Per-run quality columns: test-case Dice and HD95 per region, then Dice on the foreign dataset and
+#: on the shifted copy.
 QUALITY_COLUMNS = (*(f"Dice_{r}" for r in REGIONS), *(f"Hausdorff95_{r}" for r in REGIONS),
-                   *(f"foreign Dice_{r}" for r in REGIONS))
+                   *(f"{prefix}Dice_{r}" for prefix in UNFAMILIAR for r in REGIONS))
 COST_COLUMNS = ("parameters", "MACs per voxel", "seconds per training step", "seconds per case inference")
 FIGURE = "08_beyond_the_paper.png"
 
@@ -102,7 +113,7 @@ def variant_profile(profile: Profile, variant: str, seed: int) -> Profile:
     return profile.with_overrides(**VARIANTS[variant], init_seed=seed, beyond_variants=(), beyond_seeds=1)
 
 
-# --- ensembles and foreign data ----------------------------------------------------------------
+# --- ensembles and the shifted copy ------------------------------------------------------------
 
 
 def ensemble_predictor(models: Sequence[nn.Module], target: str = "labels", *,
@@ -126,10 +137,11 @@ def ensemble_predict(models: Sequence[nn.Module], image: np.ndarray | torch.Tens
                           sw_batch_size=profile.sw_batch_size, device=device)
 
 
-def foreign_copy(image: torch.Tensor, label: torch.Tensor, *, scale: float = 1.25,
+def shifted_copy(image: torch.Tensor, label: torch.Tensor, *, scale: float = 1.25,
                  offset: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
-    """A foreign-looking copy of a cropped case: axes X and Y flipped (RAS instead of LPS), and the
-    normalised intensities inside the brain (non-zero voxels) scaled by ``scale``, shifted by ``offset``."""
+    """A shifted copy of a cropped case: axes X and Y flipped (RAS instead of LPS, not reoriented),
+    and the normalised intensities inside the brain (non-zero voxels) scaled by ``scale``, shifted
+    by ``offset``."""
     flipped = image.flip((1, 2))
     brain = flipped != 0
     return torch.where(brain, flipped * scale + offset, flipped), label.flip((0, 1))
@@ -139,13 +151,14 @@ def foreign_copy(image: torch.Tensor, label: torch.Tensor, *, scale: float = 1.2
 
 
 def predict_volumes(predictor: Predictor, volumes, profile: Profile, device: torch.device, *,
-                    foreign: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-    """Predicted and true file labels of every volume, and the mean seconds per case."""
+                    shifted: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Predicted and true file labels of every volume (or of its :func:`shifted_copy`), and the mean
+    seconds per case."""
     predictions, truths, seconds = [], [], 0.0
     for index in range(len(volumes)):
         image, label, _case_id = volumes[index]
-        if foreign:
-            image, label = foreign_copy(image, label)
+        if shifted:
+            image, label = shifted_copy(image, label)
         started = time.perf_counter()
         with torch.inference_mode():
             probs = sliding_window(predictor, image, patch_size=profile.sw_patch_size,
@@ -164,35 +177,47 @@ def mean_scores(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray],
     return {f"{prefix}{column}": float(per_case[column].mean()) for column in columns}
 
 
-def split_volumes(profile: Profile, cache_dir: Path, run_dir: Path) -> tuple[VolumeDataset, VolumeDataset]:
-    """Held-out (validation split) and training volumes of the split saved in ``run_dir``."""
-    _, held_out = loaders_for(profile, cache_dir, run_dir)
-    split = pd.read_csv(run_dir / "split.csv")
-    train_ids = split.loc[split["split"] == "train", "case_id"]
-    return held_out, VolumeDataset([Path(cache_dir) / case_id for case_id in train_ids])
+def split_volumes(cache_dir: Path, run_dir: Path, split: str) -> VolumeDataset:
+    """The cached volumes of one part (``"train"``, ``"val"``, ``"test"``) of the split in ``run_dir``."""
+    table = pd.read_csv(run_dir / "split.csv")
+    case_ids = table.loc[table["split"] == split, "case_id"]
+    if case_ids.empty:
+        parts = sorted(set(table["split"]))
+        raise ValueError(f"the split of {run_dir} has no {split!r} cases (parts: {parts})")
+    return VolumeDataset([Path(cache_dir) / case_id for case_id in case_ids])
 
 
-def _score(predictor: Predictor, profile: Profile, held_out, device: torch.device) -> tuple[dict, list, list]:
-    predictions, truths, seconds = predict_volumes(predictor, held_out, profile, device)
-    foreign_predictions, foreign_truths, _ = predict_volumes(predictor, held_out, profile, device,
-                                                             foreign=True)
-    row = {**mean_scores(predictions, truths),
-           **{k: v for k, v in mean_scores(foreign_predictions, foreign_truths, "foreign ").items()
-              if "Dice" in k},
+def _dice_only(scores: dict) -> dict:
+    return {key: value for key, value in scores.items() if "Dice" in key}
+
+
+def _score(predictor: Predictor, profile: Profile, reported: VolumeDataset, foreign: VolumeDataset | None,
+           device: torch.device) -> tuple[dict, list, list]:
+    """Scores on the reported cases, the foreign dataset (NaN without one) and the shifted copy."""
+    predictions, truths, seconds = predict_volumes(predictor, reported, profile, device)
+    moved, moved_truths, _ = predict_volumes(predictor, reported, profile, device, shifted=True)
+    shifted = mean_scores(moved, moved_truths, "shifted ")
+    if foreign is not None:
+        foreign_scores = mean_scores(*predict_volumes(predictor, foreign, profile, device)[:2], "foreign ")
+    else:
+        foreign_scores = {f"foreign Dice_{r}": np.nan for r in REGIONS}
+    row = {**mean_scores(predictions, truths), **_dice_only(foreign_scores), **_dice_only(shifted),
            "seconds per case inference": seconds}
     return row, predictions, truths
 
 
 def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_dir: Path,
-                device: torch.device, *, progress: bool = True) -> dict:
+                device: torch.device, *, report_split: str = "test", foreign: VolumeDataset | None = None,
+                progress: bool = True) -> dict:
     """Train one variant with one seed (resumable), measure its cost, score it (+ the post-processed row)."""
     study = variant_profile(profile, variant, seed)
     trained = compare.measure_preset(study.model_preset, study, cache_dir, run_dir, device, progress=progress)
     study = compare.study_profile(study, study.model_preset)
     model = load_model(run_dir / "checkpoints" / "best.pt", device=device)
     predictor = predictor_for(model, study.target, precision=study.requested_precision)
-    held_out, training = split_volumes(study, cache_dir, run_dir)
-    scores, predictions, truths = _score(predictor, study, held_out, device)
+    training = split_volumes(cache_dir, run_dir, "train")
+    reported = split_volumes(cache_dir, run_dir, report_split)
+    scores, predictions, truths = _score(predictor, study, reported, foreign, device)
     row = {"seconds per training step": trained["seconds per training step"],
            "training minutes": trained["training minutes"], **scores}
     if variant == "paper":  # the post-processing threshold, chosen on the training volumes
@@ -212,34 +237,43 @@ def _static(variant: str) -> dict:
     return {"parameters": int(costs["parameters"]), "MACs per voxel": float(costs["MACs per voxel"])}
 
 
-def run_study(profile: Profile, cache_dir: str | Path, *, out_dir: Path | None = None, progress: bool = True,
+def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "test",
+              foreign_entries: Sequence[Path] | None = None, out_dir: Path | None = None,
+              progress: bool = True,
               device: str | torch.device | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train, measure and score every variant x seed; returns ``(runs, table)``, both also written as CSV.
 
-    :func:`brats_utils.pipeline.run_beyond` builds the cache first.
+    ``report_split``: the part of the split the scores are measured on (``"test"``; ``"val"`` only for
+    a profile without test cases, and then the scores also chose the best epochs). ``foreign_entries``:
+    cached cases of a foreign dataset (None: its columns are NaN). :func:`brats_utils.pipeline.run_beyond`
+    builds both caches first.
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir) if out_dir is not None else beyond_dir(profile)
     device = torch.device(device) if device is not None else pick_device()
     cache_dir = Path(cache_dir)
+    foreign = VolumeDataset(foreign_entries) if foreign_entries else None
+    foreign_names = sorted(f"{Path(e).parent.name}/{Path(e).name}" for e in foreign_entries or ())
     runs: list[dict] = []
     jobs = [(variant, seed) for variant in variant_names(profile) for seed in seeds(profile)]
     for variant, seed in tqdm(jobs, desc="variants x seeds", unit="run", disable=not progress):
         run_dir = out_dir / variant.replace(" ", "_") / f"seed{seed}"
         study = variant_profile(profile, variant, seed)
-        fingerprint = compare._fingerprint(compare.study_profile(study, study.model_preset), device)
+        fingerprint = {**compare._fingerprint(compare.study_profile(study, study.model_preset), device),
+                       "report_split": report_split, "foreign": foreign_names}
         row = compare._read_row(run_dir / "row.json", fingerprint)
         if row is None:
-            row = measure_run(variant, seed, profile, cache_dir, run_dir, device, progress=progress)
+            row = measure_run(variant, seed, profile, cache_dir, run_dir, device, report_split=report_split,
+                              foreign=foreign, progress=progress)
             write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
         processed = row.pop("postprocessed", None)
         runs.append({"variant": variant, "seed": seed, **_static(variant), **row})
         if processed is not None:
-            not_measured = {f"foreign Dice_{r}": np.nan for r in REGIONS}  # scored on held-out cases only
+            not_measured = {f"{prefix}Dice_{r}": np.nan for prefix in UNFAMILIAR for r in REGIONS}
             runs.append({**runs[-1], "variant": POSTPROCESSED, **not_measured, **processed})
         write_csv_atomic(pd.DataFrame(runs), out_dir / "runs.csv")
-    runs.append(_ensemble_row(profile, cache_dir, out_dir, device))
+    runs.append(_ensemble_row(profile, cache_dir, out_dir, device, report_split, foreign))
     frame = pd.DataFrame(runs)
     write_csv_atomic(frame, out_dir / "runs.csv")
     table = summarize(frame)
@@ -252,14 +286,15 @@ def run_study(profile: Profile, cache_dir: str | Path, *, out_dir: Path | None =
     return frame, table
 
 
-def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torch.device) -> dict:
+def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torch.device, report_split: str,
+                  foreign: VolumeDataset | None) -> dict:
     """The ensemble of every paper run (one per seed), scored and timed like a single model."""
     run_dirs = [out_dir / "paper" / f"seed{seed}" for seed in seeds(profile)]
     models = [load_model(run_dir / "checkpoints" / "best.pt", device=device) for run_dir in run_dirs]
     study = compare.study_profile(variant_profile(profile, "paper", profile.seed), "paper")
-    held_out, _ = split_volumes(study, cache_dir, run_dirs[0])
+    reported = split_volumes(cache_dir, run_dirs[0], report_split)
     predictor = ensemble_predictor(models, precision=study.requested_precision)
-    scores, _, _ = _score(predictor, study, held_out, device)
+    scores, _, _ = _score(predictor, study, reported, foreign, device)
     static = _static("paper")
     return {"variant": ENSEMBLE, "seed": -1, "parameters": static["parameters"] * len(models),
             "MACs per voxel": static["MACs per voxel"] * len(models), **scores}
@@ -292,20 +327,23 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_study(table: pd.DataFrame) -> Figure:
-    """Held-out and foreign-copy Dice per region (mean ± std over seeds), one group of bars per variant."""
+    """Dice per region (mean ± std over seeds) on the test cases, the foreign dataset and the shifted copy,
+    one group of bars per variant."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), layout="constrained", sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8), layout="constrained", sharey=True)
     x = np.arange(len(table))
-    for ax, prefix, title in ((axes[0], "", "held-out cases"), (axes[1], "foreign ", "foreign-looking copy")):
+    panels = (("", "test cases"), ("foreign ", "foreign dataset"),
+              ("shifted ", "shifted copy of the test cases"))
+    for ax, (prefix, title) in zip(axes, panels, strict=True):
         for offset, region in zip((-0.25, 0.0, 0.25), REGIONS, strict=True):
             column = f"{prefix}Dice_{region}"
-            ax.bar(x + offset, table[(column, "mean")], width=0.25, yerr=table[(column, "std")].fillna(0),
-                   color=REGION_COLORS[region], edgecolor="black", linewidth=0.5, capsize=2, label=region)
+            ax.bar(x + offset, table[(column, "mean")].fillna(0), width=0.25,
+                   yerr=table[(column, "std")].fillna(0), color=REGION_COLORS[region], edgecolor="black",
+                   linewidth=0.5, capsize=2, label=region)
         ax.set_xticks(x, table.index, rotation=30, ha="right", fontsize=8)
         ax.set(title=f"Dice on the {title}", ylim=(0, 1.02))
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("Dice (mean ± std over seeds)")
     axes[0].legend(fontsize="small")
     return fig
-

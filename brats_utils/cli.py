@@ -143,6 +143,17 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(run_comparison(profile_from_args(args)).to_string())
 
 
+def _cmd_beyond(args: argparse.Namespace) -> None:
+    from brats_utils.beyond import format_table
+    from brats_utils.pipeline import heldout_split, run_beyond, split_label
+
+    profile = profile_from_args(args)
+    _, table = run_beyond(profile, foreign_root=args.foreign_root)
+    print(f"Dice and HD95 on the {split_label(profile, heldout_split(profile))}; mean ± std over "
+          f"{profile.beyond_seeds} seeds:")
+    print(format_table(table).to_string())
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from brats_utils.demo import run_series
 
@@ -215,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         "k-fold cross-validation (--set n_folds=5): train every fold, pooled out-of-fold scores, then the "
         "average of the fold models on the test cases; one fold alone: train --set fold=k")
     add("compare", _cmd_compare, "train and measure the paper's five architectures")
+    p = add("beyond", _cmd_beyond, "the beyond-the-paper study (notebook 08): every variant x seed, "
+            "scored on the test cases, a foreign dataset and a shifted copy; table in "
+            "data/beyond/<profile>/beyond.csv")
+    p.add_argument("--foreign-root", help="a labelled dataset in any known layout to score as the foreign "
+                                          "one (default: foreign-style phantoms for synthetic profiles, none "
+                                          "on real data)")
     add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
     return parser
 

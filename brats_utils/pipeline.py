@@ -55,7 +55,7 @@ from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
 from brats_utils.preprocess import build_cache
-from brats_utils.synthetic import write_synthetic_dataset
+from brats_utils.synthetic import misregistered_case_index, write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
 
@@ -207,11 +207,51 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
                                   progress=progress, device=device)
 
 
-def run_beyond(profile: Profile, *, out_dir: Path | None = None, progress: bool = True,
+#: Seed offset of the foreign phantoms: other patients than every case of the profile's own dataset.
+FOREIGN_SEED_OFFSET = 1000
+
+
+def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
+                         progress: bool = True) -> list[Path] | None:
+    """Cached labelled cases of a foreign dataset for the beyond study, made if missing.
+
+    ``root``: any labelled dataset in a known layout (detected), e.g. BraTS 2021 next to a BraTS 2020
+    run. Without it, a synthetic profile gets phantoms of other patients (seed + :data:`FOREIGN_SEED_OFFSET`,
+    as many as its test cases) written the way other copies store them (``foreign=True``: ``.nii.gz``,
+    RAS voxel order, scaled int16), plus the one whose T2 is not co-registered, which the loader
+    refuses (:class:`~brats_utils.errors.NotCoregisteredError`) and which is therefore left out; a
+    profile on real data gets None. Either way the cases go through the package's own loader and
+    preprocessing.
+    """
+    if root is None:
+        if profile.data_source == "real" or os.environ.get(ROOT_ENV):
+            return None
+        seed = profile.seed + FOREIGN_SEED_OFFSET
+        shape = "x".join(map(str, profile.synthetic_shape))
+        n_cases = max(len(split_of(profile)[heldout_split(profile)]), 1) + 1
+        root = data_dir() / "synthetic" / f"{profile.name}-foreign-{shape}-seed{seed}"
+        write_synthetic_dataset(root, n_cases, 0, profile.synthetic_shape, seed=seed, foreign=True)
+        cases = find_dataset(root, split="training")
+        del cases[misregistered_case_index(n_cases) - 1]
+    else:
+        root = Path(root)
+        cases = find_dataset(root, split="training")
+    return build_cache(cases, profile.cache_dir.with_name(f"{profile.cache_dir.name}-foreign-{root.name}"),
+                       margin=profile.crop_margin, normalisation=profile.normalisation, crop=profile.crop,
+                       workers=profile.num_workers, progress=progress)
+
+
+def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_dir: Path | None = None,
+               progress: bool = True,
                device: str | torch.device | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The beyond-the-paper study of the profile on its cache; see :func:`brats_utils.beyond.run_study`."""
-    return beyond.run_study(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
-                            progress=progress, device=device)
+    """The beyond-the-paper study of the profile on its cache; see :func:`brats_utils.beyond.run_study`.
+
+    Scored on the profile's :func:`heldout_split` and on :func:`ensure_foreign_cache` (``foreign_root``).
+    """
+    return beyond.run_study(profile, ensure_cache(profile, progress=progress),
+                            report_split=heldout_split(profile),
+                            foreign_entries=ensure_foreign_cache(profile, foreign_root, progress=progress),
+                            out_dir=out_dir, progress=progress, device=device)
 
 
 def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:

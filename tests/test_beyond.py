@@ -46,14 +46,14 @@ def test_an_ensemble_averages_the_probabilities_of_its_models():
         beyond.ensemble_predictor([])
 
 
-def test_foreign_copy_flips_image_and_labels_together_and_shifts_brain_intensities():
+def test_shifted_copy_flips_image_and_labels_together_and_shifts_brain_intensities():
     image = torch.zeros((4, 6, 5, 4))
     image[:, 1, 2, 3] = 1.0
     label = torch.zeros((6, 5, 4), dtype=torch.long)
     label[1, 2, 3] = 3
-    foreign, foreign_label = beyond.foreign_copy(image, label)
-    assert foreign_label[4, 2, 3] == 3 and foreign[0, 4, 2, 3] == pytest.approx(1.5)
-    assert float(foreign.abs().sum()) == pytest.approx(4 * 1.5)  # the background stays 0
+    shifted, shifted_label = beyond.shifted_copy(image, label)
+    assert shifted_label[4, 2, 3] == 3 and shifted[0, 4, 2, 3] == pytest.approx(1.5)
+    assert float(shifted.abs().sum()) == pytest.approx(4 * 1.5)  # the background stays 0
 
 
 def test_summary_gives_mean_and_sample_std_per_variant():
@@ -110,3 +110,51 @@ def test_a_second_call_reuses_every_run(study, data_dir):
     stamps = [p.stat().st_mtime_ns for p in rows]
     pipeline.run_beyond(tiny_profile(), progress=False, device="cpu")
     assert [p.stat().st_mtime_ns for p in rows] == stamps and len(rows) == 4
+
+
+def test_every_run_is_scored_on_the_test_cases_of_its_split(study, data_dir):
+    runs, _ = study
+    run_dir = data_dir / "data" / "beyond" / "beyond-test" / "paper" / "seed42"
+    profile = tiny_profile()
+    split = pd.read_csv(run_dir / "split.csv")
+    test_ids = list(split.loc[split["split"] == "test", "case_id"])
+    assert test_ids and set(test_ids).isdisjoint(split.loc[split["split"] != "test", "case_id"])
+    volumes = beyond.split_volumes(profile.cache_dir, run_dir, "test")
+    assert [p.name for p in volumes.entries] == test_ids
+    study_profile = beyond.compare.study_profile(beyond.variant_profile(profile, "paper", 42), "paper")
+    model = beyond.load_model(run_dir / "checkpoints" / "best.pt")
+    predictor = beyond.predictor_for(model, "labels", precision=study_profile.requested_precision)
+    predictions, truths, _ = beyond.predict_volumes(predictor, volumes, study_profile, torch.device("cpu"))
+    expected = beyond.mean_scores(predictions, truths)
+    row = runs[(runs["variant"] == "paper") & (runs["seed"] == 42)].iloc[0]
+    for column, value in expected.items():
+        assert row[column] == pytest.approx(value, nan_ok=True)
+    with pytest.raises(ValueError, match="no 'excluded' cases"):
+        beyond.split_volumes(profile.cache_dir, run_dir, "excluded")
+
+
+def test_the_foreign_dataset_is_other_patients_stored_the_foreign_way_and_scored(study, data_dir):
+    runs, _ = study
+    roots = list((data_dir / "data" / "synthetic").glob("beyond-test-foreign-*"))
+    assert len(roots) == 1 and roots[0].name.endswith(f"seed{42 + pipeline.FOREIGN_SEED_OFFSET}")
+    files = sorted(roots[0].rglob("*_flair.nii.gz"))
+    assert files and not list(roots[0].rglob("*.nii"))  # compressed, unlike the Kaggle copy
+    n_test = len(pipeline.split_of(tiny_profile())["test"])
+    cached = sorted(p.name for p in (data_dir / "data" / "cache").glob("*-foreign-*/BraTS20_*"))
+    assert len(files) == n_test + 1 and len(cached) == n_test  # the misregistered last case is refused
+    trained = [runs["variant"] != beyond.POSTPROCESSED]
+    for prefix in beyond.UNFAMILIAR:
+        assert runs.loc[trained[0], [f"{prefix}Dice_{r}" for r in beyond.REGIONS]].notna().all().all()
+        assert runs.loc[~trained[0], [f"{prefix}Dice_{r}" for r in beyond.REGIONS]].isna().all().all()
+
+
+def test_the_command_line_runs_the_study_and_names_the_cases(study, monkeypatch, capsys):
+    from brats_utils import cli
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_beyond",
+                        lambda profile, foreign_root: calls.append(foreign_root) or study)
+    assert cli.main(["beyond", "--profile", "ci", "--foreign-root", "/some/brats2021"]) == 0
+    printed = capsys.readouterr().out
+    assert calls == ["/some/brats2021"]
+    assert "test cases (never seen by training or model selection)" in printed and "paper ensemble" in printed
