@@ -52,7 +52,7 @@ from torch import nn
 from brats_utils import compare
 from brats_utils.checkpoints import load_model
 from brats_utils.config import Profile, data_dir
-from brats_utils.data import VolumeDataset
+from brats_utils.data import VolumeDataset, split_volumes
 from brats_utils.files import write_csv_atomic, write_json_atomic
 from brats_utils.inference import Predictor, average_predictors, sliding_window
 from brats_utils.labels import REGION_COLORS, to_file_labels
@@ -177,16 +177,6 @@ def mean_scores(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray],
     return {f"{prefix}{column}": float(per_case[column].mean()) for column in columns}
 
 
-def split_volumes(cache_dir: Path, run_dir: Path, split: str) -> VolumeDataset:
-    """The cached volumes of one part (``"train"``, ``"val"``, ``"test"``) of the split in ``run_dir``."""
-    table = pd.read_csv(run_dir / "split.csv")
-    case_ids = table.loc[table["split"] == split, "case_id"]
-    if case_ids.empty:
-        parts = sorted(set(table["split"]))
-        raise ValueError(f"the split of {run_dir} has no {split!r} cases (parts: {parts})")
-    return VolumeDataset([Path(cache_dir) / case_id for case_id in case_ids])
-
-
 def _dice_only(scores: dict) -> dict:
     return {key: value for key, value in scores.items() if "Dice" in key}
 
@@ -215,8 +205,8 @@ def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_
     study = compare.study_profile(study, study.model_preset)
     model = load_model(run_dir / "checkpoints" / "best.pt", device=device)
     predictor = predictor_for(model, study.target, precision=study.requested_precision)
-    training = split_volumes(cache_dir, run_dir, "train")
-    reported = split_volumes(cache_dir, run_dir, report_split)
+    training = split_volumes(cache_dir, run_dir / "split.csv", "train")
+    reported = split_volumes(cache_dir, run_dir / "split.csv", report_split)
     scores, predictions, truths = _score(predictor, study, reported, foreign, device)
     row = {"seconds per training step": trained["seconds per training step"],
            "training minutes": trained["training minutes"], **scores}
@@ -292,7 +282,7 @@ def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torc
     run_dirs = [out_dir / "paper" / f"seed{seed}" for seed in seeds(profile)]
     models = [load_model(run_dir / "checkpoints" / "best.pt", device=device) for run_dir in run_dirs]
     study = compare.study_profile(variant_profile(profile, "paper", profile.seed), "paper")
-    reported = split_volumes(cache_dir, run_dirs[0], report_split)
+    reported = split_volumes(cache_dir, run_dirs[0] / "split.csv", report_split)
     predictor = ensemble_predictor(models, precision=study.requested_precision)
     scores, _, _ = _score(predictor, study, reported, foreign, device)
     static = _static("paper")

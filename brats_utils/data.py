@@ -278,6 +278,19 @@ class VolumeDataset(Dataset):
         return image, torch.from_numpy(case.labels.astype(np.int64)), case.case_id
 
 
+def split_volumes(cache_dir: str | Path, split_csv: str | Path, split: str) -> VolumeDataset:
+    """The cached volumes of one part (``"train"``, ``"val"``, ``"test"``) of a saved split, in its order.
+
+    ``split_csv`` is a run's ``split.csv`` (written by :func:`split_patients`); a part without cases
+    is a ``ValueError`` naming the file and the parts it has.
+    """
+    table = pd.read_csv(split_csv)
+    case_ids = table.loc[table["split"] == split, "case_id"]
+    if case_ids.empty:
+        raise ValueError(f"{split_csv} has no {split!r} cases (it has: {sorted(set(table['split']))})")
+    return VolumeDataset([Path(cache_dir) / case_id for case_id in case_ids])
+
+
 def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cases: int | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  exclude_from_training: Sequence[str] = (), fold: int | None = None, n_folds: int = 5,

@@ -119,7 +119,7 @@ def test_every_run_is_scored_on_the_test_cases_of_its_split(study, data_dir):
     split = pd.read_csv(run_dir / "split.csv")
     test_ids = list(split.loc[split["split"] == "test", "case_id"])
     assert test_ids and set(test_ids).isdisjoint(split.loc[split["split"] != "test", "case_id"])
-    volumes = beyond.split_volumes(profile.cache_dir, run_dir, "test")
+    volumes = beyond.split_volumes(profile.cache_dir, run_dir / "split.csv", "test")
     assert [p.name for p in volumes.entries] == test_ids
     study_profile = beyond.compare.study_profile(beyond.variant_profile(profile, "paper", 42), "paper")
     model = beyond.load_model(run_dir / "checkpoints" / "best.pt")
@@ -129,8 +129,8 @@ def test_every_run_is_scored_on_the_test_cases_of_its_split(study, data_dir):
     row = runs[(runs["variant"] == "paper") & (runs["seed"] == 42)].iloc[0]
     for column, value in expected.items():
         assert row[column] == pytest.approx(value, nan_ok=True)
-    with pytest.raises(ValueError, match="no 'excluded' cases"):
-        beyond.split_volumes(profile.cache_dir, run_dir, "excluded")
+    with pytest.raises(ValueError, match="split.csv has no 'excluded' cases"):
+        beyond.split_volumes(profile.cache_dir, run_dir / "split.csv", "excluded")
 
 
 def test_the_foreign_dataset_is_other_patients_stored_the_foreign_way_and_scored(study, data_dir):

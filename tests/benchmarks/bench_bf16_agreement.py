@@ -1,7 +1,8 @@
-"""bf16 against fp32 on the demo model: the same held-out predictions, label by label, and the time.
+"""bf16 against fp32 on the demo model: the same test-case predictions, label by label, and the time.
 
 The demo profile's best checkpoint (trained first if it is missing: about 3 minutes on 2 cores, into
-``$BRATS_DATA_DIR`` or ``data/``) predicts every held-out volume of its split with the profile's sliding
+``$BRATS_DATA_DIR`` or ``data/``) predicts every test volume of its split (the validation volumes for
+a profile without test cases) with the profile's sliding
 window, once in fp32 and once in bf16 (the CPU's ``auto`` choice where it has native bf16). Printed per
 case and over all of them: the argmax agreement (the issue's bar: at least 99.9 %), the region Dice of
 the bf16 labels against the fp32 labels, the region Dice of both against the ground truth (within 0.005
@@ -18,7 +19,7 @@ from pathlib import Path
 
 
 def main(profile_name: str = "demo") -> None:
-    """Print the agreement table of bf16 against fp32 on the held-out cases of the profile's model."""
+    """Print the agreement table of bf16 against fp32 on the test cases of the profile's model."""
     if profile_name == "ci":
         import os
         import tempfile
@@ -27,6 +28,7 @@ def main(profile_name: str = "demo") -> None:
     from brats_utils import pipeline
     from brats_utils.checkpoints import load_model
     from brats_utils.config import get_profile
+    from brats_utils.data import split_volumes
     from brats_utils.inference import sliding_window_predict
     from brats_utils.metrics import region_dice_torch
     from brats_utils.precision import label_map_agreement
@@ -36,11 +38,12 @@ def main(profile_name: str = "demo") -> None:
         profile = profile.with_overrides(name="bf16check", precision="fp32", epochs=3, steps_per_epoch=8,
                                          early_stop_patience=3)
     model = load_model(pipeline.ensure_trained(profile, progress=False))
-    _, volumes = pipeline.make_loaders(profile, progress=False)
+    split = pipeline.heldout_split(profile)
+    volumes = split_volumes(profile.cache_dir, profile.run_dir / "split.csv", split)
     settings = {"patch_size": profile.sw_patch_size, "overlap": profile.sw_overlap,
                 "sw_batch_size": profile.sw_batch_size, "device": "cpu"}
-    print(f"{profile_name} model, {len(volumes)} held-out volumes, windows {profile.sw_patch_size}, "
-          f"overlap {profile.sw_overlap}")
+    print(f"{profile_name} model, {len(volumes)} {pipeline.split_label(profile, split)}, "
+          f"windows {profile.sw_patch_size}, overlap {profile.sw_overlap}")
     print(f"{'case':<22}{'agreement':>10}{'WT':>8}{'TC':>8}{'ET':>8}   "
           f"Dice vs truth fp32 -> bf16 (WT, TC, ET){'fp32 s':>9}{'bf16 s':>8}")
     agree = voxels = 0.0
