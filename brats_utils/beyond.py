@@ -219,7 +219,8 @@ def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_
     return row
 
 
-def _static(variant: str) -> dict:
+def static_costs(variant: str) -> dict:
+    """Parameters and MACs per voxel of one variant's network (its preset and output channels)."""
     profile_fields = VARIANTS[variant]
     preset = profile_fields.get("model_preset", "paper")
     model = build_model(preset, num_classes=output_channels(profile_fields.get("target", "labels")))
@@ -258,7 +259,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
                               foreign=foreign, progress=progress)
             write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
         processed = row.pop("postprocessed", None)
-        runs.append({"variant": variant, "seed": seed, **_static(variant), **row})
+        runs.append({"variant": variant, "seed": seed, **static_costs(variant), **row})
         if processed is not None:
             not_measured = {f"{prefix}Dice_{r}": np.nan for prefix in UNFAMILIAR for r in REGIONS}
             runs.append({**runs[-1], "variant": POSTPROCESSED, **not_measured, **processed})
@@ -285,7 +286,7 @@ def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torc
     reported = split_volumes(cache_dir, run_dirs[0] / "split.csv", report_split)
     predictor = ensemble_predictor(models, precision=study.requested_precision)
     scores, _, _ = _score(predictor, study, reported, foreign, device)
-    static = _static("paper")
+    static = static_costs("paper")
     return {"variant": ENSEMBLE, "seed": -1, "parameters": static["parameters"] * len(models),
             "MACs per voxel": static["MACs per voxel"] * len(models), **scores}
 

@@ -1,6 +1,6 @@
 """Whole-volume inference of the paper's model: ours against MONAI's ``sliding_window_inference``.
 
-Same model, same input, same settings (overlap 0.5, Gaussian weighting with sigma =
+Same model, same input, same settings (fp32, overlap 0.5, Gaussian weighting with sigma =
 patch / 8, softmax probabilities blended, one window per forward pass, inference mode),
 measured side by side in one run. Each measurement runs in a fresh child process so its
 peak memory (resident-set high-water mark during the call, see ``compare.peak_memory``) is its own.
@@ -147,11 +147,11 @@ def _measure(method: str) -> dict:
             cropped = preprocess_case(LoadedCase("bench", raw, None, np.eye(4), None), margin=2)
             run.cropped_shape = cropped.image.shape[1:]
             return sliding_window_predict(model, cropped.image, patch_size=patch, overlap=0.5,
-                                          sw_batch_size=1, tta=method == "crop_tta")
+                                          sw_batch_size=1, precision="fp32", tta=method == "crop_tta")
     else:
         def run():
             return sliding_window_predict(model, tensor, patch_size=patch, overlap=0.5, mode="gaussian",
-                                          sw_batch_size=1)
+                                          sw_batch_size=1, precision="fp32")
 
     model.seconds = 0.0
     with peak_memory(torch.device("cpu")) as memory:
@@ -218,7 +218,7 @@ def main() -> None:
         have_monai = False
         print("MONAI is not installed (pip install -e '.[bench]'): measuring our inference alone.")
     shape, patch = _scaled()
-    print(f"paper model (340,596 parameters), volume {shape}, patch {patch}, overlap 0.5, gaussian, "
+    print(f"paper model (340,596 parameters), volume {shape}, patch {patch}, fp32, overlap 0.5, gaussian, "
           f"1 window per pass, CPU")
     repeats = int(os.environ.get("BENCH_INFERENCE_REPEATS", "2"))
     with tempfile.TemporaryDirectory() as tmp:
