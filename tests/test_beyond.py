@@ -158,3 +158,22 @@ def test_the_command_line_runs_the_study_and_names_the_cases(study, monkeypatch,
     printed = capsys.readouterr().out
     assert calls == ["/some/brats2021"]
     assert "test cases (never seen by training or model selection)" in printed and "paper ensemble" in printed
+
+
+def test_any_labelled_layout_can_be_the_foreign_dataset(tmp_path, monkeypatch):
+    from brats_utils.preprocess import load_cached
+    from brats_utils.synthetic import write_synthetic_dataset
+    from brats_utils.synthetic_layouts import write_layout
+
+    monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path / "data"))
+    profile = tiny_profile(name="beyond-layout")
+    kaggle = write_synthetic_dataset(tmp_path / "phantoms", 2, 0, (24, 24, 16), seed=5)
+    msd = write_layout(kaggle, tmp_path / "msd", "msd")  # 4D NIfTI, MSD's own label numbers
+    entries = pipeline.ensure_foreign_cache(profile, msd, progress=False)
+    reference = pipeline.ensure_foreign_cache(profile, kaggle, progress=False)
+    assert [e.name for e in entries] == ["BRATS_001", "BRATS_002"]
+    assert entries[0].parent != reference[0].parent  # each foreign dataset has its own cache
+    for entry, same in zip(entries, reference, strict=True):
+        ours, theirs = load_cached(entry), load_cached(same)
+        np.testing.assert_array_equal(ours.labels, theirs.labels)
+        np.testing.assert_allclose(ours.image, theirs.image, atol=1e-3)
