@@ -55,6 +55,8 @@ def published_dir() -> Path:
 def is_checked(cell: nbformat.NotebookNode) -> bool:
     """Whether nbval compares this code cell's outputs (its ``nbval-check-output`` tag)."""
     return CHECK_TAG in cell.get("metadata", {}).get("tags", [])
+
+
 #: Notebooks of the series that ``make demo`` skips (they still run under nbval in the ci profile).
 NOT_IN_DEMO: tuple[str, ...] = ("08_beyond_the_paper.ipynb",)
 
