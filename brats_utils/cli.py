@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
             "scored on the test cases, a foreign dataset and a shifted copy; table in "
             "data/beyond/<profile>/beyond.csv")
     p.add_argument("--foreign-root", help="a labelled dataset in any known layout to score as the foreign "
-                                          "one (default: foreign-style phantoms for synthetic profiles, none "
-                                          "on real data)")
+                                          "one, without the training patients (BraTS 2021/2023 and MSD hold "
+                                          "BraTS 2020's; default: foreign-style phantoms for synthetic "
+                                          "profiles, none on real data)")
     add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
     return parser
 

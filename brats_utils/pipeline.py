@@ -215,13 +215,15 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
                          progress: bool = True) -> list[Path] | None:
     """Cached labelled cases of a foreign dataset for the beyond study, made if missing.
 
-    ``root``: any labelled dataset in a known layout (detected), e.g. BraTS 2021 next to a BraTS 2020
-    run. Without it, a synthetic profile gets phantoms of other patients (seed + :data:`FOREIGN_SEED_OFFSET`,
-    as many as its test cases) written the way other copies store them (``foreign=True``: ``.nii.gz``,
-    RAS voxel order, scaled int16), plus the one whose T2 is not co-registered, which the loader
-    refuses (:class:`~brats_utils.errors.NotCoregisteredError`) and which is therefore left out; a
-    profile on real data gets None. Either way the cases go through the package's own loader and
-    preprocessing.
+    ``root``: any labelled dataset in a known layout (detected). It must not hold the patients the
+    runs trained on, and the public sets overlap: BraTS 2021 and 2023 contain the BraTS 2020 patients
+    under new names, and MSD Task01 is BraTS 2016/2017 data, so against a BraTS 2020 run only a folder
+    of their newer cases is foreign. Without it, a synthetic profile gets phantoms of other patients
+    (seed + :data:`FOREIGN_SEED_OFFSET`, as many as its test cases) written the way other copies store
+    them (``foreign=True``: ``.nii.gz``, RAS voxel order, scaled int16), plus the one whose T2 is not
+    co-registered, which the loader refuses (:class:`~brats_utils.errors.NotCoregisteredError`) and
+    which is therefore left out; a profile on real data gets None. Either way the cases go through
+    the package's own loader and preprocessing.
     """
     if root is None:
         if profile.data_source == "real" or os.environ.get(ROOT_ENV):
