@@ -7,8 +7,9 @@ budget ``compare_epochs`` x ``compare_steps_per_epoch`` and cost measurements), 
 Two more rows need no training of their own, they reuse the paper model's runs:
 
 - ``paper + ET post-processing``: each paper run's predictions with small ET relabelled
-  (:mod:`brats_utils.postprocess`), the threshold chosen on that run's predictions of its *training*
-  volumes, reported on the test cases;
+  (:mod:`brats_utils.postprocess`), the threshold chosen on that run's predictions of its
+  *validation* volumes (as nnU-Net chose it on predictions of cases the model did not train on),
+  reported on the test cases, the foreign dataset and the shifted copy;
 - ``paper ensemble``: the average of the paper runs' probabilities (all seeds), through the same
   sliding window (:func:`ensemble_predictor`); one ensemble, so no standard deviation.
 
@@ -83,6 +84,9 @@ QUALITY_COLUMNS = (*(f"Dice_{r}" for r in REGIONS), *(f"Hausdorff95_{r}" for r i
                    *(f"{prefix}Dice_{r}" for prefix in UNFAMILIAR for r in REGIONS))
 COST_COLUMNS = ("parameters", "MACs per voxel", "seconds per training step", "seconds per case inference")
 FIGURE = "08_beyond_the_paper.png"
+#: Part of every run's fingerprint: raised when the scoring changes, so finished runs are re-scored
+#: (their training is reused). 2: ET threshold from the validation cases, post-processing scored everywhere.
+SCORING_VERSION = 2
 
 
 # --- where things go -------------------------------------------------------------------------
@@ -181,19 +185,31 @@ def _dice_only(scores: dict) -> dict:
     return {key: value for key, value in scores.items() if "Dice" in key}
 
 
+#: Predicted and true file labels of one set of cases.
+Labelled = tuple[list[np.ndarray], list[np.ndarray]]
+
+
+def scores_of(sets: dict[str, Labelled | None]) -> dict:
+    """The quality columns from predictions keyed by column prefix: ``""`` (the reported cases: Dice and
+    HD95) and :data:`UNFAMILIAR` (Dice only; NaN where the set is None)."""
+    row = mean_scores(*sets[""])
+    for prefix in UNFAMILIAR:
+        found = sets.get(prefix)
+        row.update(_dice_only(mean_scores(*found, prefix)) if found is not None
+                   else {f"{prefix}Dice_{r}": np.nan for r in REGIONS})
+    return row
+
+
 def _score(predictor: Predictor, profile: Profile, reported: VolumeDataset, foreign: VolumeDataset | None,
-           device: torch.device) -> tuple[dict, list, list]:
-    """Scores on the reported cases, the foreign dataset (NaN without one) and the shifted copy."""
+           device: torch.device) -> tuple[dict, dict[str, Labelled | None]]:
+    """Scores on the reported cases, the foreign dataset (NaN without one) and the shifted copy, and
+    the predictions behind them (keyed like :func:`scores_of`)."""
     predictions, truths, seconds = predict_volumes(predictor, reported, profile, device)
-    moved, moved_truths, _ = predict_volumes(predictor, reported, profile, device, shifted=True)
-    shifted = mean_scores(moved, moved_truths, "shifted ")
-    if foreign is not None:
-        foreign_scores = mean_scores(*predict_volumes(predictor, foreign, profile, device)[:2], "foreign ")
-    else:
-        foreign_scores = {f"foreign Dice_{r}": np.nan for r in REGIONS}
-    row = {**mean_scores(predictions, truths), **_dice_only(foreign_scores), **_dice_only(shifted),
-           "seconds per case inference": seconds}
-    return row, predictions, truths
+    sets: dict[str, Labelled | None] = {
+        "": (predictions, truths),
+        "shifted ": predict_volumes(predictor, reported, profile, device, shifted=True)[:2],
+        "foreign ": predict_volumes(predictor, foreign, profile, device)[:2] if foreign is not None else None}
+    return {**scores_of(sets), "seconds per case inference": seconds}, sets
 
 
 def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_dir: Path,
@@ -205,17 +221,17 @@ def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_
     study = compare.study_profile(study, study.model_preset)
     model = load_model(run_dir / "checkpoints" / "best.pt", device=device)
     predictor = predictor_for(model, study.target, precision=study.requested_precision)
-    training = split_volumes(cache_dir, run_dir / "split.csv", "train")
     reported = split_volumes(cache_dir, run_dir / "split.csv", report_split)
-    scores, predictions, truths = _score(predictor, study, reported, foreign, device)
+    scores, sets = _score(predictor, study, reported, foreign, device)
     row = {"seconds per training step": trained["seconds per training step"],
            "training minutes": trained["training minutes"], **scores}
-    if variant == "paper":  # the post-processing threshold, chosen on the training volumes
-        train_predictions, train_truths, _ = predict_volumes(predictor, training, study, device)
-        threshold = choose_et_threshold(train_predictions, train_truths)
-        processed = [suppress_small_et(p, threshold) for p in predictions]
+    if variant == "paper":  # the post-processing threshold, chosen on the validation volumes
+        validation = split_volumes(cache_dir, run_dir / "split.csv", "val")
+        threshold = choose_et_threshold(*predict_volumes(predictor, validation, study, device)[:2])
         row["ET threshold"] = threshold
-        row["postprocessed"] = mean_scores(processed, truths)
+        row["postprocessed"] = scores_of({
+            prefix: ([suppress_small_et(p, threshold) for p in found[0]], found[1]) if found else None
+            for prefix, found in sets.items()})
     return row
 
 
@@ -252,7 +268,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
         run_dir = out_dir / variant.replace(" ", "_") / f"seed{seed}"
         study = variant_profile(profile, variant, seed)
         fingerprint = {**compare._fingerprint(compare.study_profile(study, study.model_preset), device),
-                       "report_split": report_split, "foreign": foreign_names}
+                       "report_split": report_split, "foreign": foreign_names, "scoring": SCORING_VERSION}
         row = compare._read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_run(variant, seed, profile, cache_dir, run_dir, device, report_split=report_split,
@@ -261,8 +277,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
         processed = row.pop("postprocessed", None)
         runs.append({"variant": variant, "seed": seed, **static_costs(variant), **row})
         if processed is not None:
-            not_measured = {f"{prefix}Dice_{r}": np.nan for prefix in UNFAMILIAR for r in REGIONS}
-            runs.append({**runs[-1], "variant": POSTPROCESSED, **not_measured, **processed})
+            runs.append({**runs[-1], "variant": POSTPROCESSED, **processed})
         write_csv_atomic(pd.DataFrame(runs), out_dir / "runs.csv")
     runs.append(_ensemble_row(profile, cache_dir, out_dir, device, report_split, foreign))
     frame = pd.DataFrame(runs)
@@ -285,7 +300,7 @@ def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torc
     study = compare.study_profile(variant_profile(profile, "paper", profile.seed), "paper")
     reported = split_volumes(cache_dir, run_dirs[0] / "split.csv", report_split)
     predictor = ensemble_predictor(models, precision=study.requested_precision)
-    scores, _, _ = _score(predictor, study, reported, foreign, device)
+    scores, _ = _score(predictor, study, reported, foreign, device)
     static = static_costs("paper")
     return {"variant": ENSEMBLE, "seed": -1, "parameters": static["parameters"] * len(models),
             "MACs per voxel": static["MACs per voxel"] * len(models), **scores}
@@ -329,7 +344,7 @@ def plot_study(table: pd.DataFrame) -> Figure:
     for ax, (prefix, title) in zip(axes, panels, strict=True):
         for offset, region in zip((-0.25, 0.0, 0.25), REGIONS, strict=True):
             column = f"{prefix}Dice_{region}"
-            ax.bar(x + offset, table[(column, "mean")].fillna(0), width=0.25,
+            ax.bar(x + offset, table[(column, "mean")], width=0.25,  # NaN (not measured): no bar
                    yerr=table[(column, "std")].fillna(0), color=REGION_COLORS[region], edgecolor="black",
                    linewidth=0.5, capsize=2, label=region)
         ax.set_xticks(x, table.index, rotation=30, ha="right", fontsize=8)

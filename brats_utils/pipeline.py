@@ -27,6 +27,7 @@ what they are.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -48,14 +49,14 @@ from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
-from brats_utils.errors import DatasetNotFoundError
+from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError
 from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
-from brats_utils.io import Case
+from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
 from brats_utils.preprocess import build_cache
-from brats_utils.synthetic import misregistered_case_index, write_synthetic_dataset
+from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
 
@@ -221,9 +222,9 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
     of their newer cases is foreign. Without it, a synthetic profile gets phantoms of other patients
     (seed + :data:`FOREIGN_SEED_OFFSET`, as many as its test cases) written the way other copies store
     them (``foreign=True``: ``.nii.gz``, RAS voxel order, scaled int16), plus the one whose T2 is not
-    co-registered, which the loader refuses (:class:`~brats_utils.errors.NotCoregisteredError`) and
-    which is therefore left out; a profile on real data gets None. Either way the cases go through
-    the package's own loader and preprocessing.
+    co-registered; a profile on real data gets None. A case the loader refuses as not co-registered
+    (:class:`~brats_utils.errors.NotCoregisteredError`) is left out with a warning naming it. Either
+    way the cases go through the package's own loader and preprocessing.
     """
     if root is None:
         if profile.data_source == "real" or os.environ.get(ROOT_ENV):
@@ -233,11 +234,15 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
         n_cases = max(len(split_of(profile)[heldout_split(profile)]), 1) + 1
         root = data_dir() / "synthetic" / f"{profile.name}-foreign-{shape}-seed{seed}"
         write_synthetic_dataset(root, n_cases, 0, profile.synthetic_shape, seed=seed, foreign=True)
-        cases = find_dataset(root, split="training")
-        del cases[misregistered_case_index(n_cases) - 1]
-    else:
-        root = Path(root)
-        cases = find_dataset(root, split="training")
+    root = Path(root)
+    cases = []
+    for case in find_dataset(root, split="training"):
+        try:
+            load_case(case)  # the loader's own checks, before anything is cached
+        except NotCoregisteredError as error:
+            warnings.warn(f"left out of the foreign dataset: {error}", stacklevel=2)
+            continue
+        cases.append(case)
     return build_cache(cases, profile.cache_dir.with_name(f"{profile.cache_dir.name}-foreign-{root.name}"),
                        margin=profile.crop_margin, normalisation=profile.normalisation, crop=profile.crop,
                        workers=profile.num_workers, progress=progress)
