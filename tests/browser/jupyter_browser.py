@@ -222,6 +222,10 @@ _PROGRESS_JS = """() => {
 }"""
 
 
+#: Seconds after which a "Run All" that queued no cell is sent again, and how many times at most.
+RUN_ALL_RETRY_S, RUN_ALL_ATTEMPTS = 20.0, 3
+
+
 def run_all_cells(page, server: LabServer, notebook: str, *, front_end: str = "lab",
                   timeout: float = 600.0) -> float:
     """Open ``notebook`` (in ``"lab"`` or ``"notebook"`` 7), wait for its kernel, run every cell.
@@ -238,8 +242,10 @@ def run_all_cells(page, server: LabServer, notebook: str, *, front_end: str = "l
     server.remember_children()
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
     start = time.monotonic()
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    run_all = "() => window.jupyterapp.commands.execute('notebook:run-all-cells')"
+    page.evaluate(run_all)
     deadline = start + timeout
+    sent, attempts = time.monotonic(), 1
     while True:
         progress = page.evaluate(_PROGRESS_JS)
         assert not progress["errors"], f"{notebook}: error output {progress['errors']}"
@@ -247,8 +253,13 @@ def run_all_cells(page, server: LabServer, notebook: str, *, front_end: str = "l
                 and progress["status"] == "idle")
         if done:
             return time.monotonic() - start
+        untouched = progress["executed"] == 0 and progress["pending"] == 0 and progress["status"] == "idle"
+        if untouched and time.monotonic() - sent > RUN_ALL_RETRY_S and attempts < RUN_ALL_ATTEMPTS:
+            # "Run All" was swallowed (seen on a loaded machine: the kernel idle, not one cell queued)
+            page.evaluate(run_all)
+            sent, attempts = time.monotonic(), attempts + 1
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{notebook}: {progress} after {timeout:.0f} s")
+            raise TimeoutError(f"{notebook}: {progress} after {timeout:.0f} s ({attempts} Run All)")
         page.wait_for_timeout(500)
 
 
