@@ -81,9 +81,14 @@ class LabServer:
     child_pids: set[int] = field(default_factory=set)
 
     def page_url(self, notebook: str, front_end: str = "lab") -> str:
-        """Address that opens ``notebook`` (a name in the notebook folder) in JupyterLab or Notebook 7."""
+        """Address that opens ``notebook`` (a name in the notebook folder) in JupyterLab or Notebook 7.
+
+        JupyterLab gets ``reset``: otherwise it restores the workspace of the previous test, with that
+        notebook open (and current) beside this one.
+        """
         path = {"lab": "lab/tree", "notebook": "notebooks"}[front_end]
-        return f"{self.url}{path}/{notebook}?token={self.token}"
+        reset = "reset&" if front_end == "lab" else ""
+        return f"{self.url}{path}/{notebook}?{reset}token={self.token}"
 
     def api(self, path: str, method: str = "GET") -> object:
         """Call the server's REST API; returns the decoded JSON (``None`` for an empty reply)."""
