@@ -172,7 +172,7 @@ class Profile:
     # inference
     sw_patch_size: Shape3D = (128, 128, 128)
     sw_overlap: float = 0.5
-    sw_batch_size: int = 2
+    sw_batch_size: int | None = None  # windows per forward pass; None: 1 on a CPU, 2 on a GPU
     tta: bool = False
 
     # architecture study

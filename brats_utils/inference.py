@@ -93,6 +93,19 @@ def _windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list
             for origin in itertools.product(*starts)]
 
 
+def windows_per_pass(device: str | torch.device) -> int:
+    """Windows per forward pass when ``sw_batch_size`` is None: 1 on a CPU, 2 elsewhere.
+
+    On a CPU a second window in the same pass does not make a window cheaper: measured on 2 AVX-512
+    cores (paper model, bf16, ``tests/benchmarks/bench_inference.py``, side by side), one window per
+    pass took 0.76-0.83 of the time per window of two at 64³ and 96³ and 0.91-0.97 at 128³ (the working
+    set of one window stays closer to the caches; the convolutions are already parallel within one
+    window); at 48³ the two were within the machine's noise (0.84-1.17). On a GPU two windows stay the
+    default, as before (a GPU is kept busier by a larger batch; not measured here: no GPU was lent).
+    """
+    return 1 if torch.device(device).type == "cpu" else 2
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -189,7 +202,7 @@ def sliding_window(
     patch_size: Sequence[int],
     overlap: float = 0.5,
     mode: str = "gaussian",
-    sw_batch_size: int = 2,
+    sw_batch_size: int | None = None,
     device: str | torch.device = "cpu",
     stitch_device: str | torch.device | None = None,
 ) -> torch.Tensor:
@@ -198,9 +211,10 @@ def sliding_window(
     ``image`` is ``[4, h, w, d]`` (numpy or torch), moved to ``device`` window by window's
     batch. Windows of ``patch_size`` overlap by ``overlap`` and are blended with ``mode``
     "gaussian" (sigma = patch / 8) or "constant" weights; ``sw_batch_size`` windows go
-    through the predictor together. Volumes smaller than the patch are zero-padded
-    (centred) and cropped back. The accumulators live on ``stitch_device`` (default: the
-    GPU if they fit comfortably, else the CPU). Runs under ``torch.inference_mode``.
+    through the predictor together (``None``: :func:`windows_per_pass` for ``device``).
+    Volumes smaller than the patch are zero-padded (centred) and cropped back. The accumulators
+    live on ``stitch_device`` (default: the GPU if they fit comfortably, else the CPU). Runs under
+    ``torch.inference_mode``.
     """
     device = torch.device(device)
     patch = tuple(int(p) for p in patch_size)
@@ -215,7 +229,8 @@ def sliding_window(
     shape = volume.shape[1:]
     with torch.inference_mode():
         acc = weights = None
-        for group in _batches(_windows(shape, patch, overlap), max(1, sw_batch_size)):
+        per_pass = windows_per_pass(device) if sw_batch_size is None else max(1, sw_batch_size)
+        for group in _batches(_windows(shape, patch, overlap), per_pass):
             probs = predictor(torch.stack([volume[(slice(None), *w)] for w in group]))
             if acc is None:
                 target = (torch.device(stitch_device) if stitch_device is not None
@@ -238,7 +253,7 @@ def sliding_window_predict(
     patch_size: Sequence[int],
     overlap: float = 0.5,
     mode: str = "gaussian",
-    sw_batch_size: int = 2,
+    sw_batch_size: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
     amp: bool | None = None,
@@ -288,7 +303,7 @@ class InferenceSettings:
 
     patch_size: tuple[int, int, int]
     overlap: float = 0.5
-    sw_batch_size: int = 2
+    sw_batch_size: int | None = None  # None: windows_per_pass(device)
     precision: str = "auto"
     tta: bool = False
     tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS

@@ -19,6 +19,7 @@ from brats_utils.inference import (
     softmax_predictor,
     to_original_grid,
     window_starts,
+    windows_per_pass,
     with_flips,
 )
 from brats_utils.labels import MODALITIES
@@ -111,6 +112,25 @@ def test_stitch_device_and_numpy_input_give_the_same_result(image):
     b = sliding_window_predict(model, image.numpy(), precision="fp32", patch_size=(12, 12, 12),
                                stitch_device="cpu", sw_batch_size=5)
     torch.testing.assert_close(a, b)
+
+
+def test_windows_per_pass_is_one_on_a_cpu_and_two_on_a_gpu_unless_asked(image):
+    assert windows_per_pass("cpu") == 1
+    assert windows_per_pass(torch.device("cuda")) == 2  # a device object only: no GPU is needed
+    batches: list[int] = []
+    model = pointwise_model()
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        batches.append(batch.shape[0])
+        return torch.softmax(model(batch), dim=1)
+
+    default = sliding_window(predictor, image, patch_size=(12, 12, 12))  # 3 x 3 x 2 windows at overlap 0.5
+    assert batches == [1] * 18
+    batches.clear()
+    asked = sliding_window(predictor, image, patch_size=(12, 12, 12), sw_batch_size=5)
+    assert batches == [5, 5, 5, 3]
+    torch.testing.assert_close(asked, default, rtol=1e-5, atol=1e-6)
+    assert get_profile("gpu").sw_batch_size is None and get_profile("demo").sw_batch_size == 1
 
 
 def test_tta_with_a_flip_equivariant_model_equals_no_tta(image):

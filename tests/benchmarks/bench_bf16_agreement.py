@@ -6,8 +6,8 @@ a profile without test cases) with the profile's sliding window, once in fp32 an
 CPU's ``auto`` choice where it has native bf16). Printed per case and over all of them: the argmax
 agreement (the issue's bar: at least 99.9 %), the region Dice of the bf16 labels against the fp32
 labels, the region Dice of both against the ground truth (within 0.005 of each other is the bar) and
-the seconds of each precision. A last line sets against them one bf16 pass of the network over each
-whole crop (no windows, no blending: the fastest prediction there is). Also runnable on its own:
+the seconds of each precision (one pass over the whole crop instead of windows: bench_window_choice).
+Also runnable on its own:
 ``python tests/benchmarks/bench_bf16_agreement.py [PROFILE]``; ``ci`` trains the unit test's ci model
 (``tests/test_precision_trained.py``: 3 epochs x 8 steps, fp32) in a temporary folder.
 """
@@ -47,10 +47,9 @@ def main(profile_name: str = "demo") -> None:
           f"windows {profile.sw_patch_size}, overlap {profile.sw_overlap}")
     print(f"{'case':<22}{'agreement':>10}{'WT':>8}{'TC':>8}{'ET':>8}   "
           f"Dice vs truth fp32 -> bf16 (WT, TC, ET){'fp32 s':>9}{'bf16 s':>8}")
-    agree = voxels = whole_agree = 0.0
-    seconds = {"fp32": 0.0, "bf16": 0.0, "whole": 0.0}
+    agree = voxels = 0.0
+    seconds = {"fp32": 0.0, "bf16": 0.0}
     worst_shift = 0.0
-    mean_dice = {"fp32": [], "whole": []}
     for image, label, case_id in volumes:
         labels = {}
         for precision in ("fp32", "bf16"):
@@ -60,16 +59,8 @@ def main(profile_name: str = "demo") -> None:
             took = time.perf_counter() - started
             seconds[precision] += took
             labels[f"{precision}_s"] = took
-        whole_window = tuple(n + (-n) % 8 for n in image.shape[1:])  # the crop, padded for the U-Net
-        started = time.perf_counter()
-        labels["whole"] = sliding_window_predict(model, image, precision="bf16",
-                                                 **{**settings, "patch_size": whole_window}).argmax(0)
-        seconds["whole"] += time.perf_counter() - started
         scores = label_map_agreement(labels["bf16"], labels["fp32"])
-        truth = {p: region_dice_torch(labels[p], label) for p in ("fp32", "bf16", "whole")}
-        for key in mean_dice:
-            mean_dice[key].append([truth[key][f"Dice_{r}"] for r in ("WT", "TC", "ET")])
-        whole_agree += label_map_agreement(labels["whole"], labels["fp32"])["agreement"] * label.numel()
+        truth = {p: region_dice_torch(labels[p], label) for p in ("fp32", "bf16")}
         shifts = [truth["bf16"][f"Dice_{r}"] - truth["fp32"][f"Dice_{r}"] for r in ("WT", "TC", "ET")]
         worst_shift = max(worst_shift, *(abs(s) for s in shifts))
         vs_truth = ", ".join(f"{truth['fp32'][f'Dice_{r}']:.3f}->{truth['bf16'][f'Dice_{r}']:.3f}"
@@ -82,12 +73,6 @@ def main(profile_name: str = "demo") -> None:
     print(f"all voxels: agreement {agree / voxels:.5f}; largest change of a region Dice against the truth "
           f"{worst_shift:.4f}; bf16 / fp32 time {seconds['bf16'] / seconds['fp32']:.2f} "
           f"({verdict} the bar: >= 0.999 and <= 0.005)")
-    means = {key: [sum(column) / len(column) for column in zip(*rows, strict=True)]
-             for key, rows in mean_dice.items()}
-    print(f"one bf16 pass over the whole crop instead (the floor of bench_inference): agreement with fp32 "
-          f"windows {whole_agree / voxels:.4f}; mean Dice vs truth WT/TC/ET "
-          f"{'/'.join(f'{v:.3f}' for v in means['fp32'])} -> {'/'.join(f'{v:.3f}' for v in means['whole'])}; "
-          f"time {seconds['whole'] / seconds['fp32']:.2f} of fp32 windows")
 
 
 if __name__ == "__main__":
