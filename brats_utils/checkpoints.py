@@ -36,7 +36,8 @@ CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "
 #: what the epochs already trained would have computed).
 RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
                                "num_workers", "tta", "compare_presets", "compare_epochs",
-                               "compare_steps_per_epoch", "metrics_protocol", "precision", "amp", "compile"})
+                               "compare_steps_per_epoch", "metrics_protocol", "precision", "amp", "compile",
+                               "sw_batch_size"})
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -19,15 +19,20 @@ What each rank trains on: :class:`ShardedEpochSampler` takes the single-process 
 and deals it out, ``order[rank::world_size]``. A :class:`~brats_utils.data.PatchDataset` draws patch
 and augmentation from ``(seed, index)`` only, so
 
-- **identical to one process**: the set of patches (crops and augmentations) of every epoch, and which
-  patches are averaged into one optimiser step: global step ``k`` of ``W`` ranks with batch ``B``
-  each sees ``order[k·W·B : (k+1)·W·B]``, exactly the samples of one process with batch ``W·B``;
-- **not identical**: the effective batch is ``W·B`` (with the same learning rate and ``steps_per_epoch``
-  the run takes ``W`` times fewer steps per pass, or sees ``W`` times more patches per fixed number of
-  steps), the floating-point summation order of the gradient average, dropout masks (drawn per
-  process), and, when ``W`` does not divide the epoch, the ``(-n) % W`` patches that the last ranks
-  repeat from the start of the order so that every rank takes the same number of steps
-  (``pad=False`` drops the tail instead: then the union misses those patches).
+The profile's ``batch_size`` is the **global** batch, the patches one optimiser step averages over,
+whatever the number of processes: each of ``W`` ranks loads ``batch_size / W`` of them
+(:func:`per_rank_batch_size`), as the authors' DataParallel split its batch of 2 over their two GPUs
+and as nnU-Net v2 splits its batch over DDP ranks. So
+
+- **identical to one process**: the set of patches (crops and augmentations) of every epoch, which
+  patches are averaged into one optimiser step (global step ``k`` with global batch ``B`` sees
+  ``order[k·B : (k+1)·B]``, rank ``r`` the ``r``-th of every ``W``), the number of steps per epoch
+  (``steps_per_epoch`` counts global steps) and so the learning-rate schedule and early stopping;
+- **not identical**: the floating-point summation order of the gradient average, dropout masks (drawn
+  per process), a loss that couples the samples of a batch (``batch_dice``: one Dice over each rank's
+  share instead of the whole batch), and, when ``W`` does not divide the epoch, the ``(-n) % W``
+  patches that the last ranks repeat from the start of the order so that every rank takes the same
+  number of steps (``pad=False`` drops the tail instead: then the union misses those patches).
 
 Only rank 0 should write files (checkpoints, history, figures): guard writes with
 :func:`is_main_process`, and call :func:`barrier` where the other ranks must wait for them.
@@ -168,6 +173,23 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return getattr(model.module, "_orig_mod", model.module)
     return model
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """What one of ``world_size`` ranks loads per step when ``batch_size`` is the global batch.
+
+    ``batch_size / world_size`` (module docstring). Raises ``ValueError`` naming both numbers when the
+    division leaves a remainder: ranks with unequal batches would weight their samples unequally in
+    DDP's gradient average.
+    """
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(f"need batch_size >= 1 and world_size >= 1, got {batch_size} and {world_size}")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} (the global batch of one optimiser step) cannot be split "
+                         f"evenly over {world_size} processes; use a batch_size that is a multiple of "
+                         f"{world_size} (--set batch_size={world_size * max(1, batch_size // world_size)}) "
+                         f"or {batch_size} processes")
+    return batch_size // world_size
 
 
 def shard_indices(n: int, rank: int, world_size: int, *, seed: int = 42, epoch: int = 0,

@@ -14,8 +14,9 @@ The recipe (all settings come from the run :class:`~brats_utils.config.Profile`)
   where :func:`~brats_utils.precision.use_channels_last` says so (CUDA in 16 bits).
 
 Several processes (``torchrun --nproc_per_node=2 -m brats_utils train``) train one model with
-DistributedDataParallel (:mod:`brats_utils.distributed`): each rank draws its shard of every epoch's
-patches (``steps_per_epoch`` is then per rank ``ceil(steps / world_size)``), validates its share of the
+DistributedDataParallel (:mod:`brats_utils.distributed`): ``batch_size`` stays the global batch of an
+optimiser step, each rank loading ``batch_size / world_size`` patches of its shard of every epoch, so
+the run takes the same steps on the same patches as one process; each rank validates its share of the
 volumes, and the losses and scores are averaged over the ranks, so every rank steps the schedule and
 early stopping alike. Only rank 0 writes (history, checkpoints, split, progress bars) and locks the run
 folder. One process is the same code path with a world of one.
@@ -48,6 +49,7 @@ import functools
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ from brats_utils.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    per_rank_batch_size,
     unwrap_model,
     wrap_model,
 )
@@ -418,14 +421,14 @@ def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profi
                 world_size: int = 1) -> dict[str, float]:
     """One epoch of optimisation; returns the mean training loss and mean gradient norm (before clipping).
 
-    With several ranks each takes ``ceil(steps_per_epoch / world_size)`` steps on its shard, the means
-    are averaged over the ranks, and ranks above 0 draw their dropout masks from ``(seed, epoch, rank)``.
+    With several ranks each takes the ``steps_per_epoch`` global steps with its share of every batch
+    (:func:`loaders_for`), the means are averaged over the ranks, and ranks above 0 draw their dropout
+    masks from ``(seed, epoch, rank)``.
     """
     seed_everything(profile.seed if profile.init_seed is None else profile.init_seed, epoch)
     if rank > 0:
         torch.manual_seed(int(np.random.SeedSequence([profile.seed, epoch, rank]).generate_state(1)[0]))
-    steps_per_epoch = (None if profile.steps_per_epoch is None
-                       else math.ceil(profile.steps_per_epoch / world_size))
+    steps_per_epoch = profile.steps_per_epoch
     state.model.train()
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
@@ -452,7 +455,8 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank:
 
     The patient split is saved to ``run_dir/split.csv`` (by rank 0 only); see
     :func:`brats_utils.data.make_loaders`. With ``world_size > 1`` rank ``rank`` draws its shard of
-    every epoch (:class:`~brats_utils.distributed.ShardedEpochSampler`).
+    every epoch (:class:`~brats_utils.distributed.ShardedEpochSampler`) in batches of
+    ``batch_size / world_size`` (:func:`~brats_utils.distributed.per_rank_batch_size`).
     """
     sampler = (functools.partial(ShardedEpochSampler, rank=rank, world_size=world_size) if world_size > 1
                else None)
@@ -462,16 +466,21 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank:
                         n_folds=profile.n_folds, seed=profile.seed, patch_size=profile.patch_size,
                         samples_per_volume=profile.samples_per_volume,
                         foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
-                        batch_size=profile.batch_size, num_workers=profile.num_workers,
+                        batch_size=per_rank_batch_size(profile.batch_size, world_size),
+                        num_workers=profile.num_workers,
                         split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler)
 
 
 def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, precision: str = "fp32",
-                 resume: bool, progress: bool, is_main: bool = True) -> TrainingState:
+                 resume: bool, progress: bool, is_main: bool = True, world_size: int = 1,
+                 epochs: int | None = None) -> TrainingState:
     """A fresh training state, restored from ``last.pt`` when resuming, or with the old run deleted.
 
-    Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. The model
-    is stored as ``channels_last_3d`` where :func:`~brats_utils.precision.use_channels_last` says so.
+    Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. A run
+    that still has epochs to train (up to ``epochs``, default ``profile.epochs``) and is resumed by
+    another number of processes than it was trained with continues with a warning (same global batch
+    and steps, other dropout masks: not exact). The model is stored as ``channels_last_3d`` where
+    :func:`~brats_utils.precision.use_channels_last` says so.
     """
     last_path = checkpoint_dir(run_dir) / "last.pt"
     state = TrainingState.create(profile, device, precision=precision)
@@ -479,6 +488,13 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
         checkpoint = load_checkpoint(last_path)
         check_compatible(checkpoint, profile, last_path, state.model)
         state.restore(checkpoint)
+        trained_by = checkpoint["config"].get("world_size", 1)
+        to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
+        if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
+            warnings.warn(f"{last_path} was trained by {trained_by} process(es) and is resumed by "
+                          f"{world_size}: the global batch and the steps per epoch stay the same, but "
+                          f"dropout masks and rounding differ from an uninterrupted run, so the resume is "
+                          f"not exact", stacklevel=2)
         if progress:
             tqdm.write(f"Resuming {run_dir} after epoch {checkpoint['epoch']}.")
     elif not resume and is_main:
@@ -567,7 +583,8 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
             loader, val_volumes = loaders_for(profile, cache_dir, run_dir, rank=info.rank,
                                               world_size=info.world_size)
             state = _start_state(profile, run_dir, device, precision=precision, resume=resume,
-                                 progress=progress, is_main=info.is_main)
+                                 progress=progress, is_main=info.is_main, world_size=info.world_size,
+                                 epochs=epochs)
             config = state.model.config  # an as-run preset builds levels its forward pass never uses
             unused = config.get("wired_levels", config["levels"]) < config["levels"]
             state.model = wrap_model(state.model, info, find_unused_parameters=unused)

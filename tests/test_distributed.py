@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +117,15 @@ def test_shards_are_deterministic_and_change_with_seed_and_epoch():
     assert all(20 <= i < 40 for i in later)  # epoch e draws indices e*n + permutation: new patches
 
 
+def test_per_rank_batch_size_splits_the_global_batch_and_refuses_a_remainder():
+    assert D.per_rank_batch_size(2, 1) == 2 and D.per_rank_batch_size(2, 2) == 1
+    assert D.per_rank_batch_size(8, 4) == 2
+    with pytest.raises(ValueError, match=r"batch_size 3 .* cannot be split evenly over 2 processes.*=2\)"):
+        D.per_rank_batch_size(3, 2)
+    with pytest.raises(ValueError, match="batch_size 2 .* over 4 processes"):
+        D.per_rank_batch_size(2, 4)
+
+
 def test_sharding_rejects_impossible_ranks():
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         D.shard_indices(10, 2, 2)
@@ -180,39 +192,81 @@ def test_two_process_ddp_on_gloo_trains_like_one_process(tmp_path):
         assert not a & b and a | b == set(range(8 * epoch, 8 * epoch + 8))
 
 
-def _torchrun_train(data: Path, port: int, *overrides: str) -> subprocess.CompletedProcess:
+def _torchrun_command(data: Path, port: int, *overrides: str) -> tuple[list[str], dict[str, str]]:
     env = {key: value for key, value in os.environ.items()
            if key not in D.TORCHRUN_VARIABLES and key not in ("BRATS_PROFILE", "BRATS_SET")}
     env.update(BRATS_DATA_DIR=str(data), OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "brats_utils", "train",
                "--profile", "ci", "--set", "steps_per_epoch=4", *[f"--set={o}" for o in overrides]]
+    return command, env
+
+
+def _torchrun_train(data: Path, port: int, *overrides: str) -> subprocess.CompletedProcess:
+    command, env = _torchrun_command(data, port, *overrides)
     return subprocess.run(command, env=env, cwd=data, capture_output=True, text=True, timeout=240)
 
 
-def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes(tmp_path):
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc): torchrun starts its ranks in sessions of their own."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        parent = tree[index]
+        try:
+            tree += [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except OSError:  # already gone
+            pass
+        index += 1
+    return tree
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's ranks through /proc")
+def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes_after_a_kill(tmp_path):
     from brats_utils.checkpoints import load_checkpoint
 
     data = tmp_path / "data"
     data.mkdir()
-    first = _torchrun_train(data, free_port(), "epochs=1")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert first.stdout.count("TrainResult:") == 1  # rank 0 reports, rank 1 does not
     run_dir = data / "runs" / "ci"
-    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert names == ["best.pt", "epoch_001.pt", "last.pt"]  # one checkpoint set, no temporary files
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "history.csv", "split.csv"]
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert checkpoint["config"]["world_size"] == 2 and checkpoint["epoch"] == 1
+    last = run_dir / "checkpoints" / "last.pt"
+    command, env = _torchrun_command(data, free_port(), "epochs=3")
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen(command, env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while not last.exists():  # the first epoch's checkpoint: the whole run is killed there
+            assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        for pid in reversed(_process_tree(killed.pid)):  # as a dying Kaggle session: every process at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["config"]["world_size"] == 2 and 1 <= checkpoint["epoch"] < 3  # killed mid-run
     assert not any(key.startswith("module.") for key in checkpoint["model_state_dict"])  # unwrapped
 
     second = _torchrun_train(data, free_port(), "epochs=3")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Resuming" in second.stdout + second.stderr
-    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert second.stdout.count("TrainResult:") == 1  # rank 0 reports, rank 1 does not
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]  # one set
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "history.csv", "split.csv"]
+    resumed = load_checkpoint(last)
     assert resumed["epoch"] == 3 and resumed["config"]["world_size"] == 2
-    assert resumed["history"][0] == checkpoint["history"][0]  # it continued from the first run's epoch
+    done = checkpoint["epoch"]
+    assert resumed["history"][:done] == checkpoint["history"]  # it continued after the killed run's epochs
     history = [row["train_loss"] for row in resumed["history"]]
     assert history[-1] < history[0], history
     lines = (run_dir / "history.csv").read_text().strip().splitlines()
     assert len(lines) == 4  # header + 3 epochs, written once (by rank 0)
+
+    # one process takes over the two-process run: same global batch and steps, with a warning
+    env = {**env, "PYTHONWARNINGS": "default"}
+    third = subprocess.run([sys.executable, "-m", "brats_utils", "train", "--profile", "ci", "--set",
+                            "steps_per_epoch=4", "--set", "epochs=4"], env=env, cwd=data, capture_output=True,
+                           text=True, timeout=240)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "trained by 2 process(es) and is resumed by 1" in third.stderr
+    final = load_checkpoint(last)
+    assert final["epoch"] == 4 and final["config"]["world_size"] == 1
+    assert final["history"][:3] == resumed["history"]

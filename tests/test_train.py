@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -270,3 +271,31 @@ def test_plot_history_draws_loss_dice_and_learning_rate(two_epochs):
     loss, dice, lr = fig.axes[:3]
     assert len(loss.lines) >= 2 and lr.get_yscale() == "log"
     np.testing.assert_allclose(dice.lines[0].get_ydata(), two_epochs.history["val_paper_dice"])
+
+
+# --- several processes: the global batch -----------------------------------------------------
+
+
+def test_two_ranks_load_halves_of_the_single_process_batches(profile):
+    """batch_size is the global batch: rank r of 2 loads the r-th sample of every single-process batch."""
+    cache = pipeline.ensure_cache(profile, progress=False)
+    run_dir = profile.run_dir / "sharding"  # only the split is written, by the single-process call
+    batches = {}
+    for rank, world_size in ((0, 1), (0, 2), (1, 2)):
+        loader, _ = train_module.loaders_for(profile, cache, run_dir, rank=rank, world_size=world_size)
+        loader.sampler.set_epoch(3)
+        batches[rank, world_size] = list(loader.batch_sampler)
+    single, rank0, rank1 = batches[0, 1], batches[0, 2], batches[1, 2]
+    assert profile.batch_size == 2 and {len(b) for b in single} == {2} and {len(b) for b in rank0} == {1}
+    assert len(rank0) == len(rank1) == len(single)  # the same optimiser steps per epoch
+    assert [[*a, *b] for a, b in zip(rank0, rank1, strict=True)] == single
+
+
+def test_resuming_with_another_number_of_processes_warns_that_it_is_not_exact(profile, two_epochs):
+    run_dir, cpu = two_epochs.run_dir, torch.device("cpu")
+    with pytest.warns(UserWarning, match=r"trained by 1 process\(es\) and is resumed by 2"):
+        train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, world_size=2, epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the same number of processes, or nothing left to train
+        train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, epochs=3)
+        train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, world_size=2)
