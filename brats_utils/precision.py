@@ -185,6 +185,20 @@ def to_channels_last(model_or_tensor: ModuleOrTensor) -> ModuleOrTensor:
     return model_or_tensor
 
 
+def optimizer_state_to_channels_last(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Store every 5-D state tensor of ``optimizer`` (AdamW's moments) as ``channels_last_3d``, in place.
+
+    A fresh optimiser creates its state in its parameters' layout; one restored from a checkpoint gets
+    the layout the checkpoint was saved in. Call it after :func:`to_channels_last` on the model so that
+    a resumed run's moments match its channels-last parameters (values do not change).
+    """
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = to_channels_last(value)
+    return optimizer
+
+
 def is_channels_last(tensor: torch.Tensor) -> bool:
     """Whether a 5-D tensor is laid out as ``channels_last_3d``."""
     return tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d)

@@ -85,6 +85,7 @@ from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import (
     autocast,
     grad_scaler,
+    optimizer_state_to_channels_last,
     resolve_precision,
     to_channels_last,
     use_channels_last,
@@ -502,6 +503,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
             old.unlink(missing_ok=True)
     if use_channels_last(precision, device):
         to_channels_last(state.model)  # in place: the optimiser keeps the same parameters
+        optimizer_state_to_channels_last(state.optimizer)  # a resumed run's moments follow them
     return state
 
 

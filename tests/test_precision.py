@@ -190,6 +190,24 @@ def test_channels_last_leaves_other_ranks_alone():
         P.to_channels_last([1, 2, 3])
 
 
+def test_a_restored_optimiser_state_follows_the_model_into_channels_last():
+    model = build_model("paper", base_filters=4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(1, 4, 8, 8, 8)).sum().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    P.to_channels_last(model)  # as a resume on CUDA does: load the contiguous state, then convert
+    restored = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    restored.load_state_dict(saved)
+    moments = [s["exp_avg"] for s in restored.state.values() if s["exp_avg"].dim() == 5]
+    assert moments and not all(P.is_channels_last(m) for m in moments)  # 3³ kernels: contiguous
+    values = [m.clone() for m in moments]
+    assert P.optimizer_state_to_channels_last(restored) is restored
+    moments = [s["exp_avg"] for s in restored.state.values() if s["exp_avg"].dim() == 5]
+    assert all(P.is_channels_last(m) for m in moments)
+    assert all(torch.equal(a, b) for a, b in zip(moments, values, strict=True))
+
+
 def test_channels_last_model_trains_in_bf16():
     model = P.to_channels_last(build_model("paper", base_filters=4).train())
     x = P.to_channels_last(torch.randn(2, 4, 16, 16, 16))
