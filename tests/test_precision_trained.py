@@ -1,8 +1,9 @@
 """bf16 on a trained model: prediction agrees with fp32 on held-out cases, and precision is wired in.
 
-The ci model is trained briefly in fp32 (a temporary data folder), then every held-out volume of its
-split is predicted whole in fp32 and in bf16 (:func:`brats_utils.precision.precision_agreement`):
-the issue's bar is an argmax agreement of at least 99.9 % and region Dice within 0.005.
+The ci model is trained briefly in fp32 (a temporary data folder), then every test volume of its split
+(never seen by training or by the choice of the best epoch) is predicted whole in fp32 and in bf16
+(:func:`brats_utils.precision.precision_agreement`): the issue's bar is an argmax agreement of at
+least 99.9 % and region Dice within 0.005.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from brats_utils import pipeline
 from brats_utils.checkpoints import load_checkpoint, load_model
 from brats_utils.config import get_profile
+from brats_utils.data import split_volumes
 from brats_utils.metrics import region_dice_torch
 from brats_utils.precision import label_map_agreement, precision_agreement, resolve_precision
 
@@ -26,14 +28,15 @@ EPOCHS, STEPS = 5, 10
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The ci profile's model after ``EPOCHS`` x ``STEPS`` fp32 steps, and its held-out volumes."""
+    """The ci profile's model after ``EPOCHS`` x ``STEPS`` fp32 steps, and its test volumes."""
     root = tmp_path_factory.mktemp("bf16-data")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BRATS_DATA_DIR", str(root))
         profile = get_profile("ci").with_overrides(name="bf16check", precision="fp32", epochs=EPOCHS,
                                                    steps_per_epoch=STEPS, early_stop_patience=EPOCHS)
         result = pipeline.train(profile, progress=False, device="cpu")
-        _, volumes = pipeline.make_loaders(profile, progress=False)
+        assert pipeline.heldout_split(profile) == "test"
+        volumes = split_volumes(profile.cache_dir, result.run_dir / "split.csv", "test")
         yield profile, result, load_model(result.best_checkpoint), volumes
 
 
@@ -52,7 +55,7 @@ def test_the_training_run_recorded_its_precision(trained):
     assert config["world_size"] == 1
 
 
-def test_bf16_prediction_agrees_with_fp32_on_held_out_cases(trained):
+def test_bf16_prediction_agrees_with_fp32_on_the_test_cases(trained):
     _, _, model, volumes = trained
     assert len(volumes) >= 1
     agree = voxels = 0.0

@@ -9,7 +9,7 @@ labels, the region Dice of both against the ground truth (within 0.005 of each o
 the seconds of each precision (one pass over the whole crop instead of windows: bench_window_choice).
 Also runnable on its own:
 ``python tests/benchmarks/bench_bf16_agreement.py [PROFILE]``; ``ci`` trains the unit test's ci model
-(``tests/test_precision_trained.py``: 3 epochs x 8 steps, fp32) in a temporary folder.
+(``tests/test_precision_trained.py``: 5 epochs x 10 steps, fp32) in a temporary folder.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def main(profile_name: str = "demo") -> None:
 
     profile = get_profile(profile_name)
     if profile_name == "ci":
-        profile = profile.with_overrides(name="bf16check", precision="fp32", epochs=3, steps_per_epoch=8,
-                                         early_stop_patience=3)
+        profile = profile.with_overrides(name="bf16check", precision="fp32", epochs=5, steps_per_epoch=10,
+                                         early_stop_patience=5)
     model = load_model(pipeline.ensure_trained(profile, progress=False))
     split = pipeline.heldout_split(profile)
     volumes = split_volumes(profile.cache_dir, profile.run_dir / "split.csv", split)
