@@ -5,9 +5,10 @@ synthetic cases and the DataLoader of :func:`brats_utils.train.loaders_for` with
 ``gpu`` profile's settings (batch 2, 128^3 patches, augmentation, 2 workers). Each step is
 timed in two parts: waiting for the next batch (``next(iterator)`` plus the copy to the
 device) and computing :func:`brats_utils.train.train_step` (forward, loss, backward,
-clipping, AdamW; AMP on CUDA). The loader is measured with its 2 workers and, side by side,
-with the loading done in the training process (``num_workers=0``), which shows what the
-workers hide. Target: data waiting below 10 % of the step time.
+clipping, AdamW; in the profile's precision: fp16 AMP on CUDA, bf16 on a CPU with native bf16).
+The loader is measured with its 2 workers and, side by side, with the loading done in the
+training process (``num_workers=0``), which shows what the workers hide. Target: data waiting
+below 10 % of the step time.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main() -> None:
     steps = 20 if device.type == "cuda" else 3
     profile = get_profile("gpu").with_overrides(data_source="synthetic", max_cases=None)
     print(f"paper model, batch {profile.batch_size} of {profile.patch_size} patches from a cache of {CASES} "
-          f"real-size cases, {device}, AMP {'on' if device.type == 'cuda' else 'off (CPU)'}")
+          f"real-size cases, {device}, precision {resolve_precision(profile.requested_precision, device)} "
+          f"(the profile's {profile.requested_precision!r})")
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic_dataset(Path(tmp) / "dataset", CASES, 0, SHAPE, seed=0)
         cache = Path(tmp) / "cache"
