@@ -98,7 +98,7 @@ def windows_per_pass(device: str | torch.device) -> int:
 
     On a CPU a second window in the same pass does not make a window cheaper: measured on 2 AVX-512
     cores (paper model, bf16, ``tests/benchmarks/bench_inference.py``, side by side), one window per
-    pass took 0.76-0.83 of the time per window of two at 64³ and 96³ and 0.91-0.97 at 128³ (the working
+    pass took 0.76-0.87 of the time per window of two at 64³ and 96³ and 0.91-0.97 at 128³ (the working
     set of one window stays closer to the caches; the convolutions are already parallel within one
     window); at 48³ the two were within the machine's noise (0.84-1.17). On a GPU two windows stay the
     default, as before (a GPU is kept busier by a larger batch; not measured here: no GPU was lent).
