@@ -299,3 +299,29 @@ def test_resuming_with_another_number_of_processes_warns_that_it_is_not_exact(pr
         warnings.simplefilter("error")  # no warning: the same number of processes, or nothing left to train
         train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, epochs=3)
         train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, world_size=2)
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+
+def test_a_compiled_run_trains_saves_plain_weights_and_predicts_like_eager(profile, tmp_path):
+    """``compile=True``: the checkpoints hold the network's own names (no ``_orig_mod.``), and the
+    compiled prediction of a test case gives the eager model's labels."""
+    import nibabel as nib
+
+    from brats_utils.checkpoints import load_model
+
+    compiled = profile.with_overrides(name="compiled", compile=True, epochs=1, precision="fp32")
+    result = train(compiled, run_dir=tmp_path / "run", progress=False, device="cpu")
+    state = load_checkpoint(result.best_checkpoint)["model_state_dict"]
+    assert not any("_orig_mod" in key or key.startswith("module.") for key in state)
+    assert np.isfinite(result.history["train_loss"]).all()
+    labels = {}
+    for name, settings in (("compiled", compiled), ("eager", compiled.with_overrides(compile=False))):
+        out = pipeline.predict_split(settings, split="test", checkpoint=result.best_checkpoint,
+                                     out_dir=tmp_path / name, progress=False)
+        labels[name] = {path.name: np.asarray(nib.load(path).dataobj) for path in out}
+    assert labels["compiled"].keys() == labels["eager"].keys() and labels["eager"]
+    for case, eager in labels["eager"].items():
+        assert (labels["compiled"][case] == eager).mean() >= 0.999, case
+    assert set(load_model(result.best_checkpoint).state_dict()) == set(state)  # loads as a plain network
