@@ -260,6 +260,18 @@ def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes_after_a_kil
     lines = (run_dir / "history.csv").read_text().strip().splitlines()
     assert len(lines) == 4  # header + 3 epochs, written once (by rank 0)
 
+    # exact resume: the same as an uninterrupted two-process run of 3 epochs
+    reference_data = tmp_path / "reference"
+    reference_data.mkdir()
+    reference = _torchrun_train(reference_data, free_port(), "epochs=3")
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    uninterrupted = load_checkpoint(reference_data / "runs" / "ci" / "checkpoints" / "last.pt")
+    deterministic = ("train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "grad_norm", "lr")
+    assert [[row[k] for k in deterministic] for row in resumed["history"]] == [
+        [row[k] for k in deterministic] for row in uninterrupted["history"]]
+    weights = uninterrupted["model_state_dict"]
+    assert all(torch.equal(resumed["model_state_dict"][name], weights[name]) for name in weights)
+
     # one process takes over the two-process run: same global batch and steps, with a warning
     env = {**env, "PYTHONWARNINGS": "default"}
     third = subprocess.run([sys.executable, "-m", "brats_utils", "train", "--profile", "ci", "--set",
