@@ -30,7 +30,9 @@ and as nnU-Net v2 splits its batch over DDP ranks. So
   (``steps_per_epoch`` counts global steps) and so the learning-rate schedule and early stopping;
 - **not identical**: the floating-point summation order of the gradient average, dropout masks (drawn
   per process), a loss that couples the samples of a batch (``batch_dice``: one Dice over each rank's
-  share instead of the whole batch), and, when ``W`` does not divide the epoch, the ``(-n) % W``
+  share instead of the whole batch), whole volumes of different sizes (``patch_size=None``: each rank
+  pads its share only to its own largest volume, one process pads the batch to the largest of all),
+  and, when ``W`` does not divide the epoch, the ``(-n) % W``
   patches that the last ranks repeat from the start of the order so that every rank takes the same
   number of steps (``pad=False`` drops the tail instead: then the union misses those patches).
 

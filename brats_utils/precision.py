@@ -185,17 +185,20 @@ def to_channels_last(model_or_tensor: ModuleOrTensor) -> ModuleOrTensor:
     return model_or_tensor
 
 
-def optimizer_state_to_channels_last(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Store every 5-D state tensor of ``optimizer`` (AdamW's moments) as ``channels_last_3d``, in place.
+def match_optimizer_state_layout(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Lay out every state tensor of ``optimizer`` (AdamW's moments) like its parameter, in place.
 
     A fresh optimiser creates its state in its parameters' layout; one restored from a checkpoint gets
-    the layout the checkpoint was saved in. Call it after :func:`to_channels_last` on the model so that
-    a resumed run's moments match its channels-last parameters (values do not change).
+    the layout the checkpoint was saved in (channels-last from a CUDA run, contiguous from a CPU one).
+    Call it after the model's layout is settled (:func:`to_channels_last` or not), so that a resumed
+    run's moments match its parameters (values do not change).
     """
-    for state in optimizer.state.values():
+    for parameter, state in optimizer.state.items():
+        layout = (torch.channels_last_3d if parameter.dim() == 5 and is_channels_last(parameter)
+                  else torch.contiguous_format)
         for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                state[key] = to_channels_last(value)
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+                state[key] = value.contiguous(memory_format=layout)
     return optimizer
 
 

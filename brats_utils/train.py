@@ -85,7 +85,7 @@ from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import (
     autocast,
     grad_scaler,
-    optimizer_state_to_channels_last,
+    match_optimizer_state_layout,
     resolve_precision,
     to_channels_last,
     use_channels_last,
@@ -496,6 +496,11 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
                           f"{world_size}: the global batch and the steps per epoch stay the same, but "
                           f"dropout masks and rounding differ from an uninterrupted run, so the resume is "
                           f"not exact", stacklevel=2)
+        if trained_by > 1 and not checkpoint["config"].get("global_batch") and to_train and is_main:
+            warnings.warn(f"{last_path} was trained by {trained_by} processes before batch_size became the "
+                          f"global batch (each rank took batch_size patches and a share of the steps); "
+                          f"its remaining epochs take batch_size patches per step over all ranks and "
+                          f"steps_per_epoch steps", stacklevel=2)
         if progress:
             tqdm.write(f"Resuming {run_dir} after epoch {checkpoint['epoch']}.")
     elif not resume and is_main:
@@ -503,7 +508,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
             old.unlink(missing_ok=True)
     if use_channels_last(precision, device):
         to_channels_last(state.model)  # in place: the optimiser keeps the same parameters
-        optimizer_state_to_channels_last(state.optimizer)  # a resumed run's moments follow them
+    match_optimizer_state_layout(state.optimizer)  # a resumed run's moments follow them
     return state
 
 
@@ -611,7 +616,7 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
     """The epochs after the last one of ``state.history`` up to ``epochs``, or until early stopping."""
     info = info or DistInfo(device=device)
     ranks = {"rank": info.rank, "world_size": info.world_size}
-    run = {"resolved_precision": precision, "world_size": info.world_size}
+    run = {"resolved_precision": precision, "world_size": info.world_size, "global_batch": True}
     loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
                        batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
     start = len(state.history) + 1

@@ -126,6 +126,22 @@ def test_per_rank_batch_size_splits_the_global_batch_and_refuses_a_remainder():
         D.per_rank_batch_size(2, 4)
 
 
+@pytest.mark.parametrize("n", [8, 7])
+def test_ranks_with_half_the_global_batch_take_the_single_process_steps(n):
+    """Global batch 2 over 2 ranks: step k of the ranks is step k of one process; an odd epoch's last
+    step is one process's short last batch plus the first item again (the padding every rank needs)."""
+    from torch.utils.data import BatchSampler
+
+    single = list(BatchSampler(EpochShuffleSampler(n, seed=3), 2, drop_last=False))
+    ranks = [list(BatchSampler(D.ShardedEpochSampler(n, seed=3, rank=r, world_size=2),
+                               D.per_rank_batch_size(2, 2), drop_last=False)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == -(-n // 2)
+    steps = [[*a, *b] for a, b in zip(*ranks, strict=True)]
+    assert steps[: n // 2] == single[: n // 2]
+    if n % 2:
+        assert steps[-1] == [*single[-1], single[0][0]]
+
+
 def test_sharding_rejects_impossible_ranks():
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         D.shard_indices(10, 2, 2)
@@ -207,20 +223,43 @@ def _torchrun_train(data: Path, port: int, *overrides: str) -> subprocess.Comple
     return subprocess.run(command, env=env, cwd=data, capture_output=True, text=True, timeout=240)
 
 
+def _parents() -> dict[int, int]:
+    """Every live process's parent pid, from /proc/<pid>/stat (zombies count as gone)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (command name)"
+        except OSError:  # exited meanwhile
+            continue
+        if fields and fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    return parents
+
+
 def _process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (Linux /proc): torchrun starts its ranks in sessions of their own."""
+    """``pid`` and all its live descendants: torchrun starts its ranks in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
     tree, index = [pid], 0
     while index < len(tree):
-        parent = tree[index]
-        try:
-            tree += [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-        except OSError:  # already gone
-            pass
+        tree += children.get(tree[index], [])
         index += 1
     return tree
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's ranks through /proc")
+def _kill_all(pids: list[int]) -> None:
+    """SIGKILL every pid and wait until none of them is alive (a zombie is not)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while set(pids) & set(_parents()):
+        assert time.monotonic() < deadline, f"processes {set(pids) & set(_parents())} survived SIGKILL"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds torchrun's ranks through /proc")
 def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes_after_a_kill(tmp_path):
     from brats_utils.checkpoints import load_checkpoint
 
@@ -231,15 +270,19 @@ def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes_after_a_kil
     command, env = _torchrun_command(data, free_port(), "epochs=3")
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.Popen(command, env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while not last.exists():  # the first epoch's checkpoint: the whole run is killed there
-            assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.05)
-        for pid in reversed(_process_tree(killed.pid)):  # as a dying Kaggle session: every process at once
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        killed.wait(timeout=60)
+        ranks: list[int] = []
+        try:
+            deadline = time.monotonic() + 240
+            while not last.exists():  # the first epoch's checkpoint: the whole run is killed there
+                assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint within 240 s"
+                ranks = _process_tree(killed.pid)
+                time.sleep(0.05)
+            tree = _process_tree(killed.pid)
+            assert len(tree) >= 3, tree  # torchrun and its two ranks, all found
+        finally:  # as a dying Kaggle session: every process at once (and never a survivor left behind)
+            _kill_all(sorted(set(_process_tree(killed.pid)) | set(ranks)))
+            killed.wait(timeout=60)
     checkpoint = load_checkpoint(last)
     assert checkpoint["config"]["world_size"] == 2 and 1 <= checkpoint["epoch"] < 3  # killed mid-run
     assert not any(key.startswith("module.") for key in checkpoint["model_state_dict"])  # unwrapped

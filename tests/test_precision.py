@@ -190,22 +190,31 @@ def test_channels_last_leaves_other_ranks_alone():
         P.to_channels_last([1, 2, 3])
 
 
-def test_a_restored_optimiser_state_follows_the_model_into_channels_last():
+def test_a_restored_optimiser_state_takes_the_layout_of_its_parameters():
     model = build_model("paper", base_filters=4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(1, 4, 8, 8, 8)).sum().backward()
     optimizer.step()
-    saved = optimizer.state_dict()
+    saved = optimizer.state_dict()  # contiguous moments, as a CPU run saves them
+
+    def moments(opt):
+        return [s["exp_avg"] for p, s in opt.state.items() if p.dim() == 5 and p.shape[2] == 3]  # 3³ kernels
+
     P.to_channels_last(model)  # as a resume on CUDA does: load the contiguous state, then convert
     restored = torch.optim.AdamW(model.parameters(), lr=1e-3)
     restored.load_state_dict(saved)
-    moments = [s["exp_avg"] for s in restored.state.values() if s["exp_avg"].dim() == 5]
-    assert moments and not all(P.is_channels_last(m) for m in moments)  # 3³ kernels: contiguous
-    values = [m.clone() for m in moments]
-    assert P.optimizer_state_to_channels_last(restored) is restored
-    moments = [s["exp_avg"] for s in restored.state.values() if s["exp_avg"].dim() == 5]
-    assert all(P.is_channels_last(m) for m in moments)
-    assert all(torch.equal(a, b) for a, b in zip(moments, values, strict=True))
+    assert moments(restored) and not any(P.is_channels_last(m) for m in moments(restored))
+    values = [m.clone() for m in moments(restored)]
+    assert P.match_optimizer_state_layout(restored) is restored
+    assert all(P.is_channels_last(m) for m in moments(restored))
+    assert all(torch.equal(a, b) for a, b in zip(moments(restored), values, strict=True))
+
+    back = build_model("paper", base_filters=4)  # and the other way: channels-last moments, plain weights
+    back.load_state_dict(model.state_dict())
+    plain = torch.optim.AdamW(back.parameters(), lr=1e-3)
+    plain.load_state_dict(restored.state_dict())
+    P.match_optimizer_state_layout(plain)
+    assert all(m.is_contiguous() for m in moments(plain))
 
 
 def test_channels_last_model_trains_in_bf16():

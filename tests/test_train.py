@@ -291,7 +291,7 @@ def test_two_ranks_load_halves_of_the_single_process_batches(profile):
     assert [[*a, *b] for a, b in zip(rank0, rank1, strict=True)] == single
 
 
-def test_resuming_with_another_number_of_processes_warns_that_it_is_not_exact(profile, two_epochs):
+def test_resuming_with_another_number_of_processes_warns_that_it_is_not_exact(profile, two_epochs, tmp_path):
     run_dir, cpu = two_epochs.run_dir, torch.device("cpu")
     with pytest.warns(UserWarning, match=r"trained by 1 process\(es\) and is resumed by 2"):
         train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, world_size=2, epochs=3)
@@ -299,6 +299,18 @@ def test_resuming_with_another_number_of_processes_warns_that_it_is_not_exact(pr
         warnings.simplefilter("error")  # no warning: the same number of processes, or nothing left to train
         train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, epochs=3)
         train_module._start_state(profile, run_dir, cpu, resume=True, progress=False, world_size=2)
+
+    # a two-process run from before batch_size was the global batch: its meaning changes, so it says so
+    old_run = tmp_path / "old-ddp-run"
+    shutil.copytree(run_dir, old_run)
+    last = old_run / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["config"]["global_batch"] is True
+    checkpoint["config"] = {k: v for k, v in checkpoint["config"].items() if k != "global_batch"}
+    checkpoint["config"]["world_size"] = 2
+    atomic_torch_save(checkpoint, last)
+    with pytest.warns(UserWarning, match="before batch_size became the global batch"):
+        train_module._start_state(profile, old_run, cpu, resume=True, progress=False, world_size=2, epochs=3)
 
 
 # --- torch.compile ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """bf16 against fp32 on the demo model: the same test-case predictions, label by label, and the time.
 
-The demo profile's best checkpoint (trained first if it is missing: about 3 minutes on 2 cores, into
+The demo profile's best checkpoint (trained first if it is missing: about a minute and a half on 2 cores, into
 ``$BRATS_DATA_DIR`` or ``data/``) predicts every test volume of its split (the validation volumes for
 a profile without test cases) with the profile's sliding window, once in fp32 and once in bf16 (the
 CPU's ``auto`` choice where it has native bf16). Printed per case and over all of them: the argmax

@@ -4,7 +4,7 @@ A crop a little larger than the window along an axis needs a second window there
 for a 127 x 161 x 132 crop, where one pass over the whole crop would cost about a third. Fewer voxels
 through the network is the only way left to predict faster on a CPU (the network is more than 95 % of
 the time, bench_inference), so this bench measures what it costs in accuracy, for the trained demo model
-(trained first if it is missing: about 3 minutes on 2 cores):
+(trained first if it is missing: about a minute and a half on 2 cores):
 
 - ``windows``: windows of the profile's ``sw_patch_size``, overlap 0.5, Gaussian blending (the default);
 - ``stretched``: along an axis the crop exceeds by at most 1/8 of the window, one window as long as the
