@@ -182,6 +182,9 @@ class Profile:
 
     # beyond the paper (notebook 08, brats_utils.regions and brats_utils.beyond)
     target: Literal["labels", "regions"] = "labels"  # "regions": 3 sigmoids WT/TC/ET (nnU-Net's BraTS)
+    # regions: the sigmoids start at this probability of a voxel being in a region (their biases at
+    # logit(region_prior), Lin et al. 2017); None: bias 0, every voxel 50 % tumour at the start (nnU-Net)
+    region_prior: float | None = 0.01
     batch_dice: bool = False  # one Dice per class over the whole batch (the paper's wording)
     dice_include_background: bool = True  # False: Dice over the tumour classes only
     init_seed: int | None = None  # seeds initialisation and dropout (None: seed); the split keeps seed
@@ -301,7 +304,8 @@ def _check_ranges(p: Profile) -> None:
                  "test_fraction": (0 <= p.test_fraction < 1, "in [0, 1)"),
                  "foreground_fraction": (0 <= p.foreground_fraction <= 1, "in [0, 1]"),
                  "sw_overlap": (0 <= p.sw_overlap < 1, "in [0, 1)"),
-                 "dropout": (0 <= p.dropout < 1, "in [0, 1)")}
+                 "dropout": (0 <= p.dropout < 1, "in [0, 1)"),
+                 "region_prior": (p.region_prior is None or 0 < p.region_prior < 1, "in (0, 1) or None")}
     problems = [f"{name}={getattr(p, name)} is not {interval}" for name, (ok, interval) in fractions.items()
                 if not ok]
     sizes = {"synthetic_train_cases": p.synthetic_train_cases, "samples_per_volume": p.samples_per_volume,

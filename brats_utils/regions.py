@@ -86,6 +86,32 @@ def regions_to_labels(regions: torch.Tensor | np.ndarray,
     return labels.numpy() if is_numpy else labels
 
 
+# --- the start of training ---------------------------------------------------------------------
+
+
+def init_region_bias_(model: nn.Module, prior: float) -> nn.Module:
+    """Start a region model's sigmoids at probability ``prior``: the head's biases set to logit(prior).
+
+    With bias 0 every sigmoid starts at 0.5: the untrained model calls *every* voxel tumour, in all
+    three regions, while about 1 % of a patch is. The first steps then go to undoing that (binary
+    cross-entropy pushes every voxel down, and the soft Dice of a region predicted everywhere is tiny and
+    barely moves), before the regions themselves are learnt. Setting the bias so that the sigmoid
+    starts at the prior frequency (Lin et al. 2017, "Focal loss for dense object detection", whose
+    prior was 0.01) starts training where the data are. A softmax model has no such problem: its four
+    classes start at 0.25 each, and background is one of them. ``model.final_conv`` must be the
+    region head (3 outputs); returns the model.
+    """
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"the region prior is a probability in (0, 1), got {prior}")
+    head = getattr(model, "final_conv", None)
+    if head is None or head.bias is None or head.out_channels != len(REGION_ORDER):
+        raise ValueError(f"expected a region head final_conv with a bias and {len(REGION_ORDER)} outputs, "
+                         f"got {head!r}")
+    with torch.no_grad():
+        head.bias.fill_(float(np.log(prior / (1.0 - prior))))
+    return model
+
+
 # --- the region loss ------------------------------------------------------------------------
 
 

@@ -90,7 +90,7 @@ from brats_utils.precision import (
     to_channels_last,
     use_channels_last,
 )
-from brats_utils.regions import loss_for, output_channels, probs_to_labels, probs_to_logits
+from brats_utils.regions import init_region_bias_, loss_for, output_channels, probs_to_labels, probs_to_logits
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                    "val_dice_ET", "lr", "grad_norm", "seconds")
@@ -374,13 +374,16 @@ class TrainingState:
     @classmethod
     def create(cls, profile: Profile, device: torch.device, *, precision: str = "fp32") -> TrainingState:
         """A fresh model (seeded with ``profile.init_seed`` or ``profile.seed``, initialised by
-        ``profile.init``, with the outputs of ``profile.target``) and the profile's optimiser, schedule
-        (:func:`make_scheduler`) and stopper."""
+        ``profile.init``, with the outputs of ``profile.target``, a region head starting at
+        ``profile.region_prior``) and the profile's optimiser, schedule (:func:`make_scheduler`) and
+        stopper."""
         seed_everything(profile.seed if profile.init_seed is None else profile.init_seed)
         model = build_model(profile.model_preset, dropout=profile.dropout,
                             num_classes=output_channels(profile.target))
         if profile.init == "authors":
             init_weights_authors_(model)
+        if profile.target == "regions" and profile.region_prior is not None:
+            init_region_bias_(model, profile.region_prior)
         model = model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
         return cls(model, optimizer, make_scheduler(optimizer, profile), grad_scaler(precision, device),

@@ -12,6 +12,7 @@ from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import case_metrics
 from brats_utils.regions import (
     RegionLoss,
+    init_region_bias_,
     labels_to_regions,
     loss_for,
     output_channels,
@@ -127,3 +128,37 @@ def test_a_region_model_exports_brats_labels_on_the_original_grid(synthetic_root
     assert labels.shape == synthetic_shape and labels.dtype == np.uint8
     check_labels(labels, FILE_LABELS)
     assert 4 in np.unique(labels)
+
+
+# --- the start of training ------------------------------------------------------------------------
+
+
+def test_the_region_head_starts_at_the_prior_probability():
+    from brats_utils.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("paper", num_classes=3)
+    assert init_region_bias_(model, 0.01) is model
+    np.testing.assert_allclose(torch.sigmoid(model.final_conv.bias).detach().numpy(), 0.01, rtol=1e-6)
+    with torch.no_grad():  # an untrained model now calls about 1 % tumour instead of 50 %
+        start = torch.sigmoid(model.eval()(torch.randn(1, 4, 16, 16, 16))).mean().item()
+    assert start < 0.1
+    with pytest.raises(ValueError, match="probability in"):
+        init_region_bias_(model, 1.0)
+    with pytest.raises(ValueError, match="3 outputs"):
+        init_region_bias_(build_model("paper"), 0.01)  # a softmax head has 4
+
+
+def test_training_starts_region_models_at_the_profile_prior_and_leaves_softmax_models_alone():
+    from brats_utils.train import TrainingState
+
+    profile = config.get_profile("ci")
+    cpu = torch.device("cpu")
+    regions = TrainingState.create(profile.with_overrides(target="regions"), cpu).model.final_conv.bias
+    np.testing.assert_allclose(torch.sigmoid(regions).detach().numpy(), profile.region_prior, rtol=1e-6)
+    plain = TrainingState.create(profile.with_overrides(target="regions", region_prior=None), cpu)
+    labels = TrainingState.create(profile, cpu)
+    assert torch.count_nonzero(plain.model.final_conv.bias) == 0
+    assert torch.count_nonzero(labels.model.final_conv.bias) == 0
+    with pytest.raises(config.ProfileError, match="region_prior"):
+        profile.with_overrides(region_prior=0.0)
