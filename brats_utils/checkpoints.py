@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brats_utils.config import Profile
+from brats_utils.config import Profile, acting_settings
 from brats_utils.errors import CheckpointError
 from brats_utils.files import atomic_path, disk_full_error, is_disk_full
 from brats_utils.model import UNet3D
@@ -38,6 +38,11 @@ RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_pati
                                "num_workers", "tta", "compare_presets", "compare_epochs",
                                "compare_steps_per_epoch", "metrics_protocol", "precision", "amp", "compile",
                                "sw_batch_size"})
+
+
+#: What a field added later meant in checkpoints written before it existed, where that is not its default
+#: today: region models trained before ``region_prior`` started their sigmoids at bias 0 (None).
+LEGACY_VALUES: dict[str, object] = {"region_prior": None}
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -131,9 +136,11 @@ def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.M
                            if checkpoint["model_config"].get(k) != model.config.get(k))
         raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
                               path=path, expected=f"model config {model.config}")
-    # a field added after the checkpoint was written (e.g. dataset) counts as its default there
-    saved = {**{f.name: f.default for f in dataclasses.fields(Profile)}, **checkpoint["config"]}
-    current = profile.as_dict()
+    # a field added after the checkpoint was written (e.g. dataset) counts as its default there, or as
+    # what it meant then where that differs (LEGACY_VALUES); settings that do not act are left out
+    saved = acting_settings({**{f.name: f.default for f in dataclasses.fields(Profile)}, **LEGACY_VALUES,
+                             **checkpoint["config"]})
+    current = profile.acting_settings()
     differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if differing:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)

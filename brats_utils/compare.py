@@ -254,8 +254,8 @@ def architecture_table(presets: tuple[str, ...] | list[str]) -> pd.DataFrame:
 
 
 def _fingerprint(profile: Profile, device: torch.device) -> dict:
-    """What a finished row depends on (all settings but :data:`NOT_IN_FINGERPRINT`), as JSON reads it."""
-    settings = {k: v for k, v in profile.as_dict().items() if k not in NOT_IN_FINGERPRINT}
+    """What a finished row depends on (acting settings but :data:`NOT_IN_FINGERPRINT`), as JSON reads it."""
+    settings = {k: v for k, v in profile.acting_settings().items() if k not in NOT_IN_FINGERPRINT}
     return json.loads(json.dumps({"profile": settings, "device": device.type}))
 
 

@@ -210,6 +210,10 @@ class Profile:
         """Plain-dict form (for checkpoints and JSON)."""
         return dataclasses.asdict(self)
 
+    def acting_settings(self) -> dict:
+        """:meth:`as_dict` without the settings that do nothing in this run (:func:`acting_settings`)."""
+        return acting_settings(self.as_dict())
+
     @property
     def protocol(self) -> str:
         """The metrics protocol reported: ``metrics_protocol``, else the dataset's own (DATASET_PROTOCOLS)."""
@@ -239,6 +243,20 @@ class Profile:
 
 
 # --- checking fields ---------------------------------------------------------------------
+
+
+#: Settings that act only with another setting's value: ``region_prior`` only on a region model.
+ACTS_ONLY_WITH: dict[str, tuple[str, object]] = {"region_prior": ("target", "regions")}
+
+
+def acting_settings(settings: dict) -> dict:
+    """``settings`` (a profile's :meth:`Profile.as_dict`, or a checkpoint's saved copy) without the fields
+    of :data:`ACTS_ONLY_WITH` whose condition does not hold, so that two runs that compute the same thing
+    compare equal (a softmax run is the same run whatever its ``region_prior``)."""
+    return {key: value for key, value in settings.items()
+            if key not in ACTS_ONLY_WITH
+            or settings.get(ACTS_ONLY_WITH[key][0]) == ACTS_ONLY_WITH[key][1]}
+
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,26 @@ def test_training_starts_region_models_at_the_profile_prior_and_leaves_softmax_m
     assert torch.count_nonzero(labels.model.final_conv.bias) == 0
     with pytest.raises(config.ProfileError, match="region_prior"):
         profile.with_overrides(region_prior=0.0)
+
+
+def test_runs_from_before_region_prior_resume_as_what_they_were():
+    """A softmax run is the same run whatever its region_prior; a region run saved before the field
+    existed started at bias 0, so it resumes only with region_prior=None (a study retrains it)."""
+    from brats_utils.checkpoints import check_compatible
+    from brats_utils.compare import _fingerprint
+    from brats_utils.errors import CheckpointError
+
+    def saved_before(profile: config.Profile) -> dict:
+        return {"config": {k: v for k, v in profile.as_dict().items() if k != "region_prior"}}
+
+    labels, path = config.get_profile("ci"), Path("last.pt")
+    check_compatible(saved_before(labels), labels, path)
+    check_compatible(saved_before(labels), labels.with_overrides(region_prior=0.2), path)
+    regions = labels.with_overrides(target="regions")
+    with pytest.raises(CheckpointError, match=r"region_prior: None -> 0\.01"):
+        check_compatible(saved_before(regions), regions, path)
+    check_compatible(saved_before(regions), regions.with_overrides(region_prior=None), path)
+    cpu = torch.device("cpu")
+    assert _fingerprint(labels, cpu) == _fingerprint(labels.with_overrides(region_prior=0.2), cpu)
+    assert _fingerprint(regions, cpu) != _fingerprint(regions.with_overrides(region_prior=0.2), cpu)
+    assert "region_prior" not in labels.acting_settings() and "region_prior" in regions.acting_settings()
