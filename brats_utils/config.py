@@ -258,7 +258,6 @@ def acting_settings(settings: dict) -> dict:
             or settings.get(ACTS_ONLY_WITH[key][0]) == ACTS_ONLY_WITH[key][1]}
 
 
-
 def parse_override(text: str) -> tuple[str, object]:
     """``key=value`` as a checked ``(field, value)``: the value is read as a Python literal when it is one.
 
