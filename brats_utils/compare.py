@@ -49,7 +49,7 @@ from matplotlib.figure import Figure
 
 from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import load_model
-from brats_utils.config import Profile, data_dir
+from brats_utils.config import Profile, data_dir, fingerprint_fields
 from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
 from brats_utils.inference import sliding_window_predict
@@ -74,9 +74,6 @@ DICE_COLUMNS = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
 #: File names of the two figures in ``config.figures_dir()``.
 DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"
-#: Profile fields that do not change a preset's row (the study's budget is already in epochs/steps_per_epoch).
-NOT_IN_FINGERPRINT = frozenset({"name", "description", "num_workers", "checkpoint_every", "compare_presets",
-                                "compare_epochs", "compare_steps_per_epoch"})
 _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -254,8 +251,10 @@ def architecture_table(presets: tuple[str, ...] | list[str]) -> pd.DataFrame:
 
 
 def _fingerprint(profile: Profile, device: torch.device) -> dict:
-    """What a finished row depends on (acting settings but :data:`NOT_IN_FINGERPRINT`), as JSON reads it."""
-    settings = {k: v for k, v in profile.acting_settings().items() if k not in NOT_IN_FINGERPRINT}
+    """What a finished row depends on (the acting settings of :func:`~brats_utils.config.fingerprint_fields`),
+    as JSON reads it."""
+    enters = fingerprint_fields()
+    settings = {k: v for k, v in profile.acting_settings().items() if k in enters}
     return json.loads(json.dumps({"profile": settings, "device": device.type}))
 
 

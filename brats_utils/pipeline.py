@@ -46,6 +46,7 @@ from brats_utils.checkpoints import (
 )
 from brats_utils.config import Profile, data_dir
 from brats_utils.data import VolumeDataset, split_patients
+from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
@@ -168,7 +169,8 @@ def _cases_of_split(profile: Profile, root: Path, split: str, dataset: str | Non
 
 def make_loaders(profile: Profile, *, progress: bool = True) -> tuple[DataLoader, VolumeDataset]:
     """Training patches and validation volumes of the profile's cache (the split saved in its run folder)."""
-    return training.loaders_for(profile, ensure_cache(profile, progress=progress), profile.run_dir)
+    return make_patch_loaders(ensure_cache(profile, progress=progress), profile.data, profile.loader,
+                              split_csv=profile.run_dir / "split.csv")
 
 
 def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,

@@ -464,14 +464,8 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank:
     """
     sampler = (functools.partial(ShardedEpochSampler, rank=rank, world_size=world_size) if world_size > 1
                else None)
-    return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
-                        test_fraction=profile.test_fraction,
-                        exclude_from_training=profile.exclude_from_training, fold=profile.fold,
-                        n_folds=profile.n_folds, seed=profile.seed, patch_size=profile.patch_size,
-                        samples_per_volume=profile.samples_per_volume,
-                        foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
+    return make_loaders(cache_dir, profile.data, profile.loader,
                         batch_size=per_rank_batch_size(profile.batch_size, world_size),
-                        num_workers=profile.num_workers,
                         split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler)
 
 
