@@ -19,9 +19,10 @@ The stages, each usable alone (as in MONAI and nnU-Net):
    label scheme, and :func:`brats_utils.io.save_segmentation` writes a uint8 NIfTI with
    the input's affine and header.
 
-:func:`sliding_window_predict` chains stages 1-3 for one model; :func:`predict_case` runs
-them all on one case, cropping and normalising exactly as for training
-(``preprocess.preprocess_case``). Loading a trained network is :mod:`brats_utils.checkpoints`'
+:func:`sliding_window_predict` chains stages 1-3 for one model; :func:`predict_case` and
+:func:`predict_folder` take any predictor and run stages 2-4 on a case, cropping and normalising
+exactly as for training (``preprocess.preprocess_case``) with a profile's ``preprocessing`` and
+``inference`` sections. Loading a trained network is :mod:`brats_utils.checkpoints`'
 job (:func:`~brats_utils.checkpoints.load_model`).
 """
 
@@ -31,7 +32,6 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
 from brats_utils.precision import to_channels_last, use_channels_last
@@ -158,7 +159,11 @@ def softmax_predictor(model: nn.Module, *, precision: str = "auto", amp: bool | 
 
 
 def average_predictors(predictors: Sequence[Predictor]) -> Predictor:
-    """An ensemble: the mean of several predictors' probabilities."""
+    """An ensemble: the mean of several predictors' probabilities (the one place models are averaged:
+    fold ensembles, seed ensembles). Each member keeps its own activation, so an ensemble of region
+    models averages sigmoids and one of label models averages softmaxes."""
+    if not predictors:
+        raise ValueError("an ensemble needs at least one predictor")
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         total = predictors[0](batch)
@@ -294,25 +299,6 @@ def sliding_window_predict(
 # --- stage 4: back onto the original grid, and to NIfTI ----------------------------------------
 
 
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How one case is predicted: the preprocessing (margin, normalisation, crop) and the sliding window.
-
-    :func:`brats_utils.pipeline.inference_settings` fills them from a run profile.
-    """
-
-    patch_size: tuple[int, int, int]
-    overlap: float = 0.5
-    sw_batch_size: int | None = None  # None: windows_per_pass(device)
-    precision: str = "auto"
-    tta: bool = False
-    tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS
-    margin: int = 2
-    normalisation: str = "brain"
-    crop: bool = True
-    target: str = "labels"  # "regions": sigmoid WT/TC/ET, converted by brats_utils.regions
-
-
 def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020,
                      target: str = "labels") -> np.ndarray:
     """Argmax of cropped probabilities ``[K, h, w, d]``, on the original grid, in ``scheme``'s file labels.
@@ -325,57 +311,60 @@ def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = 
 
 
 def predict_case(
-    model: nn.Module,
+    predictor: Predictor,
     case: Case,
     settings: InferenceSettings,
+    preprocessing: PreprocessingSettings,
     *,
+    target: str = "labels",
     out_path: str | Path | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Segment one :class:`~brats_utils.io.Case`: file labels (uint8) on its original grid.
 
-    Loads the case, crops and normalises it as for training (``settings.margin``, ``normalisation``,
-    ``crop``), slides
-    the window (``settings``), puts the argmax back on the original grid in the case's
-    label scheme. With ``out_path`` the labels are also saved as a NIfTI file with the
-    input's affine and header.
+    Loads the case, crops and normalises it as for training (``preprocessing``: a profile's
+    ``preprocessing`` section), slides ``predictor`` (a callable from a batch of windows to
+    probabilities: :func:`brats_utils.regions.predictor_for` of a model, :func:`average_predictors`
+    of several, :func:`with_flips` for test-time flips) over it with ``settings`` (a profile's
+    ``inference`` section: window, overlap, windows per pass) on ``device``, and turns the
+    probabilities of ``target`` into labels on the original grid in the case's label scheme.
+    With ``out_path`` the labels are also saved as a NIfTI file with the input's affine and header.
+    :func:`brats_utils.pipeline.predictor` builds the predictor a profile describes.
     """
-    return _predict_prepared(model, case, prepare_case(case, settings), settings, out_path=out_path,
-                             device=device)
+    return _predict_prepared(predictor, case, prepare_case(case, preprocessing), settings, target=target,
+                             out_path=out_path, device=device)
 
 
-def prepare_case(case: Case, settings: InferenceSettings) -> tuple[LoadedCase, PreprocessedCase]:
+def prepare_case(case: Case, preprocessing: PreprocessingSettings) -> tuple[LoadedCase, PreprocessedCase]:
     """The CPU half of :func:`predict_case`: the loaded case and its crop, normalised as for training."""
     loaded = load_case(case)
-    return loaded, preprocess_case(loaded, margin=settings.margin, normalisation=settings.normalisation,
-                                   crop=settings.crop)
+    return loaded, preprocess_case(loaded, margin=preprocessing.margin,
+                                   normalisation=preprocessing.normalisation, crop=preprocessing.crop)
 
 
-def _predict_prepared(model: nn.Module, case: Case, prepared: tuple[LoadedCase, PreprocessedCase],
-                      settings: InferenceSettings, *, out_path: str | Path | None,
-                      device: str | torch.device | None) -> np.ndarray:
+def _predict_prepared(predictor: Predictor, case: Case, prepared: tuple[LoadedCase, PreprocessedCase],
+                      settings: InferenceSettings, *, target: str, out_path: str | Path | None,
+                      device: str | torch.device) -> np.ndarray:
     loaded, cropped = prepared
-    probs = sliding_window_predict(
-        model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
-        sw_batch_size=settings.sw_batch_size, device=device, precision=settings.precision, tta=settings.tta,
-        tta_flips=settings.tta_flips, target=settings.target,
-    )
-    labels = to_original_grid(probs, cropped.meta, case.scheme, settings.target)
+    probs = sliding_window(predictor, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
+                           sw_batch_size=settings.sw_batch_size, device=device)
+    labels = to_original_grid(probs, cropped.meta, case.scheme, target)
     if out_path is not None:
         save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header, scheme=case.scheme)
     return labels
 
 
-def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path, settings: InferenceSettings,
-                   *, device: str | torch.device | None = None, progress: bool = True,
+def predict_folder(predictor: Predictor, cases: Sequence[Case], out_dir: str | Path,
+                   settings: InferenceSettings, preprocessing: PreprocessingSettings, *,
+                   target: str = "labels", device: str | torch.device = "cpu", progress: bool = True,
                    prefetch: bool = True) -> list[Path]:
     """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout).
 
-    With ``prefetch`` (default) one helper thread prepares the next case (load, crop, normalise:
-    :func:`prepare_case`, mostly NumPy and file reading, which release the GIL) while the current
-    one is on the network; the results are the same as one case after the other (``prefetch=False``).
-    A full disk raises :class:`~brats_utils.errors.DiskFullError` naming ``out_dir``; the
-    segmentations written before stay complete.
+    The arguments are :func:`predict_case`'s. With ``prefetch`` (default) one helper thread prepares
+    the next case (load, crop, normalise: :func:`prepare_case`, mostly NumPy and file reading, which
+    release the GIL) while the current one is on the network; the results are the same as one case
+    after the other (``prefetch=False``). A full disk raises :class:`~brats_utils.errors.DiskFullError`
+    naming ``out_dir``; the segmentations written before stay complete.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -383,15 +372,16 @@ def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path,
     if not cases:
         return paths
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        upcoming = pool.submit(prepare_case, cases[0], settings) if prefetch else None
+        upcoming = pool.submit(prepare_case, cases[0], preprocessing) if prefetch else None
         for index, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
             if prefetch:
                 prepared = upcoming.result()
                 if index + 1 < len(cases):
-                    upcoming = pool.submit(prepare_case, cases[index + 1], settings)
+                    upcoming = pool.submit(prepare_case, cases[index + 1], preprocessing)
             else:
-                prepared = prepare_case(case, settings)
+                prepared = prepare_case(case, preprocessing)
             path = out_dir / f"{case.case_id}.nii.gz"
-            _predict_prepared(model, case, prepared, settings, out_path=path, device=device)
+            _predict_prepared(predictor, case, prepared, settings, target=target, out_path=path,
+                              device=device)
             paths.append(path)
     return paths

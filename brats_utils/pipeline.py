@@ -12,7 +12,7 @@ The notebooks and the command line call these functions; nothing below calls the
 
     ensure_dataset -> training_cases -> ensure_cache -> make_loaders -> train -> ensure_trained
                                                                         \\-> run_comparison
-    inference_settings -> predict_split -> evaluate_folder
+    predictor -> predict_cases -> predict_split -> evaluate_folder
     split_of -> heldout_split                 evaluate_pretrained (the authors' weights)
     cross_validate (fold=0..k-1, pooled out-of-fold scores) -> predict_with_folds (their average)
 
@@ -51,12 +51,14 @@ from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
 from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError
-from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
+from brats_utils.inference import Predictor, average_predictors, predict_folder, with_flips
 from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
+from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import build_cache
+from brats_utils.regions import predictor_for
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -263,19 +265,45 @@ def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_
                             out_dir=out_dir, progress=progress, device=device)
 
 
-def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:
-    """The profile's preprocessing margin and sliding-window settings; ``tta`` overrides the profile's.
+def test_time_flips(profile: Profile) -> tuple[tuple[int, ...], ...]:
+    """The flips the profile's training augmentation produced (:func:`brats_utils.augment.tta_flips`):
+    all 8 after ``"mirror"``, the 4 in-plane ones after the paper's ``"in_plane"``, none after ``"none"``."""
+    return tta_flips(augmentation_for(profile.augmentation))
 
-    Test-time flips are the ones the profile's training augmentation produced
-    (:func:`brats_utils.augment.tta_flips`): all 8 after ``"mirror"``, the 4 in-plane ones
-    after the paper's ``"in_plane"``, none (TTA off) after ``"none"``.
+
+def predictor(profile: Profile, *models: torch.nn.Module, tta: bool | None = None) -> Predictor:
+    """The predictor the profile describes for ``models`` (one model, or several as an ensemble).
+
+    Each model gives its target's probabilities (:func:`~brats_utils.regions.predictor_for`: softmax
+    for ``target="labels"``, sigmoid for ``"regions"``) in the profile's precision; several are averaged
+    (:func:`~brats_utils.inference.average_predictors`); with ``tta`` (default: the profile's) the
+    test-time flips of :func:`test_time_flips` wrap the whole (when there is more than one flip).
+    The models are put in eval mode, and in ``channels_last_3d`` where the precision asks for it.
     """
-    flips = tta_flips(augmentation_for(profile.augmentation))
-    use_tta = (profile.tta if tta is None else tta) and len(flips) > 1
-    return InferenceSettings(patch_size=tuple(profile.sw_patch_size), overlap=profile.sw_overlap,
-                             sw_batch_size=profile.sw_batch_size, precision=profile.requested_precision,
-                             tta=use_tta, tta_flips=flips, margin=profile.crop_margin,
-                             normalisation=profile.normalisation, crop=profile.crop, target=profile.target)
+    members = []
+    for model in models:
+        model.eval()
+        if use_channels_last(profile.requested_precision, _device_of(model)):
+            to_channels_last(model)
+        members.append(predictor_for(model, profile.target, precision=profile.requested_precision))
+    combined = members[0] if len(members) == 1 else average_predictors(members)
+    flips = test_time_flips(profile)
+    if (profile.tta if tta is None else tta) and len(flips) > 1:
+        combined = with_flips(combined, flips)
+    return combined
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def predict_cases(profile: Profile, models: list[torch.nn.Module], cases: list[Case], out_dir: Path, *,
+                  tta: bool | None = None, progress: bool = True) -> list[Path]:
+    """Segment ``cases`` into ``out_dir`` with the :func:`predictor` of ``models`` and the profile's
+    preprocessing and inference sections, where the first model's parameters are."""
+    return predict_folder(predictor(profile, *models, tta=tta), cases, out_dir, profile.inference,
+                          profile.preprocessing, target=profile.target, device=_device_of(models[0]),
+                          progress=progress)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,
@@ -299,7 +327,7 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     model = load_model(checkpoint)
     if profile.compile:
         model = torch.compile(model)
-    return predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
+    return predict_cases(profile, [model], cases, out_dir, progress=progress)
 
 
 def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
@@ -331,9 +359,10 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     whole pickled ``DataParallel(ImprovedUNet3D)`` included, never executing the file) go into the
     profile's ``model_preset``; every case of ``split`` (default :func:`heldout_split`: the test
     cases, or for ``paper``/``authors`` the validation cases they selected on) is predicted with
-    :func:`inference_settings` (``authors``: whole-volume z-score, uncropped, one full-volume pass)
-    into ``out_dir`` (default ``<run_dir>/pretrained-<split>``) and scored: the per-case table and
-    its summary, with the paper's metric (``PaperDice``) next to the BraTS region Dice and HD95.
+    :func:`predictor` and the profile's sections (``authors``: whole-volume z-score, uncropped, one
+    full-volume pass) into ``out_dir`` (default ``<run_dir>/pretrained-<split>``) and scored: the
+    per-case table and its summary, with the paper's metric (``PaperDice``) next to the BraTS region
+    Dice and HD95.
     """
     split = split or heldout_split(profile)
     model = load_pretrained(build_model(profile.model_preset, dropout=profile.dropout), weights)
@@ -343,25 +372,12 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     else:
         cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
-    predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
+    predict_cases(profile, [model], cases, out_dir, progress=progress)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
                     protocol=get_protocol(profile.protocol))
 
 
 # --- k-fold cross-validation -----------------------------------------------------------------
-
-
-class FoldAverage(torch.nn.Module):
-    """Several networks as one: ``log`` of the mean of their softmax (:func:`~brats_utils.inference.
-    average_predictors`), so that the softmax the inference code takes gives back that mean exactly."""
-
-    def __init__(self, models: list[torch.nn.Module]) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(models)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        mean = average_predictors([softmax_predictor(m, amp=False) for m in self.members])(batch)
-        return torch.log(mean.clamp_min(1e-8))
 
 
 def fold_profiles(profile: Profile) -> list[Profile]:
@@ -391,10 +407,10 @@ def cross_validate(profile: Profile, *, out_dir: str | Path | None = None,
 
 def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | Path | None = None,
                        progress: bool = True) -> list[Path]:
-    """Segment one split with the average of the fold models (:class:`FoldAverage`), trained if missing."""
+    """Segment one split with the fold models' ensemble (the mean of their probabilities, :func:`predictor`),
+    trained if missing."""
     base = profile.with_overrides(fold=None)
     models = [load_model(ensure_trained(fold, progress=progress)) for fold in fold_profiles(base)]
     cases = _cases_of_split(base, ensure_dataset(base), split, base.dataset)
     out_dir = Path(out_dir) if out_dir is not None else base.run_dir / f"predictions-{split}-folds"
-    return predict_folder(FoldAverage(models).eval(), cases, out_dir, inference_settings(base),
-                          progress=progress)
+    return predict_cases(base, models, cases, out_dir, progress=progress)

@@ -185,12 +185,16 @@ def predictor_for(model: nn.Module, target: str = "labels", *, precision: str = 
 
     The network runs in ``precision`` (:data:`brats_utils.precision.PRECISIONS`, resolved for the
     batch's device), on a ``channels_last_3d`` batch where
-    :func:`~brats_utils.precision.use_channels_last` says so.
+    :func:`~brats_utils.precision.use_channels_last` says so. A batch on another device than the
+    model's parameters is moved to them first (the probabilities stay there).
     """
     activation = {"labels": lambda logits: torch.softmax(logits, dim=1), "regions": torch.sigmoid}
     output_channels(target)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
+        parameter = next(model.parameters(), None)
+        if parameter is not None and batch.device != parameter.device:
+            batch = batch.to(parameter.device)
         if use_channels_last(precision, batch.device):
             batch = to_channels_last(batch)
         with autocast(precision, batch.device):

@@ -11,15 +11,17 @@ import pytest
 import torch
 
 from brats_utils import cli, config, datasets, pipeline
+from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.datasets import LAYOUTS, detect_layout, find_dataset
 from brats_utils.download import find_dataset as find_brats2020
 from brats_utils.errors import BratsError, DatasetNotFoundError, LabelValueError, ProfileError
-from brats_utils.inference import InferenceSettings, predict_folder
+from brats_utils.inference import predict_folder
 from brats_utils.io import Case, export_segmentation, load_case, read_labels
 from brats_utils.labels import BRATS2020, BRATS2023, MSD_TASK01, check_scheme, to_train_labels
 from brats_utils.lesion_metrics import LESIONWISE_PROTOCOL, get_protocol
 from brats_utils.metrics import BRATS2020_PROTOCOL, evaluate
 from brats_utils.model import UNet3D
+from brats_utils.regions import predictor_for
 from brats_utils.synthetic_layouts import read_case_map, write_layout
 
 OTHER_LAYOUTS = ("brats2021", "brats2023", "msd")
@@ -110,11 +112,12 @@ def test_a_model_predicts_another_dataset_in_that_dataset_labels(layout_roots, s
     """A network (fixed weights, standing in for one trained on BraTS 2020) segments MSD cases as MSD."""
     torch.manual_seed(0)
     model = UNet3D(base_filters=4, levels=2, units_per_block=1, dropout=0.0)
-    settings = InferenceSettings(patch_size=(16, 16, 16), sw_batch_size=1, precision="fp32", margin=1)
+    settings = (InferenceSettings(patch_size=(16, 16, 16), sw_batch_size=1), PreprocessingSettings(margin=1))
+    model = predictor_for(model, precision="fp32")
     msd_case = find_dataset(layout_roots["msd"])[0]
     source = source_cases(synthetic_root)[read_case_map(layout_roots["msd"])[msd_case.case_id]]
-    (msd_path,) = predict_folder(model, [msd_case], tmp_path / "msd", settings, progress=False)
-    (src_path,) = predict_folder(model, [source], tmp_path / "brats2020", settings, progress=False)
+    (msd_path,) = predict_folder(model, [msd_case], tmp_path / "msd", *settings, progress=False)
+    (src_path,) = predict_folder(model, [source], tmp_path / "brats2020", *settings, progress=False)
     assert msd_path.name == "BRATS_001.nii.gz"
     msd_pred = np.asanyarray(nib.load(msd_path).dataobj)
     src_pred = np.asanyarray(nib.load(src_path).dataobj)

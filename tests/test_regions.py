@@ -119,14 +119,14 @@ def test_a_region_model_exports_brats_labels_on_the_original_grid(synthetic_root
     from brats_utils.inference import predict_case
     from brats_utils.model import build_model
 
-    settings = pipeline.inference_settings(config.get_profile("ci").with_overrides(target="regions"))
-    assert settings.target == "regions"
+    profile = config.get_profile("ci").with_overrides(target="regions")
     torch.manual_seed(0)
     model = build_model("paper", num_classes=3).eval()
     with torch.no_grad():  # a head that calls every region somewhere: bias the three sigmoids up
         model.final_conv.bias.fill_(0.5)
     case = find_dataset(synthetic_root, split="training")[0]
-    labels = predict_case(model, case, settings, device="cpu")
+    labels = predict_case(pipeline.predictor(profile, model), case, profile.inference, profile.preprocessing,
+                          target="regions")
     assert labels.shape == synthetic_shape and labels.dtype == np.uint8
     check_labels(labels, FILE_LABELS)
     assert 4 in np.unique(labels)
