@@ -134,7 +134,7 @@ RUN_SPLITS = ("train", "val", "test")
 def split_of(profile: Profile, cases: list[Case] | None = None) -> dict[str, list[str]]:
     """The profile's patient split of its labelled cases (or of ``cases``): train, val, test, excluded.
 
-    The same split :func:`brats_utils.train.loaders_for` saves to ``<run_dir>/split.csv``
+    The same split :func:`make_loaders` saves to ``<run_dir>/split.csv``
     (:func:`brats_utils.data.split_patients` with the profile's fractions and seed).
     """
     ids = [case.case_id for case in (training_cases(profile) if cases is None else cases)]
