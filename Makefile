@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-dev
 TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
 
-.PHONY: demo test test-browser lint unit notebooks notebook-outputs lab bench gpu-check setup clean
+.PHONY: demo test test-browser lint unit unit-fast notebooks notebook-outputs lab bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,10 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/unit $(BIN)/pytest tests -q
+
+## make unit-fast: the unit tests without the slow ones (torchrun, full-size volumes, trained models)
+unit-fast: $(STAMP)
+	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/unit $(BIN)/pytest tests -q -m 'not slow and not browser'
 
 notebooks: $(STAMP)
 	rm -rf $(NOTEBOOK_DATA)

@@ -71,15 +71,6 @@ def test_unknown_variants_are_refused():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("beyond")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRATS_DATA_DIR", str(root / "data"))
-        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def study(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     with pytest.warns(UserWarning, match="left out of the foreign dataset.*another affine"):
         return pipeline.run_beyond(tiny_profile(), progress=False, device="cpu")

@@ -28,6 +28,8 @@ from brats_utils.regions import predictor_for
 from brats_utils.synthetic import BRATS_SHAPE, real_affine, write_synthetic_dataset
 from brats_utils.train import train_step
 
+pytestmark = pytest.mark.slow  # full-size volumes / a trained model: make unit-fast skips them
+
 
 @pytest.fixture(scope="module")
 def full_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Case, Path]:

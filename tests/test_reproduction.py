@@ -30,17 +30,6 @@ DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "v
                          "val_dice_ET", "lr", "grad_norm"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reproduction-data")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRATS_DATA_DIR", str(root))
-        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
-        patch.delenv("BRATS_ROOT", raising=False)
-        patch.delenv("BRATS_SET", raising=False)
-        yield root
-
-
 def authors_small(**changes):
     """The ``authors`` profile at ci sizes on synthetic data: only sizes change, never the recipe."""
     sizes = {"name": "authors-ci", "data_source": "synthetic", "synthetic_train_cases": 6,

@@ -31,16 +31,6 @@ DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "v
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """This module's data folder (synthetic data, cache, runs) and figures folder."""
-    root = tmp_path_factory.mktemp("train-data")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRATS_DATA_DIR", str(root))
-        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def profile(data_dir):
     """The ci profile shrunk further: 4 labelled cases (2 train / 1 val / 1 test), 2 steps per epoch."""
     return get_profile("ci").with_overrides(
