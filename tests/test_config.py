@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import typing
 from pathlib import Path
@@ -58,29 +57,6 @@ def test_profile_folders_live_under_the_data_dir(monkeypatch, tmp_path):
         assert config.data_dir() in folder.parents
     monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path))  # read when asked, not at import
     assert all(tmp_path in folder.parents for folder in (p.synthetic_dir, p.cache_dir, p.run_dir))
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [("epochs=3", ("epochs", 3)), ("patch_size=(64, 64, 64)", ("patch_size", (64, 64, 64))),
-     ("model_preset=l4_f16", ("model_preset", "l4_f16")), ("amp=False", ("amp", False))],
-)
-def test_cli_overrides_are_read_as_literals(text, expected):
-    assert cli.parse_override(text) == expected
-
-
-def test_cli_rejects_malformed_and_unknown_overrides(capsys):
-    with pytest.raises(argparse.ArgumentTypeError):
-        cli.parse_override("epochs")
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["train", "--profile", "ci", "--set", "epoch=3"])
-    assert "epoch" in capsys.readouterr().err
-
-
-def test_cli_applies_overrides_to_the_named_profile():
-    args = cli.build_parser().parse_args(["train", "--profile", "ci", "--set", "epochs=7"])
-    profile = cli.profile_from_args(args)
-    assert profile.name == "ci" and profile.epochs == 7
 
 
 def test_precision_is_a_typed_override_and_amp_off_still_means_fp32():
@@ -222,3 +198,21 @@ def test_amp_is_a_deprecated_alias_of_precision():
     assert config.saved_settings({"amp": False, "precision": "bf16"})["precision"] == "fp32"
     with pytest.raises(ProfileError, match="amp"), pytest.warns(FutureWarning):
         ci.with_overrides(amp="yes")
+
+
+# --- checks when a profile is built, and overrides from the environment --------------------------
+
+
+@pytest.mark.parametrize("change", [{"val_fraction": 1.0}, {"foreground_fraction": -0.1}, {"batch_size": 0},
+                                    {"patch_size": (32, 0, 32)}, {"model_preset": "l9_f99"},
+                                    {"compare_presets": ("paper", "nope")}, {"amp": "yes"}, {"epochs": 2.5},
+                                    {"data_source": "kaggle"}])
+def test_a_profile_is_checked_when_it_is_built(change):
+    with pytest.raises(ProfileError):
+        config.get_profile("ci").with_overrides(**change)
+
+
+def test_overrides_from_the_environment_reach_get_profile(monkeypatch):
+    monkeypatch.setenv(config.OVERRIDES_ENV, "epochs=7; patch_size=(16, 16, 16)")
+    profile = config.get_profile("ci")
+    assert profile.epochs == 7 and profile.patch_size == (16, 16, 16)
