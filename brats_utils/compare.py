@@ -186,8 +186,9 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
     with peak_memory(device) as memory:
         model = build_model(preset, dropout=profile.dropout, num_classes=output_channels(profile.target))
         model = model.to(device).train()
-        loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
-                           batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
+        loss_fn = loss_for(profile.target, loss=profile.loss, ce_weight=profile.ce_weight,
+                           dice_weight=profile.dice_weight, batch_dice=profile.batch_dice,
+                           include_background=profile.dice_include_background)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
         scaler = grad_scaler(precision, device)
         image, label = image.to(device), label.to(device)

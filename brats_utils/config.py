@@ -47,12 +47,6 @@ KAGGLE_HANDLE = "awsaf49/brats20-dataset-training-validation/versions/1"
 TRAINING_DIR_NAME = "MICCAI_BraTS2020_TrainingData"
 VALIDATION_DIR_NAME = "MICCAI_BraTS2020_ValidationData"
 
-#: The datasets a profile can name (their layouts and label schemes: ``brats_utils.datasets.LAYOUTS``).
-DATASETS: tuple[str, ...] = ("brats2020", "brats2021", "brats2023", "msd")
-Dataset = Literal["brats2020", "brats2021", "brats2023", "msd"]
-#: The metrics protocol each dataset's challenge reports: per-region scores up to 2021, lesion-wise from 2023.
-DATASET_PROTOCOLS: dict[str, str] = {"brats2020": "brats2020", "brats2021": "brats2020",
-                                     "brats2023": "lesionwise", "msd": "brats2020"}
 
 #: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
 #: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
@@ -155,6 +149,8 @@ class Meta:
       with ``target="regions"``); otherwise it is left out of comparisons: :func:`acts_only_with`.
     - ``legacy``: what a checkpoint written before the field existed meant, where that is not the
       default today: :func:`legacy_values`.
+    - ``registry``: the registry (``module.NAME``) whose entries are its values; checked where the
+      entries are looked up (:func:`brats_utils.pipeline.check_registered`), as config sits below them.
     - ``flat``: its name in the flat form (checkpoints, ``--set`` and ``profile.<flat>``) where that
       differs from the field's own name in its section.
     """
@@ -164,6 +160,7 @@ class Meta:
     fingerprint: bool = True
     acts_only_with: tuple[str, object] | None = None
     legacy: object = NO_LEGACY
+    registry: str | None = None
     flat: str | None = None
 
 
@@ -199,10 +196,12 @@ class DataSettings(_Section):
 
     # "synthetic" generates the Kaggle layout; "real" needs BraTS 2020 (kagglehub/BRATS_ROOT)
     data_source: Literal["synthetic", "real"] = setting("synthetic")
-    # which dataset (layout and label scheme); synthetic data is written in its layout
-    dataset: Dataset = setting("brats2020")
-    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; None: the dataset's own (.protocol)
-    metrics_protocol: Literal["brats2020", "lesionwise"] | None = setting(None, resumable=True)
+    # which dataset (its layout, label scheme and metrics protocol: datasets.LAYOUTS); synthetic data is
+    # written in its layout
+    dataset: str = setting("brats2020", registry="datasets.LAYOUTS")
+    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; None: the dataset's own
+    # (pipeline.metrics_protocol)
+    metrics_protocol: str | None = setting(None, resumable=True, registry="lesion_metrics.PROTOCOLS")
     synthetic_train_cases: int = setting(20, range=AT_LEAST_1)
     synthetic_val_cases: int = setting(4, range=NOT_NEGATIVE)
     synthetic_shape: Shape3D = setting((240, 240, 155), range=AT_LEAST_1)
@@ -242,7 +241,7 @@ class LoaderSettings(_Section):
     samples_per_volume: int = setting(2, range=AT_LEAST_1)
     foreground_fraction: float = setting(0.5, range=UNIT_CLOSED)
     # "none" | "in_plane" (the paper) | "mirror" (all three axes: pairs with 8-flip TTA) | "strong"
-    augmentation: Literal["none", "in_plane", "mirror", "strong"] = setting("mirror")
+    augmentation: str = setting("mirror", registry="augment.AUGMENTATIONS")
     batch_size: int = setting(2, range=AT_LEAST_1)
     num_workers: int = setting(2, range=NOT_NEGATIVE, resumable=True, fingerprint=False)
 
@@ -255,7 +254,8 @@ class ModelSettings(_Section):
     dropout: float = setting(0.1, range=UNIT_HALF_OPEN)
     # "paper": Kaiming as the text states; "authors": their code's (model.init_weights_authors_)
     init: Literal["paper", "authors"] = setting("paper")
-    target: Literal["labels", "regions"] = setting("labels")  # "regions": 3 sigmoids WT/TC/ET (nnU-Net)
+    # "labels": the paper's 4-class softmax; "regions": 3 sigmoids WT/TC/ET (nnU-Net)
+    target: str = setting("labels", registry="regions.TARGETS")
     # regions: the sigmoids start at this probability of a voxel being in a region (their biases at
     # logit(region_prior), Lin et al. 2017); None: bias 0, every voxel 50 % tumour at the start (nnU-Net);
     # region models trained before this setting existed started at bias 0
@@ -293,6 +293,8 @@ class TrainingSettings(_Section):
     # "auto": fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere (brats_utils.precision)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", resumable=True)
     compile: bool = setting(False, resumable=True)  # torch.compile the network for training and prediction
+    # the loss (regions.LOSSES): "ce_dice" is ce_weight x cross-entropy + dice_weight x soft Dice
+    loss: str = setting("ce_dice", registry="regions.LOSSES")
     ce_weight: float = setting(0.3, range=NOT_NEGATIVE)
     dice_weight: float = setting(0.7, range=NOT_NEGATIVE)
     batch_dice: bool = setting(False)  # one Dice per class over the whole batch (the paper's wording)
@@ -396,6 +398,12 @@ def acts_only_with() -> dict[str, tuple[str, object]]:
     """``{flat name: (flat name, value)}``: settings that act only when another has that value."""
     return {name: field_meta(field).acts_only_with for name, (_, field) in flat_fields().items()
             if field_meta(field).acts_only_with is not None}
+
+
+def registered_fields() -> dict[str, str]:
+    """``{flat name: registry}``: settings whose value names an entry of a registry (``"regions.LOSSES"``)."""
+    return {name: field_meta(field).registry for name, (_, field) in flat_fields().items()
+            if field_meta(field).registry is not None}
 
 
 def legacy_values() -> dict[str, object]:
@@ -512,11 +520,6 @@ class Profile:
     def acting_settings(self) -> dict:
         """:meth:`as_dict` without the settings that do nothing in this run (:func:`acting_settings`)."""
         return acting_settings(self.as_dict())
-
-    @property
-    def protocol(self) -> str:
-        """The metrics protocol reported: ``metrics_protocol``, else the dataset's own (DATASET_PROTOCOLS)."""
-        return self.data.metrics_protocol or DATASET_PROTOCOLS[self.data.dataset]
 
     @property
     def _folder_name(self) -> str:

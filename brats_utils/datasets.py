@@ -33,14 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
-from brats_utils.download import case_from_folder, find_split_dirs
-from brats_utils.download import find_dataset as find_brats2020
+from brats_utils.download import SEARCH_DEPTH, case_from_folder, find_brats2020, find_split_dirs
 from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
-from brats_utils.io import Case
+from brats_utils.io import Case, is_nifti, nifti_stem
 from brats_utils.labels import BRATS2020, BRATS2023, MODALITIES, MSD_TASK01, LabelScheme
 
-#: How deep below a given folder a dataset's folders are searched for.
-SEARCH_DEPTH = 8
 #: The Kaggle copy of BraTS 2021 (Task 1, 1251 training cases, packed as one tar inside the dataset).
 BRATS2021_KAGGLE_HANDLE = "dschettler8845/brats-2021-task1"
 SPLITS = ("training", "validation")
@@ -57,6 +54,8 @@ class DatasetLayout:
         case_pattern: regular expression a case folder (or, for MSD, an image file stem) matches.
         file_names: modality -> the file-name part that marks it, in ``MODALITIES`` order.
         how_to_get: where the data comes from, in one paragraph.
+        protocol: the metrics protocol its challenge reports (``brats_utils.lesion_metrics.PROTOCOLS``):
+            per-region scores up to 2021, lesion-wise from 2023.
     """
 
     name: str
@@ -65,6 +64,7 @@ class DatasetLayout:
     case_pattern: str
     file_names: dict[str, str]
     how_to_get: str
+    protocol: str = "brats2020"
 
     def is_case_name(self, name: str) -> bool:
         """Whether a folder name (MSD: a file stem) is one of this layout's case ids."""
@@ -107,7 +107,7 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
         "brats2023", "BraTS 2023 glioma", BRATS2023, r"BraTS-GLI-\d{5}-\d{3}",
         {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
         "Synapse (project BraTS 2023, syn51156910) after registering and accepting the data terms; "
-        "unzip it and set $BRATS_ROOT. It cannot be downloaded from here.",
+        "unzip it and set $BRATS_ROOT. It cannot be downloaded from here.", protocol="lesionwise",
     ),
     DatasetLayout(
         "msd", "MSD Task01_BrainTumour", MSD_TASK01, r"BRATS_\d{3}",
@@ -122,17 +122,6 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
 # --- finding the folders --------------------------------------------------------------------
 
 
-def _is_nifti(path: Path) -> bool:
-    name = path.name.lower()
-    return (path.is_file() and not path.name.startswith("._")  # macOS resource forks in the MSD tar
-            and (name.endswith(".nii") or name.endswith(".nii.gz")))
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
-
-
 def _subdirs(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -143,12 +132,12 @@ def _subdirs(folder: Path) -> list[Path]:
 def _layout_of_folder(folder: Path) -> str | None:
     """The layout a single folder reveals by its name, without looking inside case folders."""
     if folder.name in ("imagesTr", "imagesTs") and any(
-            LAYOUTS["msd"].is_case_name(_stem(p)) for p in folder.iterdir() if _is_nifti(p)):
+            LAYOUTS["msd"].is_case_name(nifti_stem(p)) for p in folder.iterdir() if is_nifti(p)):
         return "msd"
     if folder.name in (TRAINING_DIR_NAME, VALIDATION_DIR_NAME):
         return "brats2020"
-    for name in ("brats2020", "brats2021", "brats2023"):
-        if LAYOUTS[name].is_case_name(folder.name):
+    for name, layout in LAYOUTS.items():
+        if name != "msd" and layout.is_case_name(folder.name):  # MSD names files, not folders
             return name
     return None
 
@@ -202,7 +191,7 @@ def detect_layout(root: str | Path) -> DatasetLayout:
 # --- listing the cases ----------------------------------------------------------------------
 
 
-def _case_folders(root: Path, layout: DatasetLayout) -> list[Path]:
+def _layout_case_folders(root: Path, layout: DatasetLayout) -> list[Path]:
     return [folder for _, folder, name in _walk(root) if name == layout.name]
 
 
@@ -220,7 +209,7 @@ def case_from_brats2023_folder(folder: str | Path) -> Case:
     folder = Path(folder)
     layout = LAYOUTS["brats2023"]
     case_id = folder.name
-    files = {_stem(p).lower(): p for p in folder.iterdir() if _is_nifti(p)}
+    files = {nifti_stem(p).lower(): p for p in folder.iterdir() if is_nifti(p)}
     modalities = {}
     for modality, part in layout.file_names.items():
         path = files.get(f"{case_id}-{part}".lower())
@@ -243,10 +232,11 @@ def _msd_cases(root: Path, split: str) -> list[Case]:
         if name != "msd" or folder.name != folder_name:
             continue
         labels_dir = folder.parent / "labelsTr"
-        for image in sorted(p for p in folder.iterdir() if _is_nifti(p) and layout.is_case_name(_stem(p))):
-            case_id = _stem(image)
-            seg = next((p for p in (labels_dir / image.name, labels_dir / f"{case_id}.nii") if _is_nifti(p)),
-                       None)
+        images = sorted(p for p in folder.iterdir() if is_nifti(p) and layout.is_case_name(nifti_stem(p)))
+        for image in images:
+            case_id = nifti_stem(image)
+            labelled = (labels_dir / image.name, labels_dir / f"{case_id}.nii")
+            seg = next((p for p in labelled if is_nifti(p)), None)
             cases.append(Case(case_id, dict.fromkeys(MODALITIES, image), seg, folder, scheme=layout.scheme,
                               image_4d=image))
     return cases
@@ -274,7 +264,7 @@ def find_dataset(root: str | Path, split: str = "training", *, dataset: str | No
         cases = _msd_cases(root, split)
     else:
         pair = case_from_brats2023_folder if layout.name == "brats2023" else case_from_folder
-        cases = [_with_scheme(pair(folder), layout.scheme) for folder in _case_folders(root, layout)
+        cases = [_with_scheme(pair(folder), layout.scheme) for folder in _layout_case_folders(root, layout)
                  if _split_of(folder, root) == split]
     if not cases:
         _not_found(root, layout, split)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from brats_utils import beyond, compare
 from brats_utils import train as training
-from brats_utils.augment import augmentation_for, tta_flips
+from brats_utils.augment import AUGMENTATIONS, augmentation_for, tta_flips
 from brats_utils.checkpoints import (
     check_compatible,
     checkpoint_dir,
@@ -44,23 +44,46 @@ from brats_utils.checkpoints import (
     load_model,
     load_pretrained,
 )
-from brats_utils.config import Profile, data_dir
+from brats_utils.config import Profile, data_dir, registered_fields
 from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
-from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError
+from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError, ProfileError
 from brats_utils.inference import Predictor, average_predictors, predict_folder, with_flips
 from brats_utils.io import Case, load_case
-from brats_utils.lesion_metrics import get_protocol
+from brats_utils.lesion_metrics import PROTOCOLS, MetricsProtocol, get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import build_cache
-from brats_utils.regions import predictor_for
+from brats_utils.regions import LOSSES, TARGETS, predictor_for
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
+
+#: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
+REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
+                               "regions.LOSSES": LOSSES, "lesion_metrics.PROTOCOLS": PROTOCOLS,
+                               "datasets.LAYOUTS": LAYOUTS}
+
+
+def metrics_protocol(profile: Profile) -> MetricsProtocol:
+    """The metrics protocol the profile reports: its ``metrics_protocol``, else its dataset's own
+    (``DatasetLayout.protocol``: region-wise up to BraTS 2021, lesion-wise from 2023)."""
+    return get_protocol(profile.metrics_protocol or LAYOUTS[profile.dataset].protocol)
+
+
+def check_registered(profile: Profile) -> Profile:
+    """``profile`` if every setting that names a registry entry (augmentation, target, loss, metrics
+    protocol) names a known one; :class:`~brats_utils.errors.ProfileError` naming the setting and the
+    known entries otherwise. (``config`` sits below the registries, so they are checked here.)"""
+    for name, registry in registered_fields().items():
+        value = getattr(profile, name)
+        if value is not None and value not in REGISTRIES[registry]:
+            raise ProfileError(f"profile field {name} cannot be {value!r}",
+                               expected="one of " + ", ".join(REGISTRIES[registry]))
+    return profile
 
 
 def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Path:
@@ -105,8 +128,10 @@ def ensure_dataset(profile: Profile) -> Path:
 
     Real data when ``profile.data_source == "real"`` or ``$BRATS_ROOT`` is set (see
     :func:`brats_utils.download.download_brats2020`); otherwise the profile's synthetic
-    dataset (:func:`ensure_synthetic`). Synthetic profiles never touch the network.
+    dataset (:func:`ensure_synthetic`). Synthetic profiles never touch the network. The profile's
+    registry names are checked first (:func:`check_registered`).
     """
+    check_registered(profile)
     if profile.data_source == "real" or os.environ.get(ROOT_ENV):
         return real_dataset(profile)
     return ensure_synthetic(profile)
@@ -335,7 +360,7 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score a folder of predictions against the labelled cases of ``truth`` (default: the profile's data).
 
-    ``protocol`` (default ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023)
+    ``protocol`` (default :func:`metrics_protocol`: the dataset's own, lesion-wise for BraTS 2023)
     is ``"brats2020"`` or ``"lesionwise"``. ``split`` restricts the scored cases to one part of the
     run's split (``"test"``, ``"val"``, ``"train"``); the default ``"training"`` scores every labelled
     case that has a prediction. The per-case table goes to ``out_csv`` (default
@@ -346,8 +371,9 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
     else:
         root, dataset = ensure_dataset(profile), profile.dataset
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
+    chosen = get_protocol(protocol) if protocol else metrics_protocol(profile)
     return evaluate(Path(predictions), _cases_of_split(profile, root, split, dataset), out_csv=out_csv,
-                    progress=progress, protocol=get_protocol(protocol or profile.protocol))
+                    progress=progress, protocol=chosen)
 
 
 def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | None = None,
@@ -374,7 +400,7 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
     predict_cases(profile, [model], cases, out_dir, progress=progress)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
-                    protocol=get_protocol(profile.protocol))
+                    protocol=metrics_protocol(profile))
 
 
 # --- k-fold cross-validation -----------------------------------------------------------------
@@ -402,7 +428,7 @@ def cross_validate(profile: Profile, *, out_dir: str | Path | None = None,
                       progress=progress)
         cases += _cases_of_split(fold, ensure_dataset(fold), "val", fold.dataset)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
-                    protocol=get_protocol(profile.protocol))
+                    protocol=metrics_protocol(profile))
 
 
 def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | Path | None = None,

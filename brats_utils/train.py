@@ -614,8 +614,9 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
     info = info or DistInfo(device=device)
     ranks = {"rank": info.rank, "world_size": info.world_size}
     run = {"resolved_precision": precision, "world_size": info.world_size, "global_batch": True}
-    loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
-                       batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
+    loss_fn = loss_for(profile.target, loss=profile.loss, ce_weight=profile.ce_weight,
+                       dice_weight=profile.dice_weight, batch_dice=profile.batch_dice,
+                       include_background=profile.dice_include_background)
     start = len(state.history) + 1
     if state.stopper.should_stop and progress and start <= epochs:
         tqdm.write(f"This run stopped early at epoch {start - 1}; use resume=False to start over.")

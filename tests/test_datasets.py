@@ -13,7 +13,7 @@ import torch
 from brats_utils import cli, config, datasets, pipeline
 from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.datasets import LAYOUTS, detect_layout, find_dataset
-from brats_utils.download import find_dataset as find_brats2020
+from brats_utils.download import find_brats2020
 from brats_utils.errors import BratsError, DatasetNotFoundError, LabelValueError, ProfileError
 from brats_utils.inference import predict_folder
 from brats_utils.io import Case, export_segmentation, load_case, read_labels
@@ -41,7 +41,7 @@ def source_cases(synthetic_root: Path) -> dict[str, Case]:
 
 
 def test_every_profile_dataset_has_a_layout():
-    assert tuple(LAYOUTS) == config.DATASETS == tuple(config.DATASET_PROTOCOLS)
+    assert tuple(LAYOUTS) == ("brats2020", "brats2021", "brats2023", "msd")
     assert {name: layout.scheme for name, layout in LAYOUTS.items()} == SCHEMES
 
 
@@ -186,14 +186,15 @@ def test_brats2021_download_unpacks_the_kaggle_tar(layout_roots, tmp_path, monke
 
 def test_profiles_take_a_dataset_and_report_its_protocol():
     ci = config.get_profile("ci")
-    assert ci.dataset == "brats2020" and ci.protocol == "brats2020"
-    assert ci.with_overrides(dataset="brats2023").protocol == "lesionwise"
-    assert ci.with_overrides(dataset="msd").protocol == "brats2020"
-    assert ci.with_overrides(dataset="brats2023", metrics_protocol="brats2020").protocol == "brats2020"
+    protocol = pipeline.metrics_protocol
+    assert ci.dataset == "brats2020" and protocol(ci).name == "brats2020"
+    assert protocol(ci.with_overrides(dataset="brats2023")).name == "lesionwise"
+    assert protocol(ci.with_overrides(dataset="msd")).name == "brats2020"
+    assert protocol(ci.with_overrides(dataset="brats2023", metrics_protocol="brats2020")).name == "brats2020"
     assert ci.with_overrides(dataset="msd").cache_dir != ci.cache_dir
     assert ci.with_overrides(dataset="msd").run_dir.name == "ci-msd"
-    with pytest.raises(ProfileError, match="dataset"):
-        ci.with_overrides(dataset="brats2019")
+    with pytest.raises(ProfileError, match="dataset cannot be 'brats2019'"):
+        pipeline.check_registered(ci.with_overrides(dataset="brats2019"))
     assert get_protocol("lesionwise") is LESIONWISE_PROTOCOL
     assert get_protocol("brats2020") is BRATS2020_PROTOCOL
     with pytest.raises(ProfileError, match="unknown metrics protocol"):

@@ -65,7 +65,7 @@ def test_another_process_holding_the_run_folder_stops_a_training(tmp_path, synth
 
 
 def test_a_cache_being_built_is_not_built_twice(tmp_path, synthetic_root):
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
 
     cases = find_dataset(synthetic_root)[:1]
     with folder_lock(tmp_path / "cache"):

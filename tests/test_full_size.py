@@ -18,7 +18,7 @@ from torch import nn
 from brats_utils.augment import MIRROR_ALL
 from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.data import PatchDataset
-from brats_utils.download import find_dataset
+from brats_utils.datasets import find_dataset
 from brats_utils.inference import predict_case
 from brats_utils.io import Case
 from brats_utils.losses import CombinedLoss

@@ -109,13 +109,15 @@ def test_profile_fields_for_the_target_and_the_loss_variants():
     profile = config.get_profile("ci")
     assert (profile.target, profile.batch_dice, profile.dice_include_background) == ("labels", False, True)
     assert profile.with_overrides(target="regions").target == "regions"
-    with pytest.raises(config.ProfileError):
-        profile.with_overrides(target="voxels")
+    from brats_utils.pipeline import check_registered
+
+    with pytest.raises(config.ProfileError, match="target cannot be 'voxels'.*labels, regions"):
+        check_registered(profile.with_overrides(target="voxels"))
 
 
 def test_a_region_model_exports_brats_labels_on_the_original_grid(synthetic_root, synthetic_shape):
     from brats_utils import pipeline
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
     from brats_utils.inference import predict_case
     from brats_utils.model import build_model
 

@@ -136,7 +136,7 @@ def test_their_init_is_kaiming_fan_out_on_conv3d_and_pytorch_default_on_transpos
 
 
 def test_whole_volume_zscore_uncropped_keeps_the_grid_and_is_part_of_the_cache_key(synthetic_root):
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
     from brats_utils.io import load_case
 
     case = find_dataset(synthetic_root, split="training")[0]

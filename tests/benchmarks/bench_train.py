@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from brats_utils.config import get_profile
-from brats_utils.download import find_dataset
+from brats_utils.datasets import find_dataset
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
 from brats_utils.precision import grad_scaler, resolve_precision
