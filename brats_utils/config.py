@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from brats_utils.errors import ProfileError
+from brats_utils.labels import Shape3D
 
 # --- where the data comes from --------------------------------------------------------
 
@@ -96,7 +97,6 @@ def figures_dir() -> Path:
 
 # --- run profiles: settings in sections, metadata on every field -----------------------
 
-Shape3D = tuple[int, int, int]
 
 
 @dataclass(frozen=True)

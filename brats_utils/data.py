@@ -28,10 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from brats_utils.augment import augmentation_for
 from brats_utils.errors import CacheError
 from brats_utils.files import write_csv_atomic
+from brats_utils.labels import Shape3D
 from brats_utils.preprocess import PreprocessedCase, cache_entries, load_cached, load_foreground
-
-Shape3D = tuple[int, int, int]
-
 
 # --- patient-level split -------------------------------------------------------------
 

@@ -47,8 +47,6 @@ from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, PreprocessedCase, preprocess_case, uncrop
 from brats_utils.regions import predictor_for, probs_to_labels
 
-Shape3D = tuple[int, int, int]
-
 #: All 8 combinations of flipping the three spatial axes (the empty one is the identity).
 ALL_FLIPS: tuple[tuple[int, ...], ...] = tuple(
     combo for n in range(4) for combo in itertools.combinations((2, 3, 4), n)
