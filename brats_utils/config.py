@@ -1,4 +1,4 @@
-"""Run profiles as plain data, the model presets they name, and the folders everything goes to.
+"""Run profiles as plain data, and the folders everything goes to.
 
 Every notebook's first code cell (tagged ``parameters``) calls :func:`get_profile`,
 which reads ``BRATS_PROFILE`` from the environment, so one variable switches the
@@ -48,26 +48,6 @@ KAGGLE_HANDLE = "awsaf49/brats20-dataset-training-validation/versions/1"
 TRAINING_DIR_NAME = "MICCAI_BraTS2020_TrainingData"
 VALIDATION_DIR_NAME = "MICCAI_BraTS2020_ValidationData"
 
-
-#: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
-#: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
-#: wired into the forward pass. That is what the authors' code trained for the 4-level f = 16 model
-#: (shown by their code) and, inferred from its checkpoint sizes, the 5-level f = 32 one; for the other
-#: two nothing survives and the pattern is an assumption (docs/reproduction.md, "The deeper models").
-#: :func:`brats_utils.model.build_model` builds them; a profile names one as ``model_preset``.
-PRESETS: dict[str, dict] = {
-    "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
-    "l4_f16": {"base_filters": 16, "levels": 4, "units_per_block": 4},  # 2,867,956
-    "l4_f32": {"base_filters": 32, "levels": 4, "units_per_block": 4},  # 11,465,188
-    "l5_f16": {"base_filters": 16, "levels": 5, "units_per_block": 4},  # 11,536,756
-    "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
-}
-PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
-#: Presets beyond the paper (notebook 08), kept out of PRESETS so that the paper's tables list its models:
-#: attention gates (Oktay et al., 2018) on the paper model's skip connections.
-EXTRA_PRESETS: dict[str, dict] = {"paper_attention": {**PRESETS["paper"], "attention_gates": True}}  # +1,330
-#: The five models of the paper, smallest first.
-PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
 
 #: Where the notebooks live on GitHub (badges and the Colab/Kaggle setup cell).
 REPO_SLUG = "brats-teaching/brats3d-unet"
@@ -250,7 +230,7 @@ class LoaderSettings(_Section):
 class ModelSettings(_Section):
     """The network and what it predicts."""
 
-    model_preset: str = setting("paper")
+    model_preset: str = setting("paper", registry="model.PRESETS")  # a preset of the model (model.PRESETS)
     dropout: float = setting(0.1, range=UNIT_HALF_OPEN)
     # "paper": Kaiming as the text states; "authors": their code's (model.init_weights_authors_)
     init: Literal["paper", "authors"] = setting("paper")
@@ -261,12 +241,6 @@ class ModelSettings(_Section):
     # region models trained before this setting existed started at bias 0
     region_prior: float | None = setting(0.01, range=UNIT_OPEN, acts_only_with=("target", "regions"),
                                          legacy=None)
-
-    def _problems(self) -> list[str]:
-        known = PRESETS | EXTRA_PRESETS
-        if self.model_preset not in known:
-            return [f"unknown model preset {self.model_preset} (known: {', '.join(known)})"]
-        return []
 
 
 @dataclass(frozen=True)
@@ -319,18 +293,12 @@ class InferenceSettings(_Section):
 class StudySettings(_Section):
     """The architecture study (notebook 07) and the future-work study (notebook 08): never a run's result."""
 
-    compare_presets: tuple[str, ...] = setting((), resumable=True, fingerprint=False)
+    compare_presets: tuple[str, ...] = setting((), resumable=True, fingerprint=False,
+                                               registry="model.PRESETS")
     compare_epochs: int = setting(1, range=AT_LEAST_1, resumable=True, fingerprint=False)
     compare_steps_per_epoch: int | None = setting(None, range=AT_LEAST_1, resumable=True, fingerprint=False)
     beyond_variants: tuple[str, ...] = setting((), resumable=True)  # (): every variant of beyond.VARIANTS
     beyond_seeds: int = setting(3, range=AT_LEAST_1, resumable=True)
-
-    def _problems(self) -> list[str]:
-        known = PRESETS | EXTRA_PRESETS
-        unknown = [preset for preset in self.compare_presets if preset not in known]
-        if not unknown:
-            return []
-        return [f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(known)})"]
 
 
 #: The sections of a profile, by attribute name, in the order of :meth:`Profile.as_dict`.
@@ -625,7 +593,9 @@ def check_field(name: str, value: object) -> object:
 
 # --- the named profiles ------------------------------------------------------------------
 
-_ALL_PRESETS = tuple(name for base in PAPER_PRESETS for name in (base, f"{base}_as_run") if name in PRESETS)
+#: The paper's five models and the four deeper ones as the authors ran them (model.PAPER_PRESETS, as_run).
+_ALL_PRESETS = ("paper", "l4_f16", "l4_f16_as_run", "l4_f32", "l4_f32_as_run", "l5_f16", "l5_f16_as_run",
+                "l5_f32", "l5_f32_as_run")
 
 PROFILES: dict[str, Profile] = {
     "ci": make_profile(

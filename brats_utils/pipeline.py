@@ -55,7 +55,7 @@ from brats_utils.inference import Predictor, average_predictors, predict_folder,
 from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import PROTOCOLS, MetricsProtocol, get_protocol
 from brats_utils.metrics import evaluate
-from brats_utils.model import build_model
+from brats_utils.model import ALL_PRESETS, build_model
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import build_cache
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
@@ -65,7 +65,7 @@ from brats_utils.synthetic_layouts import write_layout
 #: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
 REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
                                "regions.LOSSES": LOSSES, "lesion_metrics.PROTOCOLS": PROTOCOLS,
-                               "datasets.LAYOUTS": LAYOUTS}
+                               "datasets.LAYOUTS": LAYOUTS, "model.PRESETS": ALL_PRESETS}
 
 
 def metrics_protocol(profile: Profile) -> MetricsProtocol:
@@ -80,9 +80,10 @@ def check_registered(profile: Profile) -> Profile:
     known entries otherwise. (``config`` sits below the registries, so they are checked here.)"""
     for name, registry in registered_fields().items():
         value = getattr(profile, name)
-        if value is not None and value not in REGISTRIES[registry]:
-            raise ProfileError(f"profile field {name} cannot be {value!r}",
-                               expected="one of " + ", ".join(REGISTRIES[registry]))
+        for entry in value if isinstance(value, tuple) else (value,):  # compare_presets: a tuple of names
+            if entry is not None and entry not in REGISTRIES[registry]:
+                raise ProfileError(f"profile field {name} cannot be {value!r}: no entry {entry!r}",
+                                   expected="each one of " + ", ".join(REGISTRIES[registry]))
     return profile
 
 

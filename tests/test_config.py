@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,8 @@ def _another_value(name: str, value: object) -> object:
     section, field = config.flat_fields()[name]
     registry = config.field_meta(field).registry
     if registry is not None:
+        if isinstance(value, tuple):  # a tuple of names (compare_presets)
+            return (*value, next(entry for entry in REGISTRIES[registry] if entry not in value))
         return next(entry for entry in REGISTRIES[registry] if entry != value)
     hint = config._hints(config.SECTIONS[section])[field.name]
     options = [arg for arg in typing.get_args(hint) if typing.get_origin(arg) is typing.Literal]
@@ -218,12 +221,24 @@ def test_amp_is_a_deprecated_alias_of_precision():
 
 
 @pytest.mark.parametrize("change", [{"val_fraction": 1.0}, {"foreground_fraction": -0.1}, {"batch_size": 0},
-                                    {"patch_size": (32, 0, 32)}, {"model_preset": "l9_f99"},
-                                    {"compare_presets": ("paper", "nope")}, {"amp": "yes"}, {"epochs": 2.5},
+                                    {"patch_size": (32, 0, 32)}, {"amp": "yes"}, {"epochs": 2.5},
                                     {"data_source": "kaggle"}])
 def test_a_profile_is_checked_when_it_is_built(change):
-    with pytest.raises(ProfileError):
+    with pytest.raises(ProfileError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # amp
         config.get_profile("ci").with_overrides(**change)
+
+
+@pytest.mark.parametrize("change", [{"model_preset": "l9_f99"}, {"compare_presets": ("paper", "nope")},
+                                    {"augmentation": "spin"}, {"target": "voxels"}, {"loss": "focal"},
+                                    {"dataset": "brats2019"}, {"metrics_protocol": "dice"}])
+def test_names_of_registry_entries_are_checked_against_the_registries(change):
+    from brats_utils.pipeline import check_registered
+
+    (name, value), = change.items()
+    profile = config.get_profile("ci").with_overrides(**change)  # config sits below the registries
+    with pytest.raises(ProfileError, match=f"{name} cannot be"):
+        check_registered(profile)
 
 
 def test_overrides_from_the_environment_reach_get_profile(monkeypatch):
