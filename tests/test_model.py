@@ -249,7 +249,7 @@ def test_config_rebuilds_the_same_architecture_and_overrides_apply():
 def test_every_profile_names_existing_presets():
     for profile in PROFILES.values():
         assert {profile.model_preset, *profile.compare_presets} <= set(PRESETS), profile.name
-    every_model = tuple(name for base in PAPER_PRESETS for name in (base, f"{base}_as_run") if name in PRESETS)
+    every_model = tuple(n for base in PAPER_PRESETS for n in (base, f"{base}_as_run") if n in PRESETS)
     assert PROFILES["gpu"].compare_presets == PROFILES["paper"].compare_presets == every_model
 
 
