@@ -60,8 +60,8 @@ from brats_utils.labels import REGION_COLORS, to_file_labels
 from brats_utils.metrics import case_metrics
 from brats_utils.model import build_model, model_costs
 from brats_utils.postprocess import choose_et_threshold, suppress_small_et
+from brats_utils.precision import pick_device
 from brats_utils.regions import output_channels, predictor_for, probs_to_labels
-from brats_utils.train import pick_device
 from brats_utils.viz import save_figure
 
 #: What each trained variant changes in the paper's recipe (profile overrides).

@@ -55,9 +55,9 @@ from brats_utils.files import write_csv_atomic, write_json_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS
 from brats_utils.model import FULL_VOLUME, PRESETS, build_model
-from brats_utils.precision import grad_scaler, resolve_precision
+from brats_utils.precision import grad_scaler, pick_device, resolve_precision
 from brats_utils.regions import loss_for, output_channels
-from brats_utils.train import pick_device, train, train_step
+from brats_utils.train import train, train_step
 from brats_utils.viz import preset_summary, save_figure
 
 #: The names the paper gives its five models (section 5.1).

@@ -261,7 +261,7 @@ class TrainingSettings(_Section):
     early_stop_patience: int = setting(10, range=AT_LEAST_1, resumable=True)
     early_stop_min_delta: float = setting(1e-3, range=NOT_NEGATIVE)
     # "strict": improvement means loss < best - min_delta; "authors": any loss up to min_delta above
-    # the best becomes the best and resets the counter (train.EarlyStopping)
+    # the best becomes the best and resets the counter (schedules.EarlyStopping)
     early_stop_rule: Literal["strict", "authors"] = setting("strict")
     grad_clip_norm: float = setting(1.5, range=ABOVE_0)
     # "auto": fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere (brats_utils.precision)

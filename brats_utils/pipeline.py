@@ -48,7 +48,7 @@ from brats_utils.config import Profile, data_dir, registered_fields
 from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
-from brats_utils.distributed import main_process_first
+from brats_utils.distributed import distributed_info, main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
 from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError, ProfileError
 from brats_utils.inference import Predictor, average_predictors, predict_folder, with_flips
@@ -208,7 +208,7 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
 
     Under torchrun every rank calls it: rank 0 builds the cache first, the others then find it ready.
     """
-    info = training.distributed_info(device)
+    info = distributed_info(device)
     with main_process_first():
         cache_dir = ensure_cache(profile, progress=progress and info.is_main)
     return training.train(profile, cache_dir, run_dir=run_dir, resume=resume, max_epochs=max_epochs,

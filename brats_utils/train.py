@@ -47,12 +47,9 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,142 +68,26 @@ from brats_utils.distributed import (
     all_reduce_sum,
     barrier,
     cleanup,
-    init_distributed,
+    distributed_info,
     per_rank_batch_size,
+    run_folder_lock,
     unwrap_model,
     wrap_model,
 )
-from brats_utils.errors import CheckpointError, FolderLockedError
-from brats_utils.files import folder_lock, write_csv_atomic
+from brats_utils.files import write_csv_atomic
 from brats_utils.inference import sliding_window_predict
-from brats_utils.labels import REGION_COLORS
 from brats_utils.metrics import region_dice_torch
-from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import (
     autocast,
-    grad_scaler,
     match_optimizer_state_layout,
     resolve_precision,
     to_channels_last,
     use_channels_last,
 )
-from brats_utils.regions import init_region_bias_, loss_for, output_channels, probs_to_labels, probs_to_logits
-
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
-                   "val_dice_ET", "lr", "grad_norm", "seconds")
-#: Metric that picks the best checkpoint: the paper's 4-label mean Dice, as the authors did.
-BEST_METRIC = "val_paper_dice"
-
-
-# --- small building blocks -----------------------------------------------------------
-
-
-def pick_device() -> torch.device:
-    """CUDA if present, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-class EarlyStopping:
-    """Stop when the monitored loss has not improved by ``min_delta`` for ``patience`` epochs.
-
-    ``rule="strict"`` (default): improvement means ``loss < best - min_delta`` (the usual rule of
-    Keras and Lightning), so a slowly worsening loss does stop the run.
-
-    ``rule="authors"``: the authors' code. Only a loss more than ``min_delta`` *above* the best counts
-    as a bad epoch; any other loss, including one up to ``min_delta`` above the best, overwrites the
-    best and resets the counter. A loss that creeps up by less than ``min_delta`` per epoch therefore
-    never stops the run.
-    """
-
-    RULES = ("strict", "authors")
-
-    def __init__(self, patience: int, min_delta: float = 0.0, rule: str = "strict") -> None:
-        if rule not in self.RULES:
-            raise ValueError(f"rule must be one of {self.RULES}, got {rule!r}")
-        self.patience = patience
-        self.min_delta = min_delta
-        self.rule = rule
-        self.best = math.inf
-        self.bad_epochs = 0
-
-    def step(self, loss: float) -> bool:
-        """Record one epoch's loss; return True when training should stop."""
-        improved = (loss <= self.best + self.min_delta if self.rule == "authors"
-                    else loss < self.best - self.min_delta)
-        if improved:
-            self.best = loss
-            self.bad_epochs = 0
-        else:
-            self.bad_epochs += 1
-        return self.should_stop
-
-    @property
-    def should_stop(self) -> bool:
-        """Whether the patience is used up."""
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue counting after a restart."""
-        return {"patience": self.patience, "min_delta": self.min_delta, "rule": self.rule, "best": self.best,
-                "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict` (patience and min_delta stay as constructed)."""
-        self.best = float(state["best"])
-        self.bad_epochs = int(state["bad_epochs"])
-
-    def __repr__(self) -> str:
-        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, rule={self.rule!r}, "
-                f"best={self.best:.4g}, "
-                f"bad_epochs={self.bad_epochs})")
-
-
-def seed_everything(seed: int, epoch: int = 0) -> None:
-    """Seed Python, NumPy and torch (all devices) from ``(seed, epoch)``."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    torch.manual_seed(int(state[0]) ^ int(state[1]))
-
-
-def rng_state() -> dict:
-    """The random generators' states in a form ``torch.load(weights_only=True)`` accepts."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned (CUDA states only where the devices match)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
-                         "gauss": numpy_state["gauss"],
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
-                                   "pos": numpy_state["pos"]}})
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- the files of a run -------------------------------------------------------------
-
-
-def history_csv_path(run_dir: Path) -> Path:
-    """The history table of a run."""
-    return Path(run_dir) / "history.csv"
-
+from brats_utils.regions import loss_for, probs_to_labels, probs_to_logits
+from brats_utils.rng import seed_everything
+from brats_utils.run_state import BEST_METRIC, HISTORY_COLUMNS, TrainingState, TrainResult, history_csv_path
+from brats_utils.schedules import make_stopper, step_scheduler
 
 # --- one step, one validation ----------------------------------------------------------
 
@@ -296,128 +177,6 @@ def epoch_batches(loader, steps: int | None, epoch: int) -> Iterator:
 
 
 # --- the loop ----------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    history: pd.DataFrame
-    best_checkpoint: Path
-    last_checkpoint: Path
-    run_dir: Path
-    device: str
-    stopped_early: bool
-
-    @property
-    def best_epoch(self) -> int:
-        """Epoch of the best checkpoint (highest validation paper Dice)."""
-        return int(self.history.loc[self.history[BEST_METRIC].idxmax(), "epoch"])
-
-    @property
-    def best(self) -> pd.Series:
-        """The history row of the best epoch."""
-        return self.history.loc[self.history[BEST_METRIC].idxmax()]
-
-    def __repr__(self) -> str:
-        best = self.best
-        ending = "stopped early" if self.stopped_early else "finished"
-        return (f"TrainResult: {len(self.history)} epochs on {self.device} ({ending}), "
-                f"{self.history['seconds'].sum() / 60:.1f} min\n"
-                f"  best epoch {self.best_epoch}: paper Dice {best['val_paper_dice']:.3f}, "
-                f"WT {best['val_dice_WT']:.3f}, TC {best['val_dice_TC']:.3f}, ET {best['val_dice_ET']:.3f}, "
-                f"val loss {best['val_loss']:.4f}\n"
-                f"  best checkpoint {self.best_checkpoint}\n"
-                f"  last checkpoint {self.last_checkpoint}\n"
-                f"  history         {history_csv_path(self.run_dir)}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, profile: Profile):
-    """The profile's learning-rate schedule: ``ReduceLROnPlateau`` (the paper) or ``CosineAnnealingLR``.
-
-    The cosine schedule (the authors' final run: ``T_max = profile.cosine_t_max``, ``eta_min =
-    profile.min_lr``) is stepped once per epoch without a metric; past ``T_max`` the rate rises again
-    (period ``2 * T_max``), as in theirs. See :func:`step_scheduler`.
-    """
-    if profile.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=profile.cosine_t_max,
-                                                          eta_min=profile.min_lr)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=profile.plateau_factor, patience=profile.plateau_patience,
-        min_lr=profile.min_lr)
-
-
-def step_scheduler(scheduler, val_loss: float) -> None:
-    """End-of-epoch step: the plateau schedule reads the validation loss, the cosine one does not."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(val_loss)
-    else:
-        scheduler.step()
-
-
-def make_stopper(profile: Profile) -> EarlyStopping:
-    """The profile's early stopping (patience, minimum improvement and rule)."""
-    return EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta, profile.early_stop_rule)
-
-
-@dataclass
-class TrainingState:
-    """Everything a checkpoint holds besides the random generators: the run's live objects."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.CosineAnnealingLR
-    scaler: torch.amp.GradScaler
-    stopper: EarlyStopping
-    history: list[dict]
-
-    @classmethod
-    def create(cls, profile: Profile, device: torch.device, *, precision: str = "fp32") -> TrainingState:
-        """A fresh model (seeded with ``profile.init_seed`` or ``profile.seed``, initialised by
-        ``profile.init``, with the outputs of ``profile.target``, a region head starting at
-        ``profile.region_prior``) and the profile's optimiser, schedule (:func:`make_scheduler`) and
-        stopper."""
-        seed_everything(profile.seed if profile.init_seed is None else profile.init_seed)
-        model = build_model(profile.model_preset, dropout=profile.dropout,
-                            num_classes=output_channels(profile.target))
-        if profile.init == "authors":
-            init_weights_authors_(model)
-        if profile.target == "regions" and profile.region_prior is not None:
-            init_region_bias_(model, profile.region_prior)
-        model = model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-        return cls(model, optimizer, make_scheduler(optimizer, profile), grad_scaler(precision, device),
-                   make_stopper(profile), [])
-
-    def checkpoint(self, profile: Profile, run: dict | None = None) -> dict:
-        """The checkpoint dict (:data:`~brats_utils.checkpoints.CHECKPOINT_KEYS`) after the last epoch.
-
-        ``run`` (the resolved ``precision``, ``world_size``...) is recorded beside the profile in ``config``.
-        """
-        model = unwrap_model(self.model)
-        return {"model_state_dict": model.state_dict(), "model_config": dict(model.config),
-                "optimizer_state_dict": self.optimizer.state_dict(),
-                "scheduler_state_dict": self.scheduler.state_dict(),
-                "scaler_state_dict": self.scaler.state_dict(),
-                "early_stopping": self.stopper.state_dict(), "epoch": len(self.history),
-                "rng_state": rng_state(), "config": {**profile.as_dict(), **(run or {})},
-                "history": self.history}
-
-    def restore(self, checkpoint: dict) -> None:
-        """Continue from a checkpoint checked by :func:`check_compatible`."""
-        model = unwrap_model(self.model)
-        try:
-            model.load_state_dict(checkpoint["model_state_dict"])
-        except RuntimeError as error:  # same settings, but the model code changed since
-            raise CheckpointError(f"checkpoint weights do not fit the model: {error}",
-                                  expected=f"weights of {model.config}") from error
-        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
-            self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
-        self.stopper.load_state_dict(checkpoint["early_stopping"])
-        self.history = [dict(row) for row in checkpoint["history"]]
-        set_rng_state(checkpoint["rng_state"])
 
 
 def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profile, device: torch.device,
@@ -522,42 +281,6 @@ def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_bes
     atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
 
 
-def distributed_info(device: str | torch.device | None = None) -> DistInfo:
-    """Who this process is (:func:`~brats_utils.distributed.init_distributed`) and where it computes.
-
-    Under torchrun: the rank's device (its GPU ``LOCAL_RANK``, or the CPU with gloo). One process:
-    ``device``, else :func:`pick_device`.
-    """
-    requested = torch.device(device) if device is not None else pick_device()
-    info = init_distributed(requested)
-    return info if info.is_distributed else DistInfo(device=requested)
-
-
-@contextmanager
-def run_folder_lock(run_dir: Path, info: DistInfo) -> Iterator[None]:
-    """The run folder's lock (:func:`~brats_utils.files.folder_lock`), taken by rank 0 for all ranks of a run.
-
-    The ranks of one run share it; another run (one process or several) still gets
-    :class:`~brats_utils.errors.FolderLockedError`, on every one of its ranks.
-    """
-    if not info.is_distributed:
-        with folder_lock(run_dir):
-            yield
-        return
-    with ExitStack() as stack:
-        error = None
-        if info.is_main:
-            try:
-                stack.enter_context(folder_lock(run_dir))
-            except FolderLockedError as locked:
-                error = locked
-        if all_reduce_sum(0.0 if error is None else 1.0) > 0:  # every rank learns whether rank 0 got it
-            raise error if error is not None else FolderLockedError(
-                "rank 0 of this run found the folder held by another process", path=run_dir,
-                expected="one training per folder at a time")
-        yield
-
-
 def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = None, resume: bool = True,
           max_epochs: int | None = None, progress: bool = True,
           device: str | torch.device | None = None) -> TrainResult:
@@ -658,33 +381,3 @@ def is_finished(checkpoint: dict, profile: Profile) -> bool:
     stopper = make_stopper(profile)
     stopper.load_state_dict(checkpoint["early_stopping"])
     return checkpoint["epoch"] >= profile.epochs or stopper.should_stop
-
-
-# --- the paper's Figure 4 -------------------------------------------------------------------
-
-
-def plot_history(history: pd.DataFrame):
-    """Loss, Dice and learning rate over the epochs (like the paper's Figure 4).
-
-    The dashed line marks the best epoch (highest validation paper Dice).
-    """
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
-    epochs = history["epoch"]
-    ax_loss.plot(epochs, history["train_loss"], "o-", label="training (patches)")
-    ax_loss.plot(epochs, history["val_loss"], "s-", label="validation (whole volumes)")
-    ax_loss.set(title="Loss: 0.3 CE + 0.7 soft Dice", xlabel="epoch", ylabel="loss")
-    ax_dice.plot(epochs, history["val_paper_dice"], "k.-", label="paper metric (4 labels incl. background)")
-    for region in ("WT", "TC", "ET"):
-        ax_dice.plot(epochs, history[f"val_dice_{region}"], ".-", color=REGION_COLORS[region], label=region)
-    ax_dice.set(title="Validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1.02))
-    ax_lr.plot(epochs, history["lr"], "o-", color="tab:purple")
-    ax_lr.set(title="Learning rate (ReduceLROnPlateau)", xlabel="epoch", ylabel="learning rate", yscale="log")
-    best_epoch = history.loc[history[BEST_METRIC].idxmax(), "epoch"]
-    for ax in (ax_loss, ax_dice, ax_lr):
-        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
-        ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_dice.legend(fontsize="small")
-    return fig

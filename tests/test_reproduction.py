@@ -24,7 +24,7 @@ from brats_utils.errors import CheckpointError
 from brats_utils.io import LoadedCase
 from brats_utils.model import PRESETS, UNet3D, build_model, init_weights_authors_
 from brats_utils.preprocess import cache_key, preprocess_case
-from brats_utils.train import EarlyStopping
+from brats_utils.schedules import EarlyStopping, make_scheduler, step_scheduler
 
 DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                          "val_dice_ET", "lr", "grad_norm"]
@@ -105,12 +105,12 @@ def test_the_authors_early_stopping_lets_a_slowly_rising_loss_run_forever():
 def test_the_cosine_schedule_is_stepped_per_epoch_and_rises_again_after_t_max():
     profile = PROFILES["authors"]
     optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=profile.lr)
-    scheduler = train_module.make_scheduler(optimizer, profile)
+    scheduler = make_scheduler(optimizer, profile)
     lrs = []
     for _ in range(61):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        train_module.step_scheduler(scheduler, val_loss=1.0)  # the loss is ignored
+        step_scheduler(scheduler, val_loss=1.0)  # the loss is ignored
     expected = [1e-6 + (5e-4 - 1e-6) * (1 + math.cos(math.pi * e / 30)) / 2 for e in range(61)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-6, atol=1e-12)
     assert lrs[30] == pytest.approx(1e-6) and lrs[60] == pytest.approx(5e-4)

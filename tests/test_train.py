@@ -24,7 +24,9 @@ from brats_utils.errors import CheckpointError
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
 from brats_utils.pipeline import ensure_trained, train
-from brats_utils.train import EarlyStopping, history_csv_path, plot_history, train_step
+from brats_utils.schedules import EarlyStopping
+from brats_utils.train import history_csv_path, train_step
+from brats_utils.viz import plot_history
 
 DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                          "val_dice_ET", "lr", "grad_norm"]
