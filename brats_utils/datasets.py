@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,12 @@ class DatasetLayout:
         how_to_get: where the data comes from, in one paragraph.
         protocol: the metrics protocol its challenge reports (``brats_utils.lesion_metrics.PROTOCOLS``):
             per-region scores up to 2021, lesion-wise from 2023.
+        separator, suffix: how a file name joins the case id and the modality part, and its extension
+            (``<id><separator><part><suffix>``).
+        image_4d: one 4D image per case (MSD) instead of one file per modality.
+        find_cases: ``find_cases(layout, root, split)`` lists the cases of one split below ``root``;
+            None: case folders named by ``case_pattern``, their files paired by the modality part
+            (:func:`brats_utils.download.case_from_folder`).
     """
 
     name: str
@@ -65,6 +72,10 @@ class DatasetLayout:
     file_names: dict[str, str]
     how_to_get: str
     protocol: str = "brats2020"
+    separator: str = "_"
+    suffix: str = ".nii.gz"
+    image_4d: bool = False
+    find_cases: Callable[[DatasetLayout, Path, str], list[Case]] | None = None
 
     def is_case_name(self, name: str) -> bool:
         """Whether a folder name (MSD: a file stem) is one of this layout's case ids."""
@@ -75,11 +86,13 @@ class DatasetLayout:
         return f"{case_id}.nii.gz"
 
     def _file_name(self, case_id: str, part: str) -> str:
-        if self.name == "msd":  # one 4D image in imagesTr, the labels under the same name in labelsTr
-            return f"{case_id}.nii.gz"
-        sep = "-" if self.name == "brats2023" else "_"
-        suffix = ".nii" if self.name == "brats2020" else ".nii.gz"
-        return f"{case_id}{sep}{part}{suffix}"
+        if self.image_4d:  # one 4D image in imagesTr, the labels under the same name in labelsTr
+            return f"{case_id}{self.suffix}"
+        return f"{case_id}{self.separator}{part}{self.suffix}"
+
+    def cases(self, root: Path, split: str) -> list[Case]:
+        """The cases of one split below ``root`` (unsorted; empty when there are none)."""
+        return (self.find_cases or _folder_cases)(self, root, split)
 
     def image_name(self, case_id: str, modality: str) -> str:
         """The file name of one modality of a case (MSD: the 4D file, whatever ``modality``)."""
@@ -96,7 +109,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
     DatasetLayout(
         "brats2020", "BraTS 2020", BRATS2020, r"BraTS20_(Training|Validation)_\d+", _OWN_NAMES,
         "Kaggle copy awsaf49/brats20-dataset-training-validation, downloaded by kagglehub "
-        "(`python -m brats_utils download`), or your own unzip under $BRATS_ROOT.",
+        "(`python -m brats_utils download`), or your own unzip under $BRATS_ROOT.", suffix=".nii",
+        find_cases=lambda layout, root, split: _brats2020_cases(root, split),
     ),
     DatasetLayout(
         "brats2021", "BraTS 2021", BRATS2020, r"BraTS2021_\d{5}", _OWN_NAMES,
@@ -108,6 +122,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
         {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
         "Synapse (project BraTS 2023, syn51156910) after registering and accepting the data terms; "
         "unzip it and set $BRATS_ROOT. It cannot be downloaded from here.", protocol="lesionwise",
+        separator="-", find_cases=lambda layout, root, split: _folder_cases(layout, root, split,
+                                                                             case_from_brats2023_folder),
     ),
     DatasetLayout(
         "msd", "MSD Task01_BrainTumour", MSD_TASK01, r"BRATS_\d{3}",
@@ -115,6 +131,7 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
         "The Medical Segmentation Decathlon's own download (Task01_BrainTumour.tar from "
         "medicaldecathlon.com, or MONAI's DecathlonDataset(task='Task01_BrainTumour', download=True)); "
         "set $BRATS_ROOT to the folder holding imagesTr/. It is not downloaded from here.",
+        image_4d=True, find_cases=lambda layout, root, split: _msd_cases(layout, root, split),
     ),
 )}
 
@@ -131,13 +148,15 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _layout_of_folder(folder: Path) -> str | None:
     """The layout a single folder reveals by its name, without looking inside case folders."""
-    if folder.name in ("imagesTr", "imagesTs") and any(
-            LAYOUTS["msd"].is_case_name(nifti_stem(p)) for p in folder.iterdir() if is_nifti(p)):
-        return "msd"
+    if folder.name in ("imagesTr", "imagesTs"):  # a 4D layout names its image files, not folders
+        stems = [nifti_stem(p) for p in folder.iterdir() if is_nifti(p)]
+        for name, layout in LAYOUTS.items():
+            if layout.image_4d and any(layout.is_case_name(stem) for stem in stems):
+                return name
     if folder.name in (TRAINING_DIR_NAME, VALIDATION_DIR_NAME):
         return "brats2020"
     for name, layout in LAYOUTS.items():
-        if name != "msd" and layout.is_case_name(folder.name):  # MSD names files, not folders
+        if not layout.image_4d and layout.is_case_name(folder.name):
             return name
     return None
 
@@ -224,12 +243,23 @@ def _with_scheme(case: Case, scheme: LabelScheme) -> Case:
     return Case(case.case_id, case.modalities, case.seg, case.folder, scheme=scheme, image_4d=case.image_4d)
 
 
-def _msd_cases(root: Path, split: str) -> list[Case]:
+def _brats2020_cases(root: Path, split: str) -> list[Case]:
+    """The Kaggle layout's split folders, paired by :func:`brats_utils.download.find_brats2020`."""
+    return find_brats2020(root, split) if find_split_dirs(root).get(split) else []
+
+
+def _folder_cases(layout: DatasetLayout, root: Path, split: str,
+                  pair: Callable[[Path], Case] = case_from_folder) -> list[Case]:
+    """Case folders of ``layout`` in ``split``, each paired by ``pair`` and given the layout's scheme."""
+    return [_with_scheme(pair(folder), layout.scheme) for folder in _layout_case_folders(root, layout)
+            if _split_of(folder, root) == split]
+
+
+def _msd_cases(layout: DatasetLayout, root: Path, split: str) -> list[Case]:
     folder_name = "imagesTr" if split == "training" else "imagesTs"
-    layout = LAYOUTS["msd"]
     cases = []
     for _, folder, name in _walk(root):
-        if name != "msd" or folder.name != folder_name:
+        if name != layout.name or folder.name != folder_name:
             continue
         labels_dir = folder.parent / "labelsTr"
         images = sorted(p for p in folder.iterdir() if is_nifti(p) and layout.is_case_name(nifti_stem(p)))
@@ -256,16 +286,7 @@ def find_dataset(root: str | Path, split: str = "training", *, dataset: str | No
     if dataset is not None and dataset not in LAYOUTS:
         raise DatasetNotFoundError(f"unknown dataset {dataset!r}", expected="one of " + ", ".join(LAYOUTS))
     layout = LAYOUTS[dataset] if dataset is not None else detect_layout(root)
-    if layout.name == "brats2020":
-        if not find_split_dirs(root).get(split):
-            _not_found(root, layout, split)
-        return find_brats2020(root, split)
-    if layout.name == "msd":
-        cases = _msd_cases(root, split)
-    else:
-        pair = case_from_brats2023_folder if layout.name == "brats2023" else case_from_folder
-        cases = [_with_scheme(pair(folder), layout.scheme) for folder in _layout_case_folders(root, layout)
-                 if _split_of(folder, root) == split]
+    cases = layout.cases(root, split)
     if not cases:
         _not_found(root, layout, split)
     return sorted(cases, key=lambda case: case.case_id)
