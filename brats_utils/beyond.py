@@ -260,9 +260,9 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     for variant, seed in tqdm(jobs, desc="variants x seeds", unit="run", disable=not progress):
         run_dir = out_dir / variant.replace(" ", "_") / f"seed{seed}"
         study = variant_profile(profile, variant, seed)
-        fingerprint = {**compare._fingerprint(compare.study_profile(study, study.model_preset), device),
+        fingerprint = {**compare.row_fingerprint(compare.study_profile(study, study.model_preset), device),
                        "report_split": report_split, "foreign": foreign_names, "scoring": SCORING_VERSION}
-        row = compare._read_row(run_dir / "row.json", fingerprint)
+        row = compare.read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_run(variant, seed, profile, cache_dir, run_dir, device, report_split=report_split,
                               foreign=foreign, progress=progress)

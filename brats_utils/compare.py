@@ -251,7 +251,7 @@ def architecture_table(presets: tuple[str, ...] | list[str]) -> pd.DataFrame:
     return table
 
 
-def _fingerprint(profile: Profile, device: torch.device) -> dict:
+def row_fingerprint(profile: Profile, device: torch.device) -> dict:
     """What a finished row depends on (the acting settings of :func:`~brats_utils.config.fingerprint_fields`),
     as JSON reads it."""
     enters = fingerprint_fields()
@@ -259,7 +259,8 @@ def _fingerprint(profile: Profile, device: torch.device) -> dict:
     return json.loads(json.dumps({"profile": settings, "device": device.type}))
 
 
-def _read_row(path: Path, fingerprint: dict) -> dict | None:
+def read_row(path: Path, fingerprint: dict) -> dict | None:
+    """The row saved in ``path`` (a ``row.json``) if it was measured with ``fingerprint``, else None."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -317,8 +318,8 @@ def run_comparison(profile: Profile, cache_dir: str | Path, *, out_dir: Path | N
     rows = []
     for preset in tqdm(presets, desc="architectures", unit="model", disable=not progress):
         run_dir = out_dir / preset
-        fingerprint = _fingerprint(study_profile(profile, preset), device)
-        row = _read_row(run_dir / "row.json", fingerprint)
+        fingerprint = row_fingerprint(study_profile(profile, preset), device)
+        row = read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_preset(preset, profile, Path(cache_dir), run_dir, device, progress=progress)
             write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")

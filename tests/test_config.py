@@ -147,12 +147,13 @@ def test_a_setting_blocks_a_resume_exactly_when_it_is_not_resumable(name, tmp_pa
 def test_a_setting_changes_a_study_fingerprint_exactly_when_it_enters_it(name, second_loss):
     import torch
 
-    from brats_utils.compare import _fingerprint
+    from brats_utils.compare import row_fingerprint
 
     profile = config.get_profile("ci").with_overrides(target="regions")
     changed = profile.with_overrides(**{name: _another_value(name, getattr(profile, name))})
     cpu = torch.device("cpu")
-    assert (_fingerprint(profile, cpu) != _fingerprint(changed, cpu)) == (name in config.fingerprint_fields())
+    differs = row_fingerprint(profile, cpu) != row_fingerprint(changed, cpu)
+    assert differs == (name in config.fingerprint_fields())
 
 
 def test_a_setting_that_acts_only_with_another_is_left_out_otherwise():

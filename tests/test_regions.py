@@ -172,7 +172,7 @@ def test_runs_from_before_region_prior_resume_as_what_they_were():
     """A softmax run is the same run whatever its region_prior; a region run saved before the field
     existed started at bias 0, so it resumes only with region_prior=None (a study retrains it)."""
     from brats_utils.checkpoints import check_compatible
-    from brats_utils.compare import _fingerprint
+    from brats_utils.compare import row_fingerprint
     from brats_utils.errors import CheckpointError
 
     def saved_before(profile: config.Profile) -> dict:
@@ -186,6 +186,6 @@ def test_runs_from_before_region_prior_resume_as_what_they_were():
         check_compatible(saved_before(regions), regions, path)
     check_compatible(saved_before(regions), regions.with_overrides(region_prior=None), path)
     cpu = torch.device("cpu")
-    assert _fingerprint(labels, cpu) == _fingerprint(labels.with_overrides(region_prior=0.2), cpu)
-    assert _fingerprint(regions, cpu) != _fingerprint(regions.with_overrides(region_prior=0.2), cpu)
+    assert row_fingerprint(labels, cpu) == row_fingerprint(labels.with_overrides(region_prior=0.2), cpu)
+    assert row_fingerprint(regions, cpu) != row_fingerprint(regions.with_overrides(region_prior=0.2), cpu)
     assert "region_prior" not in labels.acting_settings() and "region_prior" in regions.acting_settings()
