@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -49,3 +51,11 @@ def test_the_predictor_follows_the_profile_precision_and_test_time_flips():
         flipped = sum(torch.softmax(models[0](batch.flip(d)), 1).flip(d) if d else exact for d in flips) / 8
         torch.testing.assert_close(pipeline.predictor(profile, *models, tta=True)(batch), flipped)
     assert pipeline.test_time_flips(profile.with_overrides(augmentation="none")) == ((),)
+
+
+def test_no_brats_variable_of_the_caller_reaches_a_test():
+    """conftest's hermetic environment: a BRATS_ROOT or BRATS_SET in the shell running pytest (a developer's
+    real data) must not switch the pipeline's steps away from the synthetic data."""
+    from conftest import KEPT_VARIABLES
+
+    assert [name for name in os.environ if name.startswith("BRATS_") and name not in KEPT_VARIABLES] == []
