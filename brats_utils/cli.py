@@ -72,7 +72,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 def _cmd_cache(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import ensure_cache
 
-    print(ensure_cache(profile_from_args(args)))
+    print(ensure_cache(profile_from_args(args), check_sources=True))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
