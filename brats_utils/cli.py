@@ -159,7 +159,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     profile_from_args(args)  # checks the overrides before any notebook starts
     overrides = [f"{key}={value!r}" for key, value in _overrides(args)]
-    run_series(get_profile(args.profile).name, overrides=overrides)
+    run_series(get_profile(args.profile).name, overrides=overrides, publish=args.publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "one, without the training patients (BraTS 2021/2023 and MSD hold "
                                           "BraTS 2020's; default: foreign-style phantoms for synthetic "
                                           "profiles, none on real data)")
-    add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
+    p = add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo; all it writes "
+                                "goes under data/demo)")
+    p.add_argument("--publish", action="store_true",
+                   help="also refresh the tracked copies (make publish): figures/, docs/notebooks/ and the "
+                        "times in docs/notebook_times.json, the notebooks' headers and the README")
     return parser
 
 
