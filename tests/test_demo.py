@@ -188,7 +188,8 @@ def _fake_series(tmp_path, monkeypatch, names=("01_a.ipynb", "02_b.ipynb")):
     monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("BRATS_FIGURES_DIR", raising=False)
     monkeypatch.delenv("BRATS_SET", raising=False)
-    tracked = {"figures": tmp_path / "repo" / "figures", "notebooks": tmp_path / "repo" / "docs" / "notebooks"}
+    repo = tmp_path / "repo"
+    tracked = {"figures": repo / "figures", "notebooks": repo / "docs" / "notebooks"}
     monkeypatch.setattr(demo, "published_figures_dir", lambda: tracked["figures"])
     monkeypatch.setattr(demo, "published_dir", lambda: tracked["notebooks"])
     return notebooks, seen, tracked
@@ -224,7 +225,7 @@ def test_publishing_the_demo_refreshes_the_tracked_copies_and_the_times(tmp_path
 def test_publishing_the_ci_run_records_its_times_only(tmp_path, monkeypatch):
     notebooks, _, tracked = _fake_series(tmp_path, monkeypatch)
     recorded = []
-    monkeypatch.setattr(demo, "record_notebook_times", lambda name, seconds: recorded.append(name) or tmp_path)
+    monkeypatch.setattr(demo, "record_notebook_times", lambda name, _: recorded.append(name) or tmp_path)
     monkeypatch.setattr(demo, "sync_notebook_sources", lambda: [])
     demo.run_series("ci", notebooks=notebooks, publish=True)
     assert recorded == ["ci"] and not tracked["figures"].exists() and not tracked["notebooks"].exists()
@@ -317,7 +318,7 @@ def test_relative_glossary_links_become_absolute_and_others_stay():
 
 
 def test_anchors_follow_githubs_rules():
-    """GitHub: lower case, punctuation dropped (hyphens and underscores kept), spaces to hyphens, -1 for a repeat."""
+    """GitHub: lower case, punctuation dropped (not - and _), spaces to hyphens, -1 for a repeat."""
     markdown = ("# Glossary\n## Prerequisites and time\n### What's new? (2024)\n## Dice & HD95\n"
                 "## Setup\n## Setup\n<a id=\"wt\"></a>**WT** and <a name=\"et-x\"></a>\n")
     assert sources.github_anchors(markdown) == {"glossary", "prerequisites-and-time", "whats-new-2024",

@@ -115,7 +115,7 @@ def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_glossary_terms_are_linked_to_anchors_that_exist(path):
-    """Absolute links to the published glossary (they resolve on Colab and Kaggle too), anchors as GitHub makes them."""
+    """Absolute links to the published glossary (they resolve on Colab and Kaggle too), GitHub's anchors."""
     anchors = github_anchors(GLOSSARY.read_text())
     markdown = [_source(c) for c in _cells(path) if c["cell_type"] == "markdown"]
     linked = [anchor for text in markdown for anchor in GLOSSARY_LINK.findall(text)]

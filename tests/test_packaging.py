@@ -136,14 +136,15 @@ def _newer_uses(tree: ast.Module) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             uses += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            uses += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+            uses += [(node.lineno, node.module)]
+            uses += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             uses.append((node.lineno, f"{node.value.id}.{node.attr}"))
     return [(line, name) for line, name in uses if name in NEWER_THAN_310]
 
 
 def test_requires_python_matches_the_code():
-    """Every file parses as Python 3.10 and uses nothing newer from the standard library without a fallback."""
+    """Every file parses as Python 3.10 and uses nothing newer of the standard library without a fallback."""
     required = _pyproject()["project"]["requires-python"]
     assert required == ">=3.10"
     assert _pyproject()["tool"]["ruff"]["target-version"] == "py310"

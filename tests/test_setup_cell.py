@@ -74,7 +74,8 @@ def _stand_ins(folder: Path, *, colab: bool) -> Path:
     _write(folder / "pip" / "__init__.py")
     _write(folder / "pip" / "__main__.py", FAKE_PIP)
     _write(folder / "torch" / "__init__.py", "class cuda:\n    is_available = staticmethod(lambda: True)\n")
-    _write(folder / "torch-2.13.0.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0\n")
+    _write(folder / "torch-2.13.0.dist-info" / "METADATA",
+           "Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0\n")
     if colab:
         _write(folder / "google" / "__init__.py")
         _write(folder / "google" / "colab" / "__init__.py", "from google.colab import drive\n")
