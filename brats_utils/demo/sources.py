@@ -1,7 +1,8 @@
 """The parts of the notebooks and the README that are written from one source, never by hand.
 
 - the setup cell (``notebooks/_setup_cell.py``, copied into every notebook's second cell), whose
-  repository address and pinned tag are :data:`brats_utils.config.REPO_URL` and ``REPO_REF``;
+  repository address and pinned tag are :data:`brats_utils.config.REPO_URL` and ``REPO_REF``, and the
+  switch cell (``notebooks/_switch_cell.md``, copied after every notebook's parameters cell);
 - the glossary links: absolute addresses of the repository's published ``docs/glossary.md``
   (:func:`glossary_url`), so they resolve on GitHub, nbviewer, Colab and Kaggle alike;
 - the running times in each notebook's header and the README's table (between
@@ -38,6 +39,11 @@ TIMED_PROFILES = ("ci", "demo", "gpu")
 def setup_cell_path() -> Path:
     """The one source of the notebooks' setup cell."""
     return repo_root() / "notebooks" / "_setup_cell.py"
+
+
+def switch_cell_path() -> Path:
+    """The one source of the notebooks' "switching to real data or a GPU" cell."""
+    return repo_root() / "notebooks" / "_switch_cell.md"
 
 
 def times_path() -> Path:
@@ -155,7 +161,7 @@ def record_notebook_times(profile_name: str, seconds: dict[str, float], *,
 # --- writing them ------------------------------------------------------------------------------
 
 
-def _notebook_text(path: Path, setup: str, times: dict) -> str:
+def _notebook_text(path: Path, setup: str, switch: str, times: dict) -> str:
     """The notebook's file with its generated parts rewritten, in nbformat's own layout."""
     import nbformat
 
@@ -166,6 +172,8 @@ def _notebook_text(path: Path, setup: str, times: dict) -> str:
         raise ValueError(f"{path.name}: the title cell has no '{RUNNING_TIME_LINE}' block")
     title.source = block.sub(lambda m: running_time_block(path.name, times), title.source, count=1)
     notebook.cells[1].source = setup.strip()
+    tags = [cell.metadata.get("tags", []) for cell in notebook.cells]
+    notebook.cells[next(i for i, t in enumerate(tags) if "parameters" in t) + 1].source = switch.strip()
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = absolute_glossary_links(cell.source)
@@ -182,14 +190,16 @@ def _readme_text(text: str, times: dict) -> str:
 def sync_notebook_sources(*, check: bool = False) -> list[Path]:
     """Rewrite every generated part from its source; return the files that changed (``check``: would change).
 
-    The setup cell file and its copy in each notebook, the notebooks' glossary links and header
-    times, and the README's times table. Cell ids, outputs and metadata stay as they are.
+    The setup cell file and its copy in each notebook, the switch cell's copies, the notebooks'
+    glossary links and header times, and the README's times table. Cell ids, outputs and metadata
+    stay as they are.
     """
     times = load_times()
     setup = setup_cell_source()
     readme = repo_root() / "README.md"
     wanted = {setup_cell_path(): setup, readme: _readme_text(readme.read_text(), times)}
-    wanted.update({path: _notebook_text(path, setup, times) for path in series_notebooks()})
+    switch = switch_cell_path().read_text()
+    wanted.update({nb: _notebook_text(nb, setup, switch, times) for nb in series_notebooks()})
     changed = [path for path, text in wanted.items() if path.read_text() != text]
     if not check:
         for path in changed:
