@@ -180,6 +180,17 @@ def _notebook_text(path: Path, setup: str, switch: str, times: dict) -> str:
     return nbformat.writes(notebook) + "\n"
 
 
+def _published_text(path: Path) -> str:
+    """A published copy (``docs/notebooks``) with absolute glossary links; code and outputs as they ran."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = absolute_glossary_links(cell.source)
+    return nbformat.writes(notebook) + "\n"
+
+
 def _readme_text(text: str, times: dict) -> str:
     if README_TIMES_START not in text or README_TIMES_END not in text:
         raise ValueError(f"README.md lacks the markers {README_TIMES_START} ... {README_TIMES_END}")
@@ -191,7 +202,8 @@ def sync_notebook_sources(*, check: bool = False) -> list[Path]:
     """Rewrite every generated part from its source; return the files that changed (``check``: would change).
 
     The setup cell file and its copy in each notebook, the switch cell's copies, the notebooks'
-    glossary links and header times, and the README's times table. Cell ids, outputs and metadata
+    glossary links and header times, the glossary links of the published copies (``docs/notebooks``)
+    and the README's times table. Cell ids, outputs and metadata
     stay as they are.
     """
     times = load_times()
@@ -200,6 +212,7 @@ def sync_notebook_sources(*, check: bool = False) -> list[Path]:
     wanted = {setup_cell_path(): setup, readme: _readme_text(readme.read_text(), times)}
     switch = switch_cell_path().read_text()
     wanted.update({nb: _notebook_text(nb, setup, switch, times) for nb in series_notebooks()})
+    wanted.update({nb: _published_text(nb) for nb in series_notebooks(repo_root() / "docs" / "notebooks")})
     changed = [path for path, text in wanted.items() if path.read_text() != text]
     if not check:
         for path in changed:
