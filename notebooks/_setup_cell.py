@@ -69,14 +69,15 @@ def _brats_setup() -> str:
     if not installed():
         command = [sys.executable, "-m", "pip", "install", "-q", "-e", str(repo)]
         try:  # pin the torch that is there, so pip can never replace it
+            torch_version = importlib.metadata.version("torch")
             keep = Path(tempfile.gettempdir()) / "brats-keep-torch.txt"
-            keep.write_text(f"torch=={importlib.metadata.version('torch')}\n")
+            keep.write_text(f"torch=={torch_version}\n")
             command += ["-c", str(keep)]
         except importlib.metadata.PackageNotFoundError:
-            pass
+            torch_version = None
         subprocess.run(command, check=True)
         importlib.invalidate_caches()
-        done.append("installed it with pip (torch kept)")
+        done.append("installed it with pip" + (f" (torch {torch_version} kept)" if torch_version else ""))
     if str(repo) not in sys.path:
         sys.path.insert(0, str(repo))  # an editable install is seen only after a restart otherwise
     os.chdir(repo / "notebooks")
