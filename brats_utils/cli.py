@@ -102,7 +102,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                         protocol=args.protocol, split=split, partial=args.partial)
     cases, missing = prediction_coverage(profile, args.predictions, truth=args.truth, split=split)
     partial = f" (partial: {len(missing)} without a prediction, not scored)" if missing else ""
-    print(f"{args.predictions} on {len(per_case)} of the {len(cases)} {split_label(profile, split)}{partial}:")
+    print(f"{args.predictions} on {len(per_case)} of the {len(cases)} {split_label(profile, split)}"
+          f"{partial}:")
     print(summary.T.to_string())
 
 

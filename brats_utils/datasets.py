@@ -361,8 +361,8 @@ def scan_sets(folder: str | Path) -> list[Case]:
                              case_id=case_id, path=folder, expected="one file per modality and case")
         if len(namings[key]) > 1:
             raise BratsError(f"one scan set named in two ways: {files}", case_id=case_id, path=folder,
-                             expected="every file of a case named as BraTS 2020 (<id>_flair, _t1, _t1ce, _t2) "
-                                      "or as BraTS 2023 (<id>-t2f, -t1n, -t1c, -t2w)")
+                             expected="every file of a case named as BraTS 2020 (<id>_flair, _t1, _t1ce, "
+                                      "_t2) or as BraTS 2023 (<id>-t2f, -t1n, -t1c, -t2w)")
         layout = LAYOUTS[namings[key].pop()]
         missing = [modality for modality in MODALITIES if modality not in roles]
         if missing:

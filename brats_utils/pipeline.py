@@ -336,8 +336,8 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
     split = split or heldout_split(profile)
     cases, missing = prediction_coverage(profile, predictions, truth=truth, split=split)
     if missing and not partial:
-        raise BratsError(f"no prediction for {len(missing)} of the {len(cases)} {split_label(profile, split)}: "
-                         + ", ".join(missing), path=predictions,
+        raise BratsError(f"no prediction for {len(missing)} of the {len(cases)} "
+                         f"{split_label(profile, split)}: {', '.join(missing)}", path=predictions,
                          expected="<case_id>.nii.gz for every case of the split (predict with the same "
                                   "--split), or --partial to score only the cases predicted")
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"

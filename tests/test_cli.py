@@ -78,17 +78,17 @@ def test_folder_and_split_take_only_their_own_values_and_not_both(command, words
     assert words in capsys.readouterr().err
 
 
-def test_predict_split_names_the_run_split_and_folder_the_dataset_folder(profile, trained, dataset_root, tmp_path,
-                                                                        capsys):
-    split = pipeline.split_of(profile)
-    assert main(["predict", *SMALL, "--checkpoint", str(trained), "--split", "test", "--out",
-                 str(tmp_path / "test")]) == 0
-    assert {p.name.removesuffix(".nii.gz") for p in (tmp_path / "test").glob("*.nii.gz")} == set(split["test"])
-    assert main(["predict", *SMALL, "--checkpoint", str(trained), "--folder", "validation", "--out",
-                 str(tmp_path / "validation")]) == 0
-    unlabelled = sorted(p.name for p in next(dataset_root.rglob("MICCAI_BraTS2020_ValidationData")).iterdir()
-                        if p.is_dir())
-    assert sorted(p.name.removesuffix(".nii.gz") for p in (tmp_path / "validation").glob("*.nii.gz")) == unlabelled
+def _predicted_ids(folder: Path) -> list[str]:
+    return sorted(path.name.removesuffix(".nii.gz") for path in folder.glob("*.nii.gz"))
+
+
+def test_predict_split_is_the_run_split_folder_the_dataset_folder(profile, trained, dataset_root, tmp_path):
+    run = ["predict", *SMALL, "--checkpoint", str(trained)]
+    assert main([*run, "--split", "test", "--out", str(tmp_path / "test")]) == 0
+    assert _predicted_ids(tmp_path / "test") == sorted(pipeline.split_of(profile)["test"])
+    assert main([*run, "--folder", "validation", "--out", str(tmp_path / "validation")]) == 0
+    unlabelled = next(dataset_root.rglob("MICCAI_BraTS2020_ValidationData"))
+    assert _predicted_ids(tmp_path / "validation") == sorted(p.name for p in unlabelled.glob("BraTS20_*"))
 
 
 # --- config ----------------------------------------------------------------------------------------
@@ -117,7 +117,8 @@ def test_config_rejects_an_unknown_field_in_one_line(capsys):
 def test_evaluate_lists_the_cases_of_the_split_without_a_prediction(profile, trained, tmp_path, capsys):
     split = pipeline.split_of(profile)
     labelled = split["train"] + split["val"] + split["test"]
-    assert main(["predict", *SMALL, "--checkpoint", str(trained), "--split", "test", "--out", str(tmp_path)]) == 0
+    assert main(["predict", *SMALL, "--checkpoint", str(trained), "--split", "test", "--out",
+                 str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["evaluate", *SMALL, str(tmp_path), "--folder", "training"]) == 2
     err = capsys.readouterr().err
@@ -130,7 +131,8 @@ def test_evaluate_lists_the_cases_of_the_split_without_a_prediction(profile, tra
 
 def test_evaluate_partial_scores_only_the_predicted_cases_and_says_so(profile, trained, tmp_path, capsys):
     split = pipeline.split_of(profile)
-    assert main(["predict", *SMALL, "--checkpoint", str(trained), "--split", "test", "--out", str(tmp_path)]) == 0
+    assert main(["predict", *SMALL, "--checkpoint", str(trained), "--split", "test", "--out",
+                 str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["evaluate", *SMALL, str(tmp_path), "--folder", "training", "--partial"]) == 0
     title = capsys.readouterr().out.splitlines()[0]
@@ -139,7 +141,8 @@ def test_evaluate_partial_scores_only_the_predicted_cases_and_says_so(profile, t
     # the default is the profile's held-out split, which the folder covers: no "partial" then
     assert main(["evaluate", *SMALL, str(tmp_path)]) == 0
     title = capsys.readouterr().out.splitlines()[0]
-    assert f"on {len(split['test'])} of the {len(split['test'])} test cases" in title and "(partial" not in title
+    n_test = len(split["test"])
+    assert f"on {n_test} of the {n_test} test cases" in title and "(partial" not in title
 
 
 # --- predict --input: one case folder, a flat folder, a dataset layout -----------------------------
@@ -150,12 +153,14 @@ def test_predict_gives_a_case_the_same_labels_from_a_case_folder_a_flat_folder_a
     """The issue's reproduction: a single case folder used to fail with "no BraTS 2020 validation cases
     found; the folder holds BraTS 2020", a flat folder with "no known dataset layout found"."""
     run = ["predict", *SMALL, "--checkpoint", str(trained)]
-    assert main([*run, "--input", str(dataset_root), "--folder", "training", "--out", str(tmp_path / "kaggle")]) == 0
+    assert main([*run, "--input", str(dataset_root), "--folder", "training",
+                 "--out", str(tmp_path / "kaggle")]) == 0
     kaggle = _labels(tmp_path / "kaggle")
     first, second = sorted(kaggle)[:2]
     first_id, second_id = first.removesuffix(".nii.gz"), second.removesuffix(".nii.gz")
 
-    assert main([*run, "--input", str(_case_folder(dataset_root, first_id)), "--out", str(tmp_path / "one")]) == 0
+    case_folder = _case_folder(dataset_root, first_id)
+    assert main([*run, "--input", str(case_folder), "--out", str(tmp_path / "one")]) == 0
     assert _labels(tmp_path / "one").keys() == {first}
 
     flat = tmp_path / "flat"  # two scan sets side by side, the segmentations left out
@@ -195,7 +200,8 @@ def _write_fake_scan(path: Path) -> None:
      ["named in two ways", "p1-t1n.nii.gz", "p1_flair.nii.gz"]),
     (["scan_a.nii.gz", "scan_b.nii.gz"], ["no known dataset layout"]),
 ])
-def test_predict_refuses_an_ambiguous_flat_folder_in_one_line_naming_the_files(files, words, tmp_path, capsys):
+def test_predict_refuses_an_ambiguous_flat_folder_in_one_line_naming_the_files(files, words, tmp_path,
+                                                                                 capsys):
     scans = tmp_path / "scans"
     scans.mkdir()
     for name in files:
