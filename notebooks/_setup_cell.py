@@ -1,3 +1,4 @@
+# @title Setup: run it as it is (its one line says what it did)
 # Setup: safe to run any number of times, nothing to edit. In a checkout of this repository (your machine,
 # `make lab`, CI) it uses that checkout. On Colab or Kaggle it clones the repository once, at a pinned tag,
 # to /content/<repo> or /kaggle/working/<repo> and installs it with pip, keeping the preinstalled torch; on a

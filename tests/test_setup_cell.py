@@ -193,4 +193,8 @@ def test_the_cell_carries_the_one_address_and_tag_and_every_notebook_carries_the
                    if line.startswith("version ="))
     assert REPO_REF == "v" + version.split('"')[1]  # the tag of this release
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        assert "".join(json.loads(path.read_text())["cells"][1]["source"]) == cell.strip(), path.name
+        setup = json.loads(path.read_text())["cells"][1]
+        assert "".join(setup["source"]) == cell.strip(), path.name
+        # folded where the notebook opens: a title line, the code one click away
+        assert setup["metadata"]["cellView"] == "form" and setup["metadata"]["jupyter"]["source_hidden"]
+    assert cell.startswith("# @title ")

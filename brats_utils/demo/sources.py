@@ -172,6 +172,8 @@ def _notebook_text(path: Path, setup: str, switch: str, times: dict) -> str:
         raise ValueError(f"{path.name}: the title cell has no '{RUNNING_TIME_LINE}' block")
     title.source = block.sub(lambda m: running_time_block(path.name, times), title.source, count=1)
     notebook.cells[1].source = setup.strip()
+    # folded: JupyterLab and nbviewer show a bar, Colab the @title line as a form, both open on a click
+    notebook.cells[1].metadata.update({"cellView": "form", "jupyter": {"source_hidden": True}})
     tags = [cell.metadata.get("tags", []) for cell in notebook.cells]
     notebook.cells[next(i for i, t in enumerate(tags) if "parameters" in t) + 1].source = switch.strip()
     for cell in notebook.cells:
