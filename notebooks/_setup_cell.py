@@ -19,11 +19,12 @@ def _brats_setup() -> str:
     url = os.environ.get("BRATS_REPO_URL") or "https://github.com/brats-teaching/brats3d-unet"
     ref = os.environ.get("BRATS_REPO_REF") or "v0.1.0"
     root = Path(os.environ.get("BRATS_TEST_PLATFORM_ROOT") or "/")  # only tests move "/" elsewhere
+    platform = "kaggle" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else None
     try:
         from google.colab import drive
-        platform = "colab"
+        platform = platform or "colab"
     except ImportError:
-        platform = "kaggle" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else None
+        pass
     home = {"colab": root / "content", "kaggle": root / "kaggle" / "working"}.get(platform)
     done = []
 

@@ -198,3 +198,14 @@ def test_the_cell_carries_the_one_address_and_tag_and_every_notebook_carries_the
         # folded where the notebook opens: a title line, the code one click away
         assert setup["metadata"]["cellView"] == "form" and setup["metadata"]["jupyter"]["source_hidden"]
     assert cell.startswith("# @title ")
+
+
+def test_kaggle_is_kaggle_even_where_google_colab_can_be_imported(tmp_path, remote):
+    home = tmp_path / "root" / "kaggle" / "working"
+    home.mkdir(parents=True)
+    stand_ins = _stand_ins(tmp_path / "stand-ins", colab=True)
+    env = _platform_env(tmp_path, remote, stand_ins, KAGGLE_KERNEL_RUN_TYPE="Interactive")
+    result = _run_cell(home, env, times=1)
+    assert result.returncode == 0, result.stderr
+    assert (home / "brats3d-unet" / "notebooks").is_dir() and not (tmp_path / "root" / "content").exists()
+    assert json.loads(result.stdout.splitlines()[-1])["BRATS_CACHE_DIR"].endswith("kaggle/temp/brats3d-cache")
