@@ -309,7 +309,7 @@ def _not_found(root: Path, layout: DatasetLayout, split: str) -> None:
 #: How the files of a scan set may be named: as a layout's case files (the modality part after the
 #: separator, e.g. ``<id>_flair.nii.gz`` as BraTS 2020/2021, ``<id>-t2f.nii.gz`` as BraTS 2023), or
 #: the modality part alone (``flair.nii.gz``: the case is named after its folder).
-SCAN_NAMINGS: tuple[tuple[str, str], ...] = (("brats2020", "_"), ("brats2023", "-"))
+SCAN_NAMINGS: tuple[str, ...] = ("brats2020", "brats2023")  # their file names and separators
 
 
 def scan_file_role(path: Path) -> tuple[str, str, str] | None:
@@ -320,11 +320,12 @@ def scan_file_role(path: Path) -> tuple[str, str, str] | None:
     (:func:`brats_utils.download.case_from_folder`); ``_t1`` never matches ``_t1ce``. ``None`` for
     any other file.
     """
-    if not _is_nifti(path):
+    if not is_nifti(path):
         return None
-    stem = _stem(path)
+    stem = nifti_stem(path)
     lower = stem.lower()
-    for layout_name, separator in SCAN_NAMINGS:
+    for layout_name in SCAN_NAMINGS:
+        separator = LAYOUTS[layout_name].separator
         for role, part in {**LAYOUTS[layout_name].file_names, "seg": "seg"}.items():
             if lower == part:
                 return "", role, layout_name
@@ -377,7 +378,7 @@ def scan_sets(folder: str | Path) -> list[Case]:
         layout = LAYOUTS[namings[key].pop()]
         missing = [modality for modality in MODALITIES if modality not in roles]
         if missing:
-            separator = dict(SCAN_NAMINGS)[layout.name] if prefixes[key] else ""
+            separator = layout.separator if prefixes[key] else ""
             wanted = ", ".join(f"{prefixes[key]}{separator}{layout.file_names[m]}.nii.gz" for m in missing)
             raise MissingModalityError(f"incomplete scan set: only {files}", case_id=case_id, path=folder,
                                        expected=f"also {wanted} (co-registered FLAIR, T1, T1ce, T2)")
