@@ -139,21 +139,15 @@ def _choose_stitch_device(device: torch.device, num_classes: int, shape: Sequenc
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _requested(precision: str, amp: bool | None) -> str:
-    """``precision``, or ``"fp32"`` when the older switch ``amp`` is given as False."""
-    return "fp32" if amp is False else precision
-
-
-def softmax_predictor(model: nn.Module, *, precision: str = "auto", amp: bool | None = None) -> Predictor:
+def softmax_predictor(model: nn.Module, *, precision: str = "auto") -> Predictor:
     """The predictor of one network: its softmax, the network run in ``precision``.
 
     ``precision`` is one of :data:`brats_utils.precision.PRECISIONS`, resolved for the batch's device
     (``"auto"``: fp16 autocast on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere). Where
     :func:`~brats_utils.precision.use_channels_last` says so, the batch is handed to the network as
     ``channels_last_3d`` (convert the model once with :func:`~brats_utils.precision.to_channels_last`).
-    ``amp=False`` is the older spelling of ``precision="fp32"``.
     """
-    return predictor_for(model, "labels", precision=_requested(precision, amp))
+    return predictor_for(model, "labels", precision=precision)
 
 
 def average_predictors(predictors: Sequence[Predictor]) -> Predictor:
@@ -259,7 +253,6 @@ def sliding_window_predict(
     sw_batch_size: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    amp: bool | None = None,
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = ALL_FLIPS,
     stitch_device: str | torch.device | None = None,
@@ -268,7 +261,7 @@ def sliding_window_predict(
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
     The three stages in one call: :func:`softmax_predictor` (the network in ``precision``,
-    ``"auto"`` by default; ``amp=False`` is the older spelling of ``"fp32"``), wrapped in
+    ``"auto"`` by default), wrapped in
     :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
     by default all 8: pair them with the training augmentation, ``augment.tta_flips``), slid
     over the image by :func:`sliding_window` (see there for the other arguments). The
@@ -279,10 +272,9 @@ def sliding_window_predict(
     ``target="regions"`` (a region model, :mod:`brats_utils.regions`) gives sigmoid WT/TC/ET instead.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    requested = _requested(precision, amp)
-    if use_channels_last(requested, device):
+    if use_channels_last(precision, device):
         to_channels_last(model)
-    predictor = predictor_for(model, target, precision=requested)
+    predictor = predictor_for(model, target, precision=precision)
     if tta:
         predictor = with_flips(predictor, tta_flips)
     was_training = model.training

@@ -291,8 +291,6 @@ def test_prediction_precision_is_resolved_per_device_and_fp32_is_exact(image):
     reference = full_softmax(model, image)
     exact = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp32")
     torch.testing.assert_close(exact, reference)
-    older = sliding_window_predict(model, image, patch_size=image.shape[1:], amp=False)  # the older spelling
-    torch.testing.assert_close(older, reference)
     low = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="bf16")
     assert (low - reference).abs().max() < 0.05  # bf16 logits: close, not equal
     with pytest.raises(ValueError, match="fp16 is not supported on a CPU"):
