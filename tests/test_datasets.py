@@ -247,7 +247,7 @@ def test_evaluate_reads_each_dataset_labels_under_either_protocol(layout_roots, 
         train = to_train_labels(loaded.labels, scheme=case.scheme)
         out = tmp_path / LAYOUTS[name].prediction_name(case.case_id)
         export_segmentation(train, out, affine=loaded.affine, scheme=case.scheme)
-    regions, _ = evaluate(tmp_path, layout_roots[name], progress=False)
+    regions, _ = evaluate(tmp_path, find_dataset(layout_roots[name]), progress=False)
     lesions, _ = evaluate(tmp_path, cases, progress=False, protocol=LESIONWISE_PROTOCOL)
     assert (regions[["Dice_WT", "Dice_TC", "Dice_ET"]] == 1.0).all().all()
     assert (lesions[["LesionWise_Dice_WT", "LesionWise_Dice_TC", "LesionWise_Dice_ET"]] == 1.0).all().all()
