@@ -108,7 +108,8 @@ def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
         assert _source(solution).strip()
     solutions = [i for i, c in enumerate(cells) if "solution" in _tags(c)]
     assert solutions == [i + 1 for i in exercises]  # one solution per exercise, nothing else tagged so
-    assert not any("<details>" in _source(c) for c in cells)  # nbval runs code cells, never <details>
+    # nbval runs code cells, never code inside <details>: a solution must stay a code cell
+    assert not any("<details>" in _source(c) and "```" in _source(c) for c in cells)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -212,3 +213,15 @@ def test_written_conclusions_of_07_and_08_name_what_can_reverse_them():
 def test_published_copies_readme_lists_what_the_folder_holds():
     readme = (ROOT / "docs" / "notebooks" / "README.md").read_text()
     assert "Published so far: 01–04" not in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_questionnaire_answers_follow_the_exercises_collapsed_one_per_question(path):
+    cells = _cells(path)
+    questions = next(_source(c) for c in cells if re.search(r"^## Questionnaire", _source(c), re.MULTILINE))
+    at, answers = next((i, _source(c)) for i, c in enumerate(cells)
+                       if re.search(r"^## Answers to the questionnaire", _source(c), re.MULTILINE))
+    asked = re.findall(r"^(\d+)\. ", questions, re.MULTILINE)
+    assert re.findall(r"^(\d+)\. ", answers, re.MULTILINE) == asked
+    assert all(tag in answers for tag in ("<details>", "<summary>", "</details>"))  # collapsed everywhere
+    assert at > max(i for i, c in enumerate(cells) if "solution" in _tags(c))
