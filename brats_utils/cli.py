@@ -72,7 +72,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 def _cmd_cache(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import ensure_cache
 
-    print(ensure_cache(profile_from_args(args)))
+    print(ensure_cache(profile_from_args(args), check_sources=True))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -184,7 +184,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     profile_from_args(args)  # checks the overrides before any notebook starts
     overrides = [f"{key}={value!r}" for key, value in _overrides(args)]
-    run_series(get_profile(args.profile).name, overrides=overrides)
+    run_series(get_profile(args.profile).name, overrides=overrides, publish=args.publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "one, without the training patients (BraTS 2021/2023 and MSD hold "
                                           "BraTS 2020's; default: foreign-style phantoms for synthetic "
                                           "profiles, none on real data)")
-    add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
+    p = add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo; all it writes "
+                                "goes under data/demo)")
+    p.add_argument("--publish", action="store_true",
+                   help="also refresh the tracked copies (make publish): figures/, docs/notebooks/ and the "
+                        "times in docs/notebook_times.json, the notebooks' headers and the README")
     add("config", _cmd_config, "print the resolved profile (after --dataset and --set), one KEY=VALUE a line")
     return parser
 

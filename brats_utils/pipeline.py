@@ -26,6 +26,7 @@ what they are.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -50,12 +51,13 @@ from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
 from brats_utils.errors import BratsError, DatasetNotFoundError, NotCoregisteredError
+from brats_utils.files import write_json_atomic
 from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
 from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate, prediction_path
 from brats_utils.model import build_model
-from brats_utils.preprocess import build_cache
+from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -115,12 +117,58 @@ def training_cases(profile: Profile) -> list[Case]:
     return cases[: profile.max_cases]
 
 
-def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's cache folder, built (or brought up to date) from its training cases if needed."""
-    build_cache(training_cases(profile), profile.cache_dir, margin=profile.crop_margin,
-                normalisation=profile.normalisation, crop=profile.crop, workers=profile.num_workers,
-                progress=progress)
-    return profile.cache_dir
+#: The record a cache folder gets once every entry of a profile's cases is built (:func:`ensure_cache`).
+CACHE_MANIFEST = "complete.json"
+
+
+def cache_request(profile: Profile) -> dict:
+    """What decides a profile's cached cases: the data (which dataset, real or which synthetic copy,
+    how many cases) and the preprocessing. Two profiles with the same request share a complete cache."""
+    real = profile.data_source == "real" or bool(os.environ.get(ROOT_ENV))
+    synthetic = {} if real else {"synthetic_train_cases": profile.synthetic_train_cases,
+                                 "synthetic_val_cases": profile.synthetic_val_cases,
+                                 "synthetic_shape": list(profile.synthetic_shape), "seed": profile.seed}
+    return {"dataset": profile.dataset, "data": "real" if real else "synthetic", **synthetic,
+            "max_cases": profile.max_cases, "margin": profile.crop_margin,
+            "normalisation": profile.normalisation, "crop": profile.crop}
+
+
+def complete_cache(profile: Profile) -> Path | None:
+    """The profile's cache folder when it is complete for :func:`cache_request`, else None.
+
+    Complete means: its :data:`CACHE_MANIFEST` was written for the same request, and every entry it
+    lists is still there with the key it was built with. Nothing here opens the dataset.
+    """
+    folder = profile.cache_dir
+    try:
+        manifest = json.loads((folder / CACHE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("request") != cache_request(profile) or not manifest.get("entries"):
+        return None
+    if not all(is_up_to_date(folder / case_id, key) for case_id, key in manifest["entries"].items()):
+        return None
+    return folder
+
+
+def ensure_cache(profile: Profile, *, progress: bool = True, check_sources: bool = False) -> Path:
+    """The profile's cache folder (under :func:`brats_utils.config.cache_dir`), built if needed.
+
+    A complete cache (:func:`complete_cache`) is used as it is, without resolving, let alone
+    downloading, the dataset: a new Colab session or a Kaggle run with a saved cache resumes at once.
+    Otherwise, or with ``check_sources`` (``python -m brats_utils cache``: every entry checked against
+    its source files' size and time), the cases are found and the missing or stale entries built,
+    and the manifest is written.
+    """
+    folder = profile.cache_dir
+    if not check_sources and complete_cache(profile) is not None:
+        return folder
+    cases = training_cases(profile)
+    settings = {"margin": profile.crop_margin, "normalisation": profile.normalisation, "crop": profile.crop}
+    build_cache(cases, folder, **settings, workers=profile.num_workers, progress=progress)
+    entries = {case.case_id: cache_key(case, **settings) for case in cases}
+    write_json_atomic({"request": cache_request(profile), "entries": entries}, folder / CACHE_MANIFEST)
+    return folder
 
 
 #: Splits of the labelled cases a run uses (:func:`split_of`); "training" and "validation" name the
