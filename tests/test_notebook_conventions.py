@@ -184,7 +184,7 @@ def test_further_research_of_3_to_5_projects_and_a_linked_reference_list_end_the
     ("03", "split-sizes-03", "assert"),  # 295 / 74 and the authors' 294 / 74 computed, not typed
     ("04", "background-share-04", "background_share"),  # notebook 01's share, computed here
     ("05", "loss-rises-05", "assert"),  # how much CE and Dice rise when ET is missed
-    ("05", "schedule-replay-05", "assert_close"),  # the replayed schedule is the run's own
+    ("05", "schedule-replay-05", "assert_allclose"),  # the replayed schedule is the run's own
     ("06", "paper-per-label-06", "assert"),  # the per-label figures are not the 0.7913 epoch
     ("06", "checkerboard-06-code", "by_parity"),  # the transposed convolution's checkerboard measured
     ("06", "solution-3", "assert"),  # HD95 of a 3-voxel shift: at most 3, printed
