@@ -75,3 +75,14 @@ def test_ties_go_to_the_smallest_threshold_and_mismatched_inputs_raise():
     assert choose_et_threshold([case(30)], [case(30)]) == 0
     with pytest.raises(ValueError):
         choose_et_threshold([case(3)], [])
+
+
+def test_the_relabelled_labels_follow_the_label_scheme():
+    from brats_utils.labels import BRATS2020, BRATS2023, MSD_TASK01
+    from brats_utils.postprocess import ET_LABEL, NCR_LABEL, et_and_ncr_labels
+
+    assert (ET_LABEL, NCR_LABEL) == et_and_ncr_labels(BRATS2020) == (4, 1)
+    assert et_and_ncr_labels(BRATS2023) == (3, 1)  # BraTS 2023: 1 NETC, 3 ET
+    assert et_and_ncr_labels(MSD_TASK01) == (3, 2)  # MSD: 2 non-enhancing tumour, 3 enhancing tumour
+    et, ncr = et_and_ncr_labels(MSD_TASK01)
+    assert suppress_small_et(np.array([0, et, 1]), 2, et_label=et, replacement=ncr).tolist() == [0, ncr, 1]
