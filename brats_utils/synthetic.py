@@ -414,17 +414,19 @@ def _above_top(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def _bright_structures(box_shape: Shape3D, inside: np.ndarray, brain: np.ndarray,
-                       wm: np.ndarray, csf: np.ndarray, near: np.ndarray, rng: np.random.Generator,
-                       zoom: float) -> np.ndarray:
+                       wm: np.ndarray, csf: np.ndarray, near: np.ndarray, peritumoral: np.ndarray,
+                       rng: np.random.Generator, zoom: float) -> np.ndarray:
     """Weights of the normal structures that enhance on T1ce: vessels, choroid plexus, dura.
 
-    ``wm``, ``csf`` and ``near`` are tissue values at the brain voxels ``inside`` (flat indices
-    into the box ``brain``); so is the result.
+    ``wm``, ``csf``, ``near`` and ``peritumoral`` (0..1: the oedema, where vessels crowd around a
+    tumour, labelled oedema) are values at the brain voxels ``inside`` (flat indices into the box
+    ``brain``); so is the result.
     """
     a = smooth_field(box_shape, rng, 10).ravel()[inside]
     b = smooth_field(box_shape, rng, 10).ravel()[inside]
     # vessels: curves where two smooth fields both cross zero, running in the CSF spaces
-    vessels = _ramp((0.1 - np.maximum(np.abs(a), np.abs(b))) / 0.05) * np.clip(2 * csf + 0.3 * wm, 0, 1)
+    vessels = (_ramp((0.1 - np.maximum(np.abs(a), np.abs(b))) / 0.05)
+               * np.clip(2 * csf + 0.3 * wm + peritumoral, 0, 1))
     plexus = (near > 0.9) * (csf > 0.5) * _ramp((a - 0.5) / 0.3)
     dura = ~ndimage.binary_erosion(brain, iterations=max(1, round(1.5 / zoom))).ravel()[inside]
     return np.maximum(np.maximum(vessels, plexus), dura * (b > -0.3))
@@ -438,8 +440,9 @@ def _hyperintensities(box_shape: Shape3D, inside: np.ndarray, wm: np.ndarray, ne
     so only their shape and place (no tumour core nearby) tell them apart. Values at ``inside``.
     """
     caps = np.clip(1.6 * near - 0.3, 0.0, 1.0) * np.clip(1.5 * wm, 0.0, 1.0) * rng.uniform(0.5, 1.0)
-    field = smooth_field(box_shape, rng, 12).ravel()[inside]
-    lesions = _ramp((field - rng.uniform(1.4, 2.0)) / 0.3) * np.clip((wm - 0.4) / 0.3, 0.0, 1.0)
+    # lesions from punctate to confluent (blobs of 1-3 cm, some cases many of them)
+    field = smooth_field(box_shape, rng, 8).ravel()[inside]
+    lesions = _ramp((field - rng.uniform(0.9, 1.9)) / 0.3) * np.clip((wm - 0.4) / 0.3, 0.0, 1.0)
     return np.maximum(caps, lesions)
 
 
@@ -519,7 +522,11 @@ def synthesize_case(
     w_necrosis = None if necrosis is None else _ramp(necrosis * sharp) * w_core
     w_rim = enhancing.astype(np.float32)  # the core's voxels that enhance
     texture = 1.0 + smooth_field(tumour.core.shape, rng, 6, amplitude=0.12)[valid]
-    bright = _bright_structures(box_shape, inside, brain, wm, csf, near, rng, zoom)
+    peritumoral = np.zeros(inside.size, dtype=np.float32)
+    peritumoral[at] = w_oedema * (1.0 - w_core)
+    bright = _bright_structures(box_shape, inside, brain, wm, csf, near, peritumoral, rng, zoom)
+    # oedema is not uniformly bright: where this field is low it is barely brighter than grey matter
+    oedema_strength = 0.75 + smooth_field(tumour.core.shape, rng, 5, amplitude=0.25)[valid]
     hyper = _hyperintensities(box_shape, inside, wm, near, rng)
 
     contrast = _CONTRAST * rng.uniform(0.93, 1.07, size=_CONTRAST.shape).astype(np.float32)
@@ -534,7 +541,8 @@ def synthesize_case(
         signal = c[_C["wm"]] * wm + c[_C["gm"]] * gm + c[_C["csf"]] * csf
         signal += (c[_C["hyper"]] - signal) * hyper
         part = signal[at]
-        part += (c[_C["oedema"]] - part) * w_oedema
+        oedema_value = c[_C["gm"]] + (c[_C["oedema"]] - c[_C["gm"]]) * oedema_strength
+        part += (oedema_value - part) * w_oedema
         non_enhancing = c[_C["non_enhancing"]]
         core_value = (non_enhancing + (c[_C["enhancing"]] - non_enhancing) * w_rim) * texture
         if modality == "t1ce" and tumour.faint is not None:  # faint, patchy, not labelled ET
