@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from types import ModuleType
 
@@ -28,6 +29,7 @@ CASES = 20
 def _module(path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location("other_synthetic", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it is executed
     spec.loader.exec_module(module)
     return module
 
