@@ -352,15 +352,15 @@ def make_loaders(cache_dir: str | Path, split: SplitSettings, patches: PatchSett
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
     The cached cases (the first ``split.max_cases`` if set) are split with :func:`split_patients`
-    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of
-    ``n_folds``, ``stratify_split`` as the stratum); the split is saved to ``split_csv`` (None: not
-    saved, e.g. on the ranks of a distributed run other than 0). The test cases reach neither loader:
-    nothing in training sees them. ``sampler(size, seed)`` builds the patch order (default
-    :class:`EpochShuffleSampler`; a distributed run passes its ``ShardedEpochSampler`` and its per-rank ``batch_size``, default
-    ``patches.batch_size``). The patches follow :class:`PatchDataset`'s arguments from ``patches``,
-    with the transform that ``patches.augmentation`` names (:func:`brats_utils.augment.augmentation_for`);
-    memory is pinned only when CUDA is available. A run profile passes its ``data`` and ``loader``
-    sections.
+    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of ``n_folds``,
+    ``stratify_split`` as the stratum); the split is saved to ``split_csv`` (None: not saved, e.g. on
+    the ranks of a distributed run other than 0). The test cases reach neither loader: nothing in
+    training sees them. ``sampler(size, seed)`` builds the patch order (default
+    :class:`EpochShuffleSampler`; a distributed run passes its ``ShardedEpochSampler`` and its
+    per-rank ``batch_size``, default ``patches.batch_size``). The patches follow
+    :class:`PatchDataset`'s arguments from ``patches``, with the transform that
+    ``patches.augmentation`` names (:func:`brats_utils.augment.augmentation_for`); memory is pinned
+    only when CUDA is available. A run profile passes its ``data`` and ``loader`` sections.
     """
     seed = split.seed
     entries = cache_entries(cache_dir)[:split.max_cases]
