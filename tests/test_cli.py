@@ -239,7 +239,13 @@ def test_set_values_are_typed_and_checked(capsys):
         cli.build_parser().parse_args(["train", "--set", "amp=yes"])
     assert exit_info.value.code == 2 and "amp" in capsys.readouterr().err
     args = cli.build_parser().parse_args(["train", "--set", "amp=False", "--set", "lr=1e-3"])
-    assert cli.profile_from_args(args).amp is False and cli.profile_from_args(args).lr == 1e-3
+    with pytest.warns(FutureWarning, match="amp"):  # the older switch still works, and says what replaced it
+        profile = cli.profile_from_args(args)
+    assert (profile.precision, profile.lr) == ("fp32", 1e-3)
+    args = cli.build_parser().parse_args(["train", "--set", "training.lr=1e-3",
+                                          "--set", "sw_patch_size=(8,8,8)"])
+    assert cli.profile_from_args(args).inference.patch_size == (8, 8, 8)  # section.field and flat names
+    assert cli.profile_from_args(args).training.lr == 1e-3
 
 
 def test_a_package_error_is_one_line_and_status_2(monkeypatch, capsys):
