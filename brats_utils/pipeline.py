@@ -49,13 +49,20 @@ from brats_utils.data import VolumeDataset, split_patients
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
-from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError
-from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
+from brats_utils.errors import CheckpointError, DatasetNotFoundError, NotCoregisteredError
+from brats_utils.faults import interrupt_note, out_of_memory_explained, resume_command
+from brats_utils.inference import (
+    InferenceSettings,
+    Predictions,
+    average_predictors,
+    predict_folder,
+    softmax_predictor,
+)
 from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
-from brats_utils.preprocess import build_cache
+from brats_utils.preprocess import build_cache, cache_entries
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -71,7 +78,7 @@ def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Pat
     if profile.dataset == "brats2020" and out_dir is not None:
         kaggle = Path(out_dir)
     kaggle = write_synthetic_dataset(kaggle, profile.synthetic_train_cases, profile.synthetic_val_cases,
-                                     profile.synthetic_shape, seed=profile.seed)
+                                     profile.synthetic_shape, seed=profile.seed, wait=profile.lock_timeout)
     if profile.dataset == "brats2020":
         return kaggle
     target = Path(out_dir) if out_dir is not None else kaggle.with_name(f"{kaggle.name}-{profile.dataset}")
@@ -116,11 +123,32 @@ def training_cases(profile: Profile) -> list[Case]:
 
 
 def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's cache folder, built (or brought up to date) from its training cases if needed."""
-    build_cache(training_cases(profile), profile.cache_dir, margin=profile.crop_margin,
-                normalisation=profile.normalisation, crop=profile.crop, workers=profile.num_workers,
-                progress=progress)
+    """The profile's cache folder, built (or brought up to date) from its training cases if needed.
+
+    Another process building the same cache is waited for (up to ``profile.lock_timeout`` seconds).
+    """
+    with interrupt_note(lambda: _cached_so_far(profile.cache_dir), resume_command(profile, "cache")):
+        build_cache(training_cases(profile), profile.cache_dir, margin=profile.crop_margin,
+                    normalisation=profile.normalisation, crop=profile.crop, workers=profile.num_workers,
+                    progress=progress, wait=profile.lock_timeout)
     return profile.cache_dir
+
+
+def _cached_so_far(cache_dir: Path) -> str:
+    return f"{len(cache_entries(cache_dir))} cases are cached in {cache_dir}"
+
+
+def _epochs_so_far(run_dir: Path) -> str:
+    history = training.history_csv_path(run_dir)
+    epochs = max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
+    if not epochs:
+        return f"no epoch had finished, nothing is saved in {run_dir}"
+    return f"epochs 1-{epochs} are saved in {checkpoint_dir(run_dir) / 'last.pt'}"
+
+
+def _finished_rows(out_dir: Path, pattern: str, what: str) -> str:
+    return (f"{len(list(out_dir.glob(pattern)))} finished {what} are kept in {out_dir} (the one in progress "
+            f"continues from its last checkpoint)")
 
 
 #: Splits of the labelled cases a run uses (:func:`split_of`); "training" and "validation" name the
@@ -179,10 +207,13 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
     Under torchrun every rank calls it: rank 0 builds the cache first, the others then find it ready.
     """
     info = training.distributed_info(device)
-    with main_process_first():
-        cache_dir = ensure_cache(profile, progress=progress and info.is_main)
-    return training.train(profile, cache_dir, run_dir=run_dir, resume=resume, max_epochs=max_epochs,
-                          progress=progress, device=device)
+    run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
+    with interrupt_note(lambda: _epochs_so_far(run_dir), resume_command(profile, "train")):
+        with main_process_first():
+            cache_dir = ensure_cache(profile, progress=progress and info.is_main)
+        with out_of_memory_explained(profile, "training"):
+            return training.train(profile, cache_dir, run_dir=run_dir, resume=resume, max_epochs=max_epochs,
+                                  progress=progress, device=device)
 
 
 def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
@@ -194,18 +225,25 @@ def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
     folder = checkpoint_dir(profile.run_dir)
     last_path, best_path = folder / "last.pt", folder / "best.pt"
     if last_path.exists() and best_path.exists():
-        checkpoint = load_checkpoint(last_path)
-        check_compatible(checkpoint, profile, last_path)
-        if training.is_finished(checkpoint, profile):
-            return best_path
+        try:
+            checkpoint = load_checkpoint(last_path)
+        except CheckpointError:  # damaged: train() resumes from the newest epoch file that loads, saying so
+            checkpoint = None
+        if checkpoint is not None:
+            check_compatible(checkpoint, profile, last_path)
+            if training.is_finished(checkpoint, profile):
+                return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint
 
 
 def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: bool = True,
                    device: str | torch.device | None = None) -> pd.DataFrame:
     """The architecture study of the profile on its cache; see :func:`brats_utils.compare.run_comparison`."""
-    return compare.run_comparison(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
-                                  progress=progress, device=device)
+    folder = Path(out_dir) if out_dir is not None else compare.comparison_dir(profile)
+    with interrupt_note(lambda: _finished_rows(folder, "*/row.json", "models"),
+                        resume_command(profile, "compare")):
+        return compare.run_comparison(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
+                                      progress=progress, device=device)
 
 
 #: Seed offset of the foreign phantoms: other patients than every case of the profile's own dataset.
@@ -233,7 +271,8 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
         shape = "x".join(map(str, profile.synthetic_shape))
         n_cases = max(len(split_of(profile)[heldout_split(profile)]), 1) + 1
         root = data_dir() / "synthetic" / f"{profile.name}-foreign-{shape}-seed{seed}"
-        write_synthetic_dataset(root, n_cases, 0, profile.synthetic_shape, seed=seed, foreign=True)
+        write_synthetic_dataset(root, n_cases, 0, profile.synthetic_shape, seed=seed, foreign=True,
+                                wait=profile.lock_timeout)
     root = Path(root)
     cases = []
     for case in find_dataset(root, split="training"):
@@ -245,7 +284,7 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
         cases.append(case)
     return build_cache(cases, profile.cache_dir.with_name(f"{profile.cache_dir.name}-foreign-{root.name}"),
                        margin=profile.crop_margin, normalisation=profile.normalisation, crop=profile.crop,
-                       workers=profile.num_workers, progress=progress)
+                       workers=profile.num_workers, progress=progress, wait=profile.lock_timeout)
 
 
 def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_dir: Path | None = None,
@@ -255,10 +294,14 @@ def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_
 
     Scored on the profile's :func:`heldout_split` and on :func:`ensure_foreign_cache` (``foreign_root``).
     """
-    return beyond.run_study(profile, ensure_cache(profile, progress=progress),
-                            report_split=heldout_split(profile),
-                            foreign_entries=ensure_foreign_cache(profile, foreign_root, progress=progress),
-                            out_dir=out_dir, progress=progress, device=device)
+    folder = Path(out_dir) if out_dir is not None else beyond.beyond_dir(profile)
+    options = ("--foreign-root", str(foreign_root)) if foreign_root is not None else ()
+    with interrupt_note(lambda: _finished_rows(folder, "*/*/row.json", "runs"),
+                        resume_command(profile, "beyond", *options)):
+        foreign = ensure_foreign_cache(profile, foreign_root, progress=progress)
+        return beyond.run_study(profile, ensure_cache(profile, progress=progress),
+                                report_split=heldout_split(profile), foreign_entries=foreign,
+                                out_dir=out_dir, progress=progress, device=device)
 
 
 def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:
@@ -278,7 +321,7 @@ def inference_settings(profile: Profile, *, tta: bool | None = None) -> Inferenc
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,
                   split: str = "validation", out_dir: str | Path | None = None,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, overwrite: bool = False) -> Predictions:
     """Segment every case of one split into ``<out_dir>/<case_id>.nii.gz``.
 
     ``split``: ``"test"``, ``"val"`` or ``"train"`` (the run's patient split of the labelled cases,
@@ -286,18 +329,25 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     Defaults: the profile's best checkpoint (trained if missing), its dataset, and
     ``<run_dir>/predictions-<split>``. A ``root`` of another dataset is detected by its layout,
     and its predictions are written in that dataset's own labels (a model trained on BraTS 2020
-    predicts MSD cases as MSD labels).
+    predicts MSD cases as MSD labels). Cases already predicted completely by the same model and
+    settings are skipped (an interrupted prediction continues); ``overwrite`` predicts them again.
     """
-    checkpoint = Path(checkpoint) if checkpoint is not None else ensure_trained(profile, progress=progress)
-    if root is not None:
-        cases = _cases_of_split(profile, Path(root), split, None)
-    else:
-        cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{split}"
-    model = load_model(checkpoint)
-    if profile.compile:
-        model = torch.compile(model)
-    return predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
+    options = ["--split", split, *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
+               *(["--input", str(root)] if root is not None else []), "--out", str(out_dir)]
+    with interrupt_note(lambda: f"{len(list(out_dir.glob('*.nii.gz')))} segmentations are complete in "
+                                f"{out_dir}", resume_command(profile, "predict", *options)):
+        checkpoint = ensure_trained(profile, progress=progress) if checkpoint is None else Path(checkpoint)
+        if root is not None:
+            cases = _cases_of_split(profile, Path(root), split, None)
+        else:
+            cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
+        model = load_model(checkpoint)
+        if profile.compile:
+            model = torch.compile(model)
+        with out_of_memory_explained(profile, "prediction"):
+            return predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress,
+                                  overwrite=overwrite)
 
 
 def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
@@ -341,7 +391,8 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     else:
         cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
-    predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
+    with out_of_memory_explained(profile, "prediction"):
+        predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
                     protocol=get_protocol(profile.protocol))
 
