@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from brats_utils.config import PROFILES, Profile
+from brats_utils.config import PROFILES, Profile, parse_override
 from brats_utils.errors import OutOfMemoryError
 from brats_utils.precision import resolve_precision
 
@@ -46,8 +46,16 @@ def resume_command(profile: Profile, command: str, *options: str) -> str:
     parts += ["--profile", profile.name]
     for key, value in profile.as_dict().items():
         if value != getattr(base, key):
-            parts += ["--set", f"{key}={value!r}"]
+            parts += ["--set", _override(key, value)]
     return shlex.join(parts)
+
+
+def _override(key: str, value: object) -> str:
+    """``key=value`` as ``--set`` reads it back (:func:`brats_utils.config.parse_override`), kept short."""
+    bare = f"{key}={value}"
+    if isinstance(value, str) and parse_override(bare)[1] == value:
+        return bare  # model_preset=l4_f16, not model_preset='l4_f16'
+    return f"{key}={value!r}".replace(", ", ",")
 
 
 @contextmanager

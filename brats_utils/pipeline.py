@@ -298,10 +298,10 @@ def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_
     options = ("--foreign-root", str(foreign_root)) if foreign_root is not None else ()
     with interrupt_note(lambda: _finished_rows(folder, "*/*/row.json", "runs"),
                         resume_command(profile, "beyond", *options)):
+        cache_dir = ensure_cache(profile, progress=progress)
         foreign = ensure_foreign_cache(profile, foreign_root, progress=progress)
-        return beyond.run_study(profile, ensure_cache(profile, progress=progress),
-                                report_split=heldout_split(profile), foreign_entries=foreign,
-                                out_dir=out_dir, progress=progress, device=device)
+        return beyond.run_study(profile, cache_dir, report_split=heldout_split(profile),
+                                foreign_entries=foreign, out_dir=out_dir, progress=progress, device=device)
 
 
 def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:
