@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt), warnings.showwarning
     warnings.showwarning = functools.partial(_show_warning, prog=parser.prog, default=warnings.showwarning)
     try:
         args.func(args)
@@ -267,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(interrupt, "__notes__", None):  # a step's note already said what was saved
             print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        warnings.showwarning = previous[1]
     return 0
 
 

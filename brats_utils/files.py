@@ -34,6 +34,7 @@ from brats_utils.errors import DiskFullError, FolderLockedError
 
 LOCK_FILE = ".lock"
 HOLDER_FILE = ".lock.holder"
+UNKNOWN_HOLDER = "an unknown process"
 
 
 def free_bytes(folder: str | Path) -> int:
@@ -126,9 +127,9 @@ def holder_of(lock_file: Path) -> str:
     """Who holds ``lock_file``, as its holder file says (pid, host, start time)."""
     holder_path = lock_file.with_name(lock_file.name + ".holder")
     try:
-        return holder_path.read_text().strip() or "an unknown process"
+        return holder_path.read_text().strip() or UNKNOWN_HOLDER
     except OSError:
-        return "an unknown process"
+        return UNKNOWN_HOLDER
 
 
 @contextmanager
@@ -143,6 +144,11 @@ def _hold(lock_file: Path, subject: Path, *, wait: float) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         holder = holder_of(lock_file)
+        for _ in range(20):  # the holder writes its name just after taking the lock
+            if holder != UNKNOWN_HOLDER:
+                break
+            time.sleep(0.05)
+            holder = holder_of(lock_file)
         if wait <= 0:
             raise FolderLockedError(f"another process is writing this folder ({holder})", path=subject,
                                     expected="one training per run folder at a time: wait for it to finish "

@@ -434,10 +434,12 @@ def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path,
     paths = [out_dir / f"{case.case_id}.nii.gz" for case in cases]
     fingerprint = prediction_fingerprint(model, settings)
     marker = out_dir / PREDICTIONS_MARKER
-    overwrite = overwrite or not marker.is_file() or marker.read_text().strip() != fingerprint
+    if not marker.is_file() or marker.read_text().strip() != fingerprint:
+        for path in paths:  # another model's outputs: never to be taken for this one's if it is interrupted
+            path.unlink(missing_ok=True)
+        write_text_atomic(fingerprint, marker)
     done = [not overwrite and is_complete_prediction(path, case)
             for path, case in zip(paths, cases, strict=True)]
-    write_text_atomic(fingerprint, marker)
     cases = [case for case, complete in zip(cases, done, strict=True) if not complete]
     if cases:
         _predict_cases(model, cases, out_dir, settings, device=device, progress=progress, prefetch=prefetch)

@@ -62,7 +62,7 @@ from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import get_protocol
 from brats_utils.metrics import evaluate
 from brats_utils.model import build_model
-from brats_utils.preprocess import build_cache, cache_entries
+from brats_utils.preprocess import build_cache
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -135,15 +135,16 @@ def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
 
 
 def _cached_so_far(cache_dir: Path) -> str:
-    return f"{len(cache_entries(cache_dir))} cases are cached in {cache_dir}"
+    return f"every case cached so far is kept in {cache_dir}"
 
 
 def _epochs_so_far(run_dir: Path) -> str:
-    history = training.history_csv_path(run_dir)
-    epochs = max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
-    if not epochs:
+    last = checkpoint_dir(run_dir) / "last.pt"
+    try:
+        epochs = load_checkpoint(last)["epoch"]
+    except CheckpointError:
         return f"no epoch had finished, nothing is saved in {run_dir}"
-    return f"epochs 1-{epochs} are saved in {checkpoint_dir(run_dir) / 'last.pt'}"
+    return f"epochs 1-{epochs} are saved in {last}"
 
 
 def _finished_rows(out_dir: Path, pattern: str, what: str) -> str:

@@ -502,8 +502,11 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
         checkpoint, last_path = found
         check_compatible(checkpoint, profile, last_path, state.model)
         state.restore(checkpoint)
+        if is_main:  # history.csv may be an epoch ahead (written just before last.pt) or more (a fallback)
+            write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
+                             history_csv_path(run_dir))
         if last_path.name != "last.pt" and is_main:
-            _agree_with_fallback(state, run_dir, checkpoint)
+            _agree_with_fallback(run_dir, checkpoint, state.history)
         trained_by = checkpoint["config"].get("world_size", 1)
         to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
         if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
@@ -527,13 +530,11 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
     return state
 
 
-def _agree_with_fallback(state: TrainingState, run_dir: Path, checkpoint: dict) -> None:
-    """After resuming from an older checkpoint: ``history.csv`` without the rows after its epoch, and
-    ``best.pt`` the best epoch up to it (from its epoch file if ``best.pt`` is newer; the resume point's
-    weights when neither is left)."""
-    write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
+def _agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict]) -> None:
+    """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
+    epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
     folder = checkpoint_dir(run_dir)
-    best_epoch = max(state.history, key=lambda row: row[BEST_METRIC])["epoch"] if state.history else None
+    best_epoch = max(history, key=lambda row: row[BEST_METRIC])["epoch"]
     best = None
     for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
         try:

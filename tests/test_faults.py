@@ -329,7 +329,7 @@ def test_two_processes_starting_on_a_fresh_data_folder_both_finish(tmp_path, rou
         assert all(re.fullmatch(rf"waiting for pid \d+ on {host} since .* to finish writing {folder}/\S+ "
                                 rf"\(at most 3600 s, setting lock_timeout\)", line) for line in waits), waits
     entries = preprocess.cache_entries(data / "cache" / "ci")
-    assert len(entries) == 10
+    assert len(entries) == 8  # the ci profile's training cases
     assert all(preprocess.damage_of(e, preprocess._read_meta(e)) is None for e in entries)
     assert not list((data / "synthetic").glob(".*tmp-*")) and not list((data / "cache" / "ci").glob(".tmp-*"))
 
@@ -386,7 +386,7 @@ def test_an_interrupted_training_says_what_was_saved_and_how_to_resume(data, tmp
     err = (tmp_path / "train.err").read_text()
     no_traceback(err)
     epochs = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"]
-    assert epochs >= 3 and _epochs_done(run) == epochs
+    assert epochs >= 2 and _epochs_done(run) in (epochs, epochs + 1)  # history.csv is written just before
     assert one_line(err, "interrupted") == (
         f"interrupted: epochs 1-{epochs} are saved in {run / 'checkpoints' / 'last.pt'}; resume with: "
         f"python -m brats_utils train --profile ci --set epochs=40")
@@ -406,8 +406,8 @@ def test_an_interrupted_cache_build_says_what_was_cached(data, tmp_path):
     err = (tmp_path / "cache.err").read_text()
     no_traceback(err)
     assert one_line(err, "interrupted") == (
-        f"interrupted: 10 cases are cached in {cache}; resume with: python -m brats_utils cache --profile ci "
-        f"--set crop_margin=3")
+        f"interrupted: every case cached so far is kept in {cache}; resume with: python -m brats_utils cache "
+        f"--profile ci --set crop_margin=3")
 
 
 def test_an_interrupted_prediction_continues_where_it_stopped(data, tmp_path):
@@ -534,7 +534,8 @@ def test_every_error_and_warning_a_student_can_meet_is_explained_in_the_troubles
     page = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
     kinds = [obj for obj in vars(errors).values()
              if isinstance(obj, type) and issubclass(obj, (errors.BratsError, errors.BratsWarning))]
-    assert {errors.OutOfMemoryError, errors.DamagedCacheWarning, errors.CheckpointFallbackWarning} <= set(kinds)
+    new = {errors.OutOfMemoryError, errors.DamagedCacheWarning, errors.CheckpointFallbackWarning}
+    assert new <= set(kinds)
     missing = [kind.__name__ for kind in kinds if f"`{kind.__name__}`" not in page]
     assert not missing, f"docs/troubleshooting.md does not explain {missing}"
     for message in ("interrupted: ", "waiting for pid", "still writing this folder after",
