@@ -78,7 +78,7 @@ def interrupt_note(saved: Callable[[], str], command: str) -> Iterator[None]:
             what = f"(could not tell what was saved: {error})"
         line = f"interrupted: {what}; resume with: {command}"
         print(line, file=sys.stderr, flush=True)
-        interrupt.add_note(line)
+        interrupt.note = line  # cli.main prints nothing more (Python 3.10 has no add_note)
         raise
     finally:
         _note_active.reset(token)

@@ -26,6 +26,7 @@ what they are.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -46,11 +47,18 @@ from brats_utils.checkpoints import (
 )
 from brats_utils.config import Profile, data_dir
 from brats_utils.data import VolumeDataset, split_patients
-from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
+from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
-from brats_utils.errors import CheckpointError, DatasetNotFoundError, NotCoregisteredError
+from brats_utils.errors import (
+    BratsError,
+    CacheError,
+    CheckpointError,
+    DatasetNotFoundError,
+    NotCoregisteredError,
+)
 from brats_utils.faults import interrupt_note, out_of_memory_explained, resume_command
+from brats_utils.files import write_json_atomic
 from brats_utils.inference import (
     InferenceSettings,
     Predictions,
@@ -60,9 +68,9 @@ from brats_utils.inference import (
 )
 from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import get_protocol
-from brats_utils.metrics import evaluate
+from brats_utils.metrics import evaluate, prediction_path
 from brats_utils.model import build_model
-from brats_utils.preprocess import build_cache
+from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -122,16 +130,87 @@ def training_cases(profile: Profile) -> list[Case]:
     return cases[: profile.max_cases]
 
 
-def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's cache folder, built (or brought up to date) from its training cases if needed.
+#: The record a cache folder gets once every entry of a profile's cases is built (:func:`ensure_cache`).
+CACHE_MANIFEST = "complete.json"
 
-    Another process building the same cache is waited for (up to ``profile.lock_timeout`` seconds).
+
+def cache_request(profile: Profile) -> dict:
+    """What decides a profile's cached cases: the data (which dataset, real or which synthetic copy,
+    how many cases) and the preprocessing. Two profiles with the same request share a complete cache."""
+    real = profile.data_source == "real" or bool(os.environ.get(ROOT_ENV))
+    synthetic = {} if real else {"synthetic_train_cases": profile.synthetic_train_cases,
+                                 "synthetic_val_cases": profile.synthetic_val_cases,
+                                 "synthetic_shape": list(profile.synthetic_shape), "seed": profile.seed}
+    return {"dataset": profile.dataset, "data": "real" if real else "synthetic", **synthetic,
+            "max_cases": profile.max_cases, "margin": profile.crop_margin,
+            "normalisation": profile.normalisation, "crop": profile.crop}
+
+
+def _manifest(profile: Profile) -> dict | None:
+    """The cache folder's :data:`CACHE_MANIFEST`, if written for the profile's :func:`cache_request`."""
+    try:
+        manifest = json.loads((profile.cache_dir / CACHE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("request") == cache_request(profile) and manifest.get("entries") else None
+
+
+def complete_cache(profile: Profile) -> Path | None:
+    """The profile's cache folder when it is complete for :func:`cache_request`, else None.
+
+    Complete means: its :data:`CACHE_MANIFEST` was written for the same request, and every entry it
+    lists is still there with the key it was built with and its arrays of the recorded size (the
+    CRC-32 is checked when the cache is built). Nothing here opens the dataset.
     """
-    with interrupt_note(lambda: _cached_so_far(profile.cache_dir), resume_command(profile, "cache")):
-        build_cache(training_cases(profile), profile.cache_dir, margin=profile.crop_margin,
-                    normalisation=profile.normalisation, crop=profile.crop, workers=profile.num_workers,
-                    progress=progress, wait=profile.lock_timeout)
-    return profile.cache_dir
+    manifest = _manifest(profile)
+    if manifest is None:
+        return None
+    folder = profile.cache_dir
+    if not all(is_up_to_date(folder / case_id, key, checksums=False)
+               for case_id, key in manifest["entries"].items()):
+        return None
+    return folder
+
+
+def ensure_cache(profile: Profile, *, progress: bool = True, check_sources: bool = False) -> Path:
+    """The profile's cache folder (under :func:`brats_utils.config.cache_dir`), built if needed.
+
+    A complete cache (:func:`complete_cache`) is used as it is, without resolving, let alone
+    downloading, the dataset: a new Colab session or a Kaggle run with a saved cache resumes at once.
+    Otherwise, or with ``check_sources`` (``python -m brats_utils cache``: every entry checked against
+    its source files' size and time), the cases are found and the missing, stale or damaged entries
+    built, and the manifest is written. A damaged entry of a cache whose dataset is gone raises
+    :class:`~brats_utils.errors.CacheError` naming the case and the command that rebuilds it. Another
+    process building the same cache is waited for (up to ``profile.lock_timeout`` seconds).
+    """
+    folder = profile.cache_dir
+    if not check_sources and complete_cache(profile) is not None:
+        return folder
+    with interrupt_note(lambda: _cached_so_far(folder), resume_command(profile, "cache")):
+        cases = _cases_to_cache(profile)
+        settings = {"margin": profile.crop_margin, "normalisation": profile.normalisation,
+                    "crop": profile.crop}
+        build_cache(cases, folder, **settings, workers=profile.num_workers, progress=progress,
+                    wait=profile.lock_timeout)
+        entries = {case.case_id: cache_key(case, **settings) for case in cases}
+        write_json_atomic({"request": cache_request(profile), "entries": entries}, folder / CACHE_MANIFEST)
+    return folder
+
+
+def _cases_to_cache(profile: Profile) -> list[Case]:
+    """:func:`training_cases`, or a :class:`CacheError` naming a damaged entry when the dataset is gone."""
+    try:
+        return training_cases(profile)
+    except BratsError as error:
+        manifest = _manifest(profile) or {"entries": {}}
+        for case_id, key in manifest["entries"].items():
+            entry = profile.cache_dir / case_id
+            if not is_up_to_date(entry, key, checksums=False):
+                raise CacheError(f"the cache entry is damaged and its dataset is not available to rebuild it "
+                                 f"({error.problem})", case_id=case_id, path=entry,
+                                 expected=f"the dataset back, then {resume_command(profile, 'cache')}",
+                                 ) from error
+        raise
 
 
 def _cached_so_far(cache_dir: Path) -> str:
@@ -330,19 +409,26 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     Defaults: the profile's best checkpoint (trained if missing), its dataset, and
     ``<run_dir>/predictions-<split>``. A ``root`` of another dataset is detected by its layout,
     and its predictions are written in that dataset's own labels (a model trained on BraTS 2020
-    predicts MSD cases as MSD labels). Cases already predicted completely by the same model and
-    settings are skipped (an interrupted prediction continues); ``overwrite`` predicts them again.
+    predicts MSD cases as MSD labels). A ``root`` that is one case folder or a flat folder of
+    four-modality scan sets (:func:`brats_utils.datasets.scan_sets`) is predicted whole, whatever
+    ``split``, by default into ``<run_dir>/predictions-<folder name>``. Cases already predicted
+    completely by the same model and settings are skipped (an interrupted prediction continues);
+    ``overwrite`` predicts them again.
     """
-    out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{split}"
-    options = ["--split", split, *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
+    own_scans = scan_sets(root) if root is not None else []
+    if own_scans:
+        cases, out_name = own_scans, Path(root).resolve().name
+    elif root is not None:
+        cases, out_name = _cases_of_split(profile, Path(root), split, None), split
+    else:
+        cases, out_name = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset), split
+    out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{out_name}"
+    options = [*([("--split" if split in RUN_SPLITS else "--folder"), split] if not own_scans else []),
+               *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
                *(["--input", str(root)] if root is not None else []), "--out", str(out_dir)]
     with interrupt_note(lambda: f"{len(list(out_dir.glob('*.nii.gz')))} segmentations are complete in "
                                 f"{out_dir}", resume_command(profile, "predict", *options)):
         checkpoint = ensure_trained(profile, progress=progress) if checkpoint is None else Path(checkpoint)
-        if root is not None:
-            cases = _cases_of_split(profile, Path(root), split, None)
-        else:
-            cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
         model = load_model(checkpoint)
         if profile.compile:
             model = torch.compile(model)
@@ -351,24 +437,44 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
                                   overwrite=overwrite)
 
 
-def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
-                    out_csv: str | Path | None = None, protocol: str | None = None, split: str = "training",
-                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score a folder of predictions against the labelled cases of ``truth`` (default: the profile's data).
+def prediction_coverage(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
+                        split: str | None = None) -> tuple[list[Case], list[str]]:
+    """The labelled cases of ``split`` under ``truth`` and the ids of those without a prediction file.
 
-    ``protocol`` (default ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023)
-    is ``"brats2020"`` or ``"lesionwise"``. ``split`` restricts the scored cases to one part of the
-    run's split (``"test"``, ``"val"``, ``"train"``); the default ``"training"`` scores every labelled
-    case that has a prediction. The per-case table goes to ``out_csv`` (default
-    ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
+    ``truth`` defaults to the profile's dataset (another folder: its layout is detected); ``split``
+    is a part of the run's split (``"train"``, ``"val"``, ``"test"``; default :func:`heldout_split`)
+    or ``"training"``, every labelled case of the dataset's training folder.
     """
+    split = split or heldout_split(profile)
     if truth is not None:
         root, dataset = Path(truth), None  # another folder: its layout is detected
     else:
         root, dataset = ensure_dataset(profile), profile.dataset
+    cases = [case for case in _cases_of_split(profile, root, split, dataset) if case.seg is not None]
+    return cases, [case.case_id for case in cases if prediction_path(Path(predictions), case.case_id) is None]
+
+
+def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
+                    out_csv: str | Path | None = None, protocol: str | None = None, split: str | None = None,
+                    partial: bool = False, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score a folder of predictions against the labelled cases of one split (:func:`prediction_coverage`).
+
+    Every case of the split must have a prediction: a missing one raises :class:`BratsError`
+    listing them, unless ``partial``, which scores only the cases predicted. ``protocol`` (default
+    ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"`` or
+    ``"lesionwise"``. The per-case table goes to ``out_csv`` (default ``<predictions>/metrics.csv``);
+    see :func:`brats_utils.metrics.evaluate`.
+    """
+    split = split or heldout_split(profile)
+    cases, missing = prediction_coverage(profile, predictions, truth=truth, split=split)
+    if missing and not partial:
+        raise BratsError(f"no prediction for {len(missing)} of the {len(cases)} "
+                         f"{split_label(profile, split)}: {', '.join(missing)}", path=predictions,
+                         expected="<case_id>.nii.gz for every case of the split (predict with the same "
+                                  "--split), or --partial to score only the cases predicted")
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
-    return evaluate(Path(predictions), _cases_of_split(profile, root, split, dataset), out_csv=out_csv,
-                    progress=progress, protocol=get_protocol(protocol or profile.protocol))
+    return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress,
+                    protocol=get_protocol(protocol or profile.protocol))
 
 
 def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | None = None,

@@ -293,7 +293,7 @@ def damage_of(entry_dir: Path, meta: dict, *, checksums: bool = True) -> str | N
     return None
 
 
-def _entry_problem(entry_dir: Path, key: str) -> tuple[str, str] | None:
+def _entry_problem(entry_dir: Path, key: str, *, checksums: bool = True) -> tuple[str, str] | None:
     """Why ``entry_dir`` must be (re)built: ``("missing" | "stale" | "damaged", reason)``; None if whole."""
     if not entry_dir.exists():
         return "missing", ""
@@ -303,13 +303,14 @@ def _entry_problem(entry_dir: Path, key: str) -> tuple[str, str] | None:
         return "damaged", error.problem
     if meta.get("key") != key or meta.get("format_version") != CACHE_FORMAT_VERSION:
         return "stale", "other settings, sources or format"
-    damage = damage_of(entry_dir, meta)
+    damage = damage_of(entry_dir, meta, checksums=checksums)
     return ("damaged", damage) if damage else None
 
 
-def is_up_to_date(entry_dir: Path, key: str) -> bool:
-    """True when ``entry_dir`` is a whole entry written with ``key`` (every array as recorded)."""
-    return _entry_problem(Path(entry_dir), key) is None
+def is_up_to_date(entry_dir: Path, key: str, *, checksums: bool = True) -> bool:
+    """True when ``entry_dir`` is a whole entry written with ``key`` (every array as recorded; the
+    CRC-32 too with ``checksums``, else only the sizes, which needs no reading)."""
+    return _entry_problem(Path(entry_dir), key, checksums=checksums) is None
 
 
 def write_entry(pre: PreprocessedCase, cache_dir: str | Path, *, key: str) -> Path:

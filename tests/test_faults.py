@@ -465,7 +465,7 @@ def test_in_a_notebook_the_interrupt_prints_the_line_and_still_stops_the_cell(tm
     line = (f"interrupted: no epoch had finished, nothing is saved in {profile.run_dir}; resume with: "
             f"python -m brats_utils train --profile ci --set epochs=7")
     assert capsys.readouterr().err == line + "\n"
-    assert stopped.value.__notes__ == [line]
+    assert stopped.value.note == line
 
 
 def test_the_resume_command_repeats_every_changed_setting():
