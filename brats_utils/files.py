@@ -87,10 +87,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps .nii.gz / .png for format sniffing
     try:
         with disk_full_errors(path.parent):
-            yield tmp
+            try:
+                yield tmp
+            except Exception as error:
+                interrupt = interrupt_behind(error)
+                if interrupt is not None:  # Ctrl-C in the writer, which then failed closing the file
+                    raise interrupt from None
+                raise
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (``KeyboardInterrupt``) that ``error`` was raised while handling, if any.
+
+    torch's checkpoint writer, interrupted, fails again when it closes the file
+    (``RuntimeError: … unexpected pos``); what happened is the interrupt, not a failed write.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def crc32_of(path: str | Path, *, chunk: int = 2**22) -> int:

@@ -182,6 +182,25 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path
     assert [p.name for p in target.parent.iterdir()] == ["last.pt"]
 
 
+def test_ctrl_c_while_checkpointing_stays_an_interrupt_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"epoch": 1}, target)
+
+    def interrupted_then_fails_closing(obj, handle, *args, **kwargs):
+        try:
+            handle.write(b"PK half a zip")
+            raise KeyboardInterrupt  # SIGINT, or SIGTERM turned into one by the command line
+        finally:  # what torch's zip writer does when it closes the file after that
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3693312 vs 369")
+
+    monkeypatch.setattr(torch, "save", interrupted_then_fails_closing)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_a_full_disk_raised_as_oserror_by_the_writer_is_a_disk_full_error(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise ENOSPC
@@ -235,7 +254,7 @@ PROG = "python -m brats_utils"
 
 def _env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "BRATS_DATA_DIR": str(data_dir), "BRATS_PROFILE": "ci", "BRATS_SET": "",
-            "PYTHONUNBUFFERED": "1"}
+            "BRATS_CACHE_DIR": "", "BRATS_RUNS_DIR": "", "BRATS_ROOT": "", "PYTHONUNBUFFERED": "1"}
 
 
 def brats(data_dir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -306,6 +325,26 @@ def test_a_damaged_cache_entry_is_rebuilt_when_training_starts(data, prepared):
         f"bytes, {size} were written); rebuilding it from {source}")
     original = prepared / "cache" / "ci" / "BraTS20_Training_001" / "image.npy"
     assert (entry / "image.npy").read_bytes() == original.read_bytes()
+
+
+def test_a_damaged_cache_entry_when_the_dataset_is_gone_names_the_case_and_the_command(data, monkeypatch):
+    monkeypatch.setenv("BRATS_DATA_DIR", str(data))
+    for name in ("BRATS_CACHE_DIR", "BRATS_RUNS_DIR", "BRATS_ROOT", "BRATS_SET"):
+        monkeypatch.delenv(name, raising=False)
+    entry = data / "cache" / "ci" / "BraTS20_Training_002"
+    with open(entry / "labels.npy", "r+b") as handle:
+        handle.truncate(100)
+
+    def gone(profile):
+        raise errors.DatasetNotFoundError("dataset folder does not exist", path=data / "synthetic")
+
+    monkeypatch.setattr(pipeline, "training_cases", gone)
+    with pytest.raises(CacheError) as error:
+        pipeline.ensure_cache(get_profile("ci").with_overrides(epochs=3), progress=False)
+    assert str(error.value) == (
+        f"the cache entry is damaged and its dataset is not available to rebuild it (dataset folder does not "
+        f"exist), case BraTS20_Training_002, file {entry} (expected the dataset back, then python -m "
+        f"brats_utils cache --profile ci --set epochs=3)")
 
 
 @pytest.mark.parametrize("round_", range(5))
@@ -412,12 +451,12 @@ def test_an_interrupted_cache_build_says_what_was_cached(data, tmp_path):
 
 def test_an_interrupted_prediction_continues_where_it_stopped(data, tmp_path):
     out = data / "runs" / "ci" / "predictions-training"  # the ci profile's 8 training cases
-    process = start(data, "predict", "--split", "training", log=tmp_path / "predict")
+    process = start(data, "predict", "--folder", "training", log=tmp_path / "predict")
     assert signal_when(process, lambda: len(list(out.glob("*.nii.gz"))) >= 2, signal.SIGINT) == 130
     err = (tmp_path / "predict.err").read_text()
     no_traceback(err)
     done = sorted(out.glob("*.nii.gz"))
-    command = f"python -m brats_utils predict --split training --out {out} --profile ci"
+    command = f"python -m brats_utils predict --folder training --out {out} --profile ci"
     assert one_line(err, "interrupted") == (f"interrupted: {len(done)} segmentations are complete in {out}; "
                                             f"resume with: {command}")
     assert 2 <= len(done) < 8
