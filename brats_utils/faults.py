@@ -117,15 +117,15 @@ def memory_error(profile: Profile, stage: str, error: BaseException) -> OutOfMem
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(profile.requested_precision, device)
     first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    half = ", or 16-bit precision on a GPU (--set precision=auto)" if precision == "fp32" else ""
     if stage == "training":
         sizes = f"patch {profile.patch_size}, batch {profile.batch_size}, precision {precision}"
-        lower = (f"--set batch_size=1, a smaller patch (--set patch_size={_smaller(profile.patch_size)}), "
-                 f"or 16-bit precision on a GPU (--set precision=auto)")
+        lower = f"--set batch_size=1, a smaller patch (--set patch_size={_smaller(profile.patch_size)}){half}"
     else:
         sizes = (f"window {profile.sw_patch_size}, sw_batch_size {profile.sw_batch_size or 'auto'}, "
                  f"precision {precision}")
         lower = (f"--set sw_batch_size=1, a smaller window (--set sw_patch_size="
-                 f"{_smaller(profile.sw_patch_size)}), or 16-bit precision on a GPU (--set precision=auto)")
+                 f"{_smaller(profile.sw_patch_size)}){half}")
     return OutOfMemoryError(f"out of memory during {stage} ({sizes}; {peak_memory()}; {first_line})",
                             expected=f"less memory: {lower}")
 

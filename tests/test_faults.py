@@ -549,16 +549,17 @@ def test_out_of_memory_ends_in_one_line_naming_sizes_and_remedies(data, monkeypa
     peak = re.search(r"peak [\d.]+ GiB resident on the CPU", line)
     assert peak is not None, line
     first = str(error).splitlines()[0][:160]
+    half = ", or 16-bit precision on a GPU (--set precision=auto)" if precision == "fp32" else ""
     if stage == "training":
         assert line.endswith(
             f"error: out of memory during training (patch (32, 32, 32), batch 2, precision {precision}; "
             f"{peak.group()}; {first}) (expected less memory: --set batch_size=1, a smaller patch (--set "
-            f"patch_size=(16,16,16)), or 16-bit precision on a GPU (--set precision=auto))")
+            f"patch_size=(16,16,16)){half})")
     else:
         assert line.endswith(
             f"error: out of memory during prediction (window (32, 32, 32), sw_batch_size auto, precision "
             f"{precision}; {peak.group()}; {first}) (expected less memory: --set sw_batch_size=1, a smaller "
-            f"window (--set sw_patch_size=(16,16,16)), or 16-bit precision on a GPU (--set precision=auto))")
+            f"window (--set sw_patch_size=(16,16,16)){half})")
 
 
 # --- the troubleshooting page -------------------------------------------------------------------------
