@@ -30,7 +30,7 @@ from torch import nn
 
 from brats_utils.config import Profile, acting_settings
 from brats_utils.errors import CheckpointError, CheckpointFallbackWarning
-from brats_utils.files import atomic_path, disk_full_error, is_disk_full
+from brats_utils.files import atomic_path, disk_full_error, interrupts_held, is_disk_full
 from brats_utils.model import UNet3D
 from brats_utils.unpickle import read_pickled_state_dict
 
@@ -58,12 +58,14 @@ def atomic_torch_save(obj: object, path: Path) -> Path:
     """``torch.save`` to a temporary name beside ``path``, flush to disk, then rename.
 
     A crash at any moment leaves either the previous file or the new one, never half a file.
+    Ctrl-C or SIGTERM during the write takes effect once it is done (:func:`~brats_utils.files.
+    interrupts_held`): an interrupted torch writer can abort the process.
     A full disk raises :class:`~brats_utils.errors.DiskFullError` naming the folder and its
     free space (torch reports it as a ``RuntimeError`` from its writer).
     """
     path = Path(path)
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        with interrupts_held(), atomic_path(path) as tmp, open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -19,8 +19,10 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -97,6 +99,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them (in the main thread; else a no-op).
+
+    For writes that cannot survive an interrupt: torch's checkpoint writer, interrupted, can abort the
+    whole process from a C++ destructor. The write finishes (seconds at most), then the interrupt goes on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)  # Python's (or the command line's) handler: KeyboardInterrupt
+            else:
+                os.kill(os.getpid(), received[0])  # the default action, as if it had come now
 
 
 def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:

@@ -201,6 +201,23 @@ def test_ctrl_c_while_checkpointing_stays_an_interrupt_and_keeps_the_last_checkp
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_ctrl_c_during_a_checkpoint_write_takes_effect_once_the_file_is_whole(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    real_save = torch.save
+
+    def interrupted_half_way(obj, handle, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives in the middle of the write
+        time.sleep(0.1)
+        real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["epoch"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_full_disk_raised_as_oserror_by_the_writer_is_a_disk_full_error(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise ENOSPC
