@@ -76,7 +76,7 @@ DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"
 #: Profile fields that do not change a preset's row (the study's budget is already in epochs/steps_per_epoch).
 NOT_IN_FINGERPRINT = frozenset({"name", "description", "num_workers", "checkpoint_every", "compare_presets",
-                                "compare_epochs", "compare_steps_per_epoch"})
+                                "compare_epochs", "compare_steps_per_epoch", "lock_timeout"})
 _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 

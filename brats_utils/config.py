@@ -133,6 +133,9 @@ class Profile:
     synthetic_shape: Shape3D = (240, 240, 155)
     seed: int = 42
     max_cases: int | None = None  # use only the first N training cases (None: all)
+    # seconds a process waits for another that is building the shared synthetic dataset or cache
+    # NEW (h27): section=data, resumable=yes, fingerprint=no
+    lock_timeout: float = 3600.0
     val_fraction: float = 0.2  # patient-level split, as the authors (80/20, seed 42)
     # share of the patients held out as a test set before the train/validation split (0: none)
     test_fraction: float = 0.0
@@ -364,7 +367,8 @@ def _check_ranges(p: Profile) -> None:
     problems += [f"{name}={value} is not positive" for name, value in shapes.items()
                  if value is not None and min(value) < 1]
     problems += [f"{name}={getattr(p, name)} is negative" for name in ("synthetic_val_cases", "crop_margin",
-                                                                       "num_workers") if getattr(p, name) < 0]
+                                                                       "num_workers", "lock_timeout")
+                 if getattr(p, name) < 0]
     if p.lr <= 0:
         problems.append(f"lr={p.lr} is not positive")
     if p.n_folds < 2:

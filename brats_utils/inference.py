@@ -27,6 +27,8 @@ job (:func:`~brats_utils.checkpoints.load_model`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -34,12 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from brats_utils.files import write_text_atomic
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
 from brats_utils.precision import to_channels_last, use_channels_last
@@ -366,10 +370,58 @@ def _predict_prepared(model: nn.Module, case: Case, prepared: tuple[LoadedCase, 
     return labels
 
 
+class Predictions(list):
+    """The segmentation files of :func:`predict_folder`, one per case in order; ``skipped`` of them were
+    already complete in the output folder and were not predicted again."""
+
+    def __init__(self, paths: Sequence[Path] = (), skipped: int = 0) -> None:
+        super().__init__(paths)
+        self.skipped = skipped
+
+
+#: File in an output folder naming the network and settings its segmentations came from.
+PREDICTIONS_MARKER = ".predicted-by"
+
+
+def prediction_fingerprint(model: nn.Module, settings: InferenceSettings) -> str:
+    """SHA-256 of the network's weights and of the settings that change a segmentation.
+
+    ``sw_batch_size`` is left out: it changes how many windows go through at once, not the result
+    (so lowering it after running out of memory keeps the finished cases).
+    """
+    digest = hashlib.sha256(repr(dataclasses.replace(settings, sw_batch_size=None)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def is_complete_prediction(path: Path, case: Case) -> bool:
+    """Whether ``path`` is a whole segmentation of ``case``: a readable NIfTI of the case's shape.
+
+    Outputs are written under a temporary name and renamed, so a half-written file never has the
+    final name; a file cut short later (a copy, a full disk under another tool) fails to read here.
+    """
+    if not path.is_file():
+        return False
+    try:
+        expected = nib.load(case.modalities["flair"]).shape
+        image = nib.load(path)
+        return image.shape == expected and np.asarray(image.dataobj).shape == expected
+    except Exception:  # nibabel raises many kinds (ImageFileError, EOFError, zlib.error, OSError ...)
+        return False
+
+
 def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path, settings: InferenceSettings,
                    *, device: str | torch.device | None = None, progress: bool = True,
-                   prefetch: bool = True) -> list[Path]:
+                   prefetch: bool = True, overwrite: bool = False) -> Predictions:
     """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout).
+
+    A case whose output is already complete (:func:`is_complete_prediction`) and was written by the
+    same network and settings (:func:`prediction_fingerprint`, kept in ``out_dir/.predicted-by``) is
+    skipped, so an interrupted prediction continues where it stopped; ``overwrite``, another model or
+    other settings predict every case again.
+    Returns every case's path (:class:`Predictions`, with the number skipped).
 
     With ``prefetch`` (default) one helper thread prepares the next case (load, crop, normalise:
     :func:`prepare_case`, mostly NumPy and file reading, which release the GIL) while the current
@@ -379,9 +431,24 @@ def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    if not cases:
-        return paths
+    paths = [out_dir / f"{case.case_id}.nii.gz" for case in cases]
+    fingerprint = prediction_fingerprint(model, settings)
+    marker = out_dir / PREDICTIONS_MARKER
+    if not marker.is_file() or marker.read_text().strip() != fingerprint:
+        for path in paths:  # another model's outputs: never to be taken for this one's if it is interrupted
+            path.unlink(missing_ok=True)
+        write_text_atomic(fingerprint, marker)
+    done = [not overwrite and is_complete_prediction(path, case)
+            for path, case in zip(paths, cases, strict=True)]
+    cases = [case for case, complete in zip(cases, done, strict=True) if not complete]
+    if cases:
+        _predict_cases(model, cases, out_dir, settings, device=device, progress=progress, prefetch=prefetch)
+    return Predictions(paths, skipped=sum(done))
+
+
+def _predict_cases(model: nn.Module, cases: Sequence[Case], out_dir: Path, settings: InferenceSettings, *,
+                   device: str | torch.device | None, progress: bool, prefetch: bool) -> None:
+    """Predict ``cases`` one after the other into ``out_dir``, preparing the next one meanwhile."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         upcoming = pool.submit(prepare_case, cases[0], settings) if prefetch else None
         for index, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
@@ -391,7 +458,5 @@ def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path,
                     upcoming = pool.submit(prepare_case, cases[index + 1], settings)
             else:
                 prepared = prepare_case(case, settings)
-            path = out_dir / f"{case.case_id}.nii.gz"
-            _predict_prepared(model, case, prepared, settings, out_path=path, device=device)
-            paths.append(path)
-    return paths
+            _predict_prepared(model, case, prepared, settings, out_path=out_dir / f"{case.case_id}.nii.gz",
+                              device=device)

@@ -329,3 +329,40 @@ def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp
         np.testing.assert_array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
     assert len(threads) == 2 and all(name.startswith("prefetch") for name in threads)  # off the main thread
     assert inference.predict_folder(model, [], tmp_path / "none", settings, progress=False) == []
+
+
+def test_predict_folder_keeps_complete_outputs_of_the_same_model_only(oracle_case, tmp_path, monkeypatch):
+    import dataclasses
+
+    case, _, _ = oracle_case
+    cases = [case, dataclasses.replace(case, case_id="BraTS20_Training_008")]
+    settings = inference_settings(get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1))
+    out = tmp_path / "preds"
+    first = inference.predict_folder(context_model(0), cases, out, settings, progress=False)
+    assert first.skipped == 0
+    predicted = []
+    real = inference._predict_prepared
+
+    def recording(model, case, *args, **kwargs):
+        predicted.append(case.case_id)
+        return real(model, case, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_predict_prepared", recording)
+    # the same model and settings: nothing to do; lowering sw_batch_size keeps them too
+    fewer_windows = dataclasses.replace(settings, sw_batch_size=1)
+    again = inference.predict_folder(context_model(0), cases, out, fewer_windows, progress=False)
+    assert (again, again.skipped, predicted) == (first, 2, [])
+    # a file cut short is predicted again, and so is every case with --overwrite
+    first[1].write_bytes(first[1].read_bytes()[:100])
+    assert inference.predict_folder(context_model(0), cases, out, settings, progress=False).skipped == 1
+    assert predicted == ["BraTS20_Training_008"]
+    assert inference.predict_folder(context_model(0), cases, out, settings, progress=False,
+                                    overwrite=True).skipped == 0
+    # another model: its outputs are removed first, so an interruption never leaves the old ones as "complete"
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "_predict_prepared", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        inference.predict_folder(context_model(1), cases, out, settings, progress=False)
+    assert not any(path.exists() for path in first)
