@@ -8,6 +8,8 @@ architecture study and the notebooks load models without importing the trainer.
 - :func:`atomic_torch_save`: temporary name, fsync, rename; a crash or a full disk leaves
   the previous checkpoint as the one that loads.
 - :func:`load_checkpoint`: a training checkpoint, read weights-only and checked for its keys.
+- :func:`newest_readable_checkpoint`: the resume point, ``last.pt`` or, when that is damaged, the newest
+  epoch file that loads (with a warning naming both).
 - :func:`check_compatible`: a run may only be resumed with the settings it was trained with.
 - :func:`load_pretrained`: weights of any of the usual wrappings into a model, strictly, including
   the authors' whole pickled modules (:func:`read_weights`, through :mod:`brats_utils.unpickle`).
@@ -17,6 +19,8 @@ architecture study and the notebooks load models without importing the trainer.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,8 +28,8 @@ import torch
 from torch import nn
 
 from brats_utils.config import Profile, acting_settings, resumable_fields, saved_settings
-from brats_utils.errors import CheckpointError
-from brats_utils.files import atomic_path, disk_full_error, is_disk_full
+from brats_utils.errors import CheckpointError, CheckpointFallbackWarning
+from brats_utils.files import atomic_path, disk_full_error, interrupts_held, is_disk_full
 from brats_utils.model import UNet3D
 from brats_utils.unpickle import read_pickled_state_dict
 
@@ -40,12 +44,14 @@ def atomic_torch_save(obj: object, path: Path) -> Path:
     """``torch.save`` to a temporary name beside ``path``, flush to disk, then rename.
 
     A crash at any moment leaves either the previous file or the new one, never half a file.
+    Ctrl-C or SIGTERM during the write takes effect once it is done (:func:`~brats_utils.files.
+    interrupts_held`): an interrupted torch writer can abort the process.
     A full disk raises :class:`~brats_utils.errors.DiskFullError` naming the folder and its
     free space (torch reports it as a ``RuntimeError`` from its writer).
     """
     path = Path(path)
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        with interrupts_held(), atomic_path(path) as tmp, open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -110,6 +116,42 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint lacks {', '.join(missing)}", path=path,
                               expected=f"keys {', '.join(CHECKPOINT_KEYS)}")
     return checkpoint
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints a run may resume from, newest first: ``last.pt``, then ``epoch_NNN.pt`` by epoch."""
+    folder = checkpoint_dir(run_dir)
+    epochs = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0),
+                    reverse=True)
+    return [path for path in [folder / "last.pt", *epochs] if path.is_file()]
+
+
+def newest_readable_checkpoint(run_dir: Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint of a run that loads (:func:`resume_candidates` order) and its path; None if none.
+
+    A damaged file (truncated by a full disk or a copy cut short) is skipped with a
+    :class:`~brats_utils.errors.CheckpointFallbackWarning` naming it and the file used instead
+    (nnU-Net's habit). Raises :class:`CheckpointError` when checkpoints exist but none loads.
+    """
+    damaged: list[CheckpointError] = []
+    for path in resume_candidates(run_dir):
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            damaged.append(error)
+            continue
+        if damaged:
+            names = ", ".join(str(error.path) for error in damaged)
+            warnings.warn(f"cannot read {names} ({damaged[0].problem}); resuming from {path} (epoch "
+                          f"{checkpoint['epoch']}), the epochs after it are trained again",
+                          CheckpointFallbackWarning, stacklevel=2)
+        return checkpoint, path
+    if damaged:
+        raise CheckpointError(f"no checkpoint of this run can be read ({damaged[0].problem})",
+                              path=checkpoint_dir(run_dir),
+                              expected="a readable last.pt or epoch_NNN.pt; start over with --restart "
+                                       "(train(..., resume=False))")
+    return None
 
 
 def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.Module | None = None) -> None:

@@ -10,14 +10,17 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from brats_utils import __version__, config
 from brats_utils.config import PROFILES, Profile, get_profile
 from brats_utils.datasets import LAYOUTS
-from brats_utils.errors import BratsError
+from brats_utils.errors import BratsError, BratsWarning
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -93,8 +96,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import predict_split
 
     paths = predict_split(profile_from_args(args), checkpoint=args.checkpoint, root=args.input,
-                          split=args.split or args.folder, out_dir=args.out)
-    print(f"{len(paths)} segmentations written" + (f" to {paths[0].parent}" if paths else ""))
+                          split=args.split or args.folder, out_dir=args.out, overwrite=args.overwrite)
+    skipped = (f"; {paths.skipped} were already complete and skipped (--overwrite predicts them again)"
+               if paths.skipped else "")
+    print(f"{len(paths) - paths.skipped} segmentations written" + (f" to {paths[0].parent}" if paths else "")
+          + skipped)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -234,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cases_options(p, folders=("training", "validation"), default_folder="validation")
     p.add_argument("--out", help="output folder (default: data/runs/<profile>/predictions-<split, folder or "
                                  "input folder name>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every case again (default: complete outputs of the same model are kept)")
     p = add("evaluate", _cmd_evaluate, "score predicted segmentations against the ground truth")
     p.add_argument("predictions", help="folder of <case_id>.nii.gz predictions")
     p.add_argument("--truth", help="dataset folder with the ground truth (default: the profile's dataset)")
@@ -296,16 +304,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m brats_utils`` and the ``brats`` script.
 
     Returns 0, or 2 after printing a :class:`~brats_utils.errors.BratsError` as one line
-    (``brats: error: ...``) on stderr; other exceptions propagate with their traceback.
+    (``brats: error: ...``) on stderr; other exceptions propagate with their traceback. Ctrl-C and
+    SIGTERM (a container or Kaggle session stopping) end with status 130 and the one line of
+    :func:`brats_utils.faults.interrupt_note` (what was saved, the command that resumes). The
+    package's warnings (:class:`~brats_utils.errors.BratsWarning`) print as one line each.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt), warnings.showwarning
+    warnings.showwarning = functools.partial(_show_warning, prog=parser.prog, default=warnings.showwarning)
     try:
         args.func(args)
     except BratsError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        if not getattr(interrupt, "note", None):  # a step's note already said what was saved
+            print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        warnings.showwarning = previous[1]
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop as Ctrl-C does (the steps save what they have and say how to resume)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, prog: str, default) -> None:
+    """The package's warnings as ``<prog>: warning: <message>``; any other warning as Python shows it."""
+    if not issubclass(category, BratsWarning):
+        default(message, category, filename, lineno, file, line)
+        return
+    print(f"{prog}: warning: {message}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

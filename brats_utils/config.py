@@ -210,6 +210,8 @@ class DataSettings(_Section):
     synthetic_shape: Shape3D = setting((240, 240, 155), range=AT_LEAST_1)
     seed: int = setting(42)
     max_cases: int | None = setting(None, range=AT_LEAST_1)  # the first N training cases (None: all)
+    # seconds a process waits for another that is building the shared synthetic dataset or cache
+    lock_timeout: float = setting(3600.0, range=NOT_NEGATIVE, resumable=True, fingerprint=False)
     val_fraction: float = setting(0.2, range=UNIT_OPEN)  # patient-level split, as the authors (80/20)
     # share of the patients held out as a test set before the train/validation split (0: none)
     test_fraction: float = setting(0.0, range=UNIT_HALF_OPEN)

@@ -96,3 +96,22 @@ class DiskFullError(BratsError):
 
 class ProfileError(BratsError, ValueError):
     """A run profile, or an override of one field, has a value it cannot have."""
+
+
+class OutOfMemoryError(BratsError):
+    """The GPU (or the computer) ran out of memory; the message names the sizes used and what lowers them."""
+
+
+# --- warnings: the run goes on, and says what it did --------------------------------------------
+
+
+class BratsWarning(UserWarning):
+    """Base class: something was damaged or missing and the package worked around it."""
+
+
+class DamagedCacheWarning(BratsWarning):
+    """A cache entry was incomplete or damaged and is rebuilt from the source files."""
+
+
+class CheckpointFallbackWarning(BratsWarning):
+    """The newest checkpoint could not be read; the run resumes from an older one."""

@@ -28,12 +28,15 @@ job (:func:`~brats_utils.checkpoints.load_model`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from brats_utils.config import InferenceSettings, PreprocessingSettings
+from brats_utils.files import write_text_atomic
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
 from brats_utils.precision import to_channels_last, use_channels_last
@@ -344,23 +348,98 @@ def _predict_prepared(predictor: Predictor, case: Case, prepared: tuple[LoadedCa
     return labels
 
 
+class Predictions(list):
+    """The segmentation files of :func:`predict_folder`, one per case in order; ``skipped`` of them were
+    already complete in the output folder and were not predicted again."""
+
+    def __init__(self, paths: Sequence[Path] = (), skipped: int = 0) -> None:
+        super().__init__(paths)
+        self.skipped = skipped
+
+
+#: File in an output folder naming the network and settings its segmentations came from.
+PREDICTIONS_MARKER = ".predicted-by"
+
+
+def prediction_fingerprint(models: Sequence[nn.Module], *settings: object) -> str:
+    """SHA-256 of the networks' weights and of the settings that change a segmentation (their ``repr``).
+
+    An inference section's ``sw_batch_size`` is left out: it changes how many windows go through at
+    once, not the result (so lowering it after running out of memory keeps the finished cases).
+    :func:`brats_utils.pipeline.predict_cases` passes the profile's inference and preprocessing
+    sections, target, precision and test-time flips.
+    """
+    digest = hashlib.sha256()
+    for item in settings:
+        if isinstance(item, InferenceSettings):
+            item = dataclasses.replace(item, sw_batch_size=None)
+        digest.update(repr(item).encode())
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def is_complete_prediction(path: Path, case: Case) -> bool:
+    """Whether ``path`` is a whole segmentation of ``case``: a readable NIfTI of the case's shape.
+
+    Outputs are written under a temporary name and renamed, so a half-written file never has the
+    final name; a file cut short later (a copy, a full disk under another tool) fails to read here.
+    """
+    if not path.is_file():
+        return False
+    try:
+        expected = nib.load(case.modalities["flair"]).shape
+        image = nib.load(path)
+        return image.shape == expected and np.asarray(image.dataobj).shape == expected
+    except Exception:  # nibabel raises many kinds (ImageFileError, EOFError, zlib.error, OSError ...)
+        return False
+
+
 def predict_folder(predictor: Predictor, cases: Sequence[Case], out_dir: str | Path,
                    settings: InferenceSettings, preprocessing: PreprocessingSettings, *,
                    target: str = "labels", device: str | torch.device = "cpu", progress: bool = True,
-                   prefetch: bool = True) -> list[Path]:
+                   prefetch: bool = True, overwrite: bool = False,
+                   fingerprint: str | None = None) -> Predictions:
     """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout).
 
-    The arguments are :func:`predict_case`'s. With ``prefetch`` (default) one helper thread prepares
-    the next case (load, crop, normalise: :func:`prepare_case`, mostly NumPy and file reading, which
-    release the GIL) while the current one is on the network; the results are the same as one case
-    after the other (``prefetch=False``). A full disk raises :class:`~brats_utils.errors.DiskFullError`
-    naming ``out_dir``; the segmentations written before stay complete.
+    The arguments are :func:`predict_case`'s. ``fingerprint`` names what computes the segmentations
+    (:func:`prediction_fingerprint` of the networks and settings behind ``predictor``; a predictor
+    alone cannot tell): a case whose output is already complete (:func:`is_complete_prediction`) and
+    was written under the same fingerprint (kept in ``out_dir/.predicted-by``) is skipped, so an
+    interrupted prediction continues where it stopped; ``overwrite``, another fingerprint or none
+    predict every case again. Returns every case's path (:class:`Predictions`, with the number skipped).
+
+    With ``prefetch`` (default) one helper thread prepares the next case (load, crop, normalise:
+    :func:`prepare_case`, mostly NumPy and file reading, which release the GIL) while the current
+    one is on the network; the results are the same as one case after the other (``prefetch=False``).
+    A full disk raises :class:`~brats_utils.errors.DiskFullError` naming ``out_dir``; the
+    segmentations written before stay complete.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    if not cases:
-        return paths
+    paths = [out_dir / f"{case.case_id}.nii.gz" for case in cases]
+    marker = out_dir / PREDICTIONS_MARKER
+    if fingerprint is None:
+        marker.unlink(missing_ok=True)  # what follows is no known network's: a later run never keeps it
+    elif not marker.is_file() or marker.read_text().strip() != fingerprint:
+        for path in paths:  # another model's outputs: never to be taken for this one's if it is interrupted
+            path.unlink(missing_ok=True)
+        write_text_atomic(fingerprint, marker)
+    done = [fingerprint is not None and not overwrite and is_complete_prediction(path, case)
+            for path, case in zip(paths, cases, strict=True)]
+    todo = [case for case, complete in zip(cases, done, strict=True) if not complete]
+    if todo:
+        _predict_cases(predictor, todo, out_dir, settings, preprocessing, target=target, device=device,
+                       progress=progress, prefetch=prefetch)
+    return Predictions(paths, skipped=sum(done))
+
+
+def _predict_cases(predictor: Predictor, cases: Sequence[Case], out_dir: Path, settings: InferenceSettings,
+                   preprocessing: PreprocessingSettings, *, target: str, device: str | torch.device,
+                   progress: bool, prefetch: bool) -> None:
+    """Predict ``cases`` one after the other into ``out_dir``, preparing the next one meanwhile."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         upcoming = pool.submit(prepare_case, cases[0], preprocessing) if prefetch else None
         for index, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
@@ -370,8 +449,5 @@ def predict_folder(predictor: Predictor, cases: Sequence[Case], out_dir: str | P
                     upcoming = pool.submit(prepare_case, cases[index + 1], preprocessing)
             else:
                 prepared = prepare_case(case, preprocessing)
-            path = out_dir / f"{case.case_id}.nii.gz"
-            _predict_prepared(predictor, case, prepared, settings, target=target, out_path=path,
-                              device=device)
-            paths.append(path)
-    return paths
+            _predict_prepared(predictor, case, prepared, settings, target=target,
+                              out_path=out_dir / f"{case.case_id}.nii.gz", device=device)

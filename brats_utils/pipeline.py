@@ -51,9 +51,24 @@ from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
 from brats_utils.distributed import distributed_info, main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
-from brats_utils.errors import BratsError, DatasetNotFoundError, NotCoregisteredError, ProfileError
+from brats_utils.errors import (
+    BratsError,
+    CacheError,
+    CheckpointError,
+    DatasetNotFoundError,
+    NotCoregisteredError,
+    ProfileError,
+)
+from brats_utils.faults import interrupt_note, out_of_memory_explained, resume_command
 from brats_utils.files import write_json_atomic
-from brats_utils.inference import Predictor, average_predictors, predict_folder, with_flips
+from brats_utils.inference import (
+    Predictions,
+    Predictor,
+    average_predictors,
+    predict_folder,
+    prediction_fingerprint,
+    with_flips,
+)
 from brats_utils.io import Case, load_case
 from brats_utils.lesion_metrics import PROTOCOLS, MetricsProtocol, get_protocol
 from brats_utils.metrics import evaluate, prediction_path
@@ -100,7 +115,7 @@ def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Pat
     if profile.dataset == "brats2020" and out_dir is not None:
         kaggle = Path(out_dir)
     kaggle = write_synthetic_dataset(kaggle, profile.synthetic_train_cases, profile.synthetic_val_cases,
-                                     profile.synthetic_shape, seed=profile.seed)
+                                     profile.synthetic_shape, seed=profile.seed, wait=profile.lock_timeout)
     if profile.dataset == "brats2020":
         return kaggle
     target = Path(out_dir) if out_dir is not None else kaggle.with_name(f"{kaggle.name}-{profile.dataset}")
@@ -162,20 +177,28 @@ def cache_request(profile: Profile) -> dict:
             "normalisation": profile.normalisation, "crop": profile.crop}
 
 
+def _manifest(profile: Profile) -> dict | None:
+    """The cache folder's :data:`CACHE_MANIFEST`, if written for the profile's :func:`cache_request`."""
+    try:
+        manifest = json.loads((profile.cache_dir / CACHE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("request") == cache_request(profile) and manifest.get("entries") else None
+
+
 def complete_cache(profile: Profile) -> Path | None:
     """The profile's cache folder when it is complete for :func:`cache_request`, else None.
 
     Complete means: its :data:`CACHE_MANIFEST` was written for the same request, and every entry it
-    lists is still there with the key it was built with. Nothing here opens the dataset.
+    lists is still there with the key it was built with and its arrays of the recorded size (the
+    CRC-32 is checked when the cache is built). Nothing here opens the dataset.
     """
+    manifest = _manifest(profile)
+    if manifest is None:
+        return None
     folder = profile.cache_dir
-    try:
-        manifest = json.loads((folder / CACHE_MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("request") != cache_request(profile) or not manifest.get("entries"):
-        return None
-    if not all(is_up_to_date(folder / case_id, key) for case_id, key in manifest["entries"].items()):
+    if not all(is_up_to_date(folder / case_id, key, checksums=False)
+               for case_id, key in manifest["entries"].items()):
         return None
     return folder
 
@@ -186,18 +209,57 @@ def ensure_cache(profile: Profile, *, progress: bool = True, check_sources: bool
     A complete cache (:func:`complete_cache`) is used as it is, without resolving, let alone
     downloading, the dataset: a new Colab session or a Kaggle run with a saved cache resumes at once.
     Otherwise, or with ``check_sources`` (``python -m brats_utils cache``: every entry checked against
-    its source files' size and time), the cases are found and the missing or stale entries built,
-    and the manifest is written.
+    its source files' size and time), the cases are found and the missing, stale or damaged entries
+    built, and the manifest is written. A damaged entry of a cache whose dataset is gone raises
+    :class:`~brats_utils.errors.CacheError` naming the case and the command that rebuilds it. Another
+    process building the same cache is waited for (up to ``profile.lock_timeout`` seconds).
     """
     folder = profile.cache_dir
     if not check_sources and complete_cache(profile) is not None:
         return folder
-    cases = training_cases(profile)
-    settings = {"margin": profile.crop_margin, "normalisation": profile.normalisation, "crop": profile.crop}
-    build_cache(cases, folder, **settings, workers=profile.num_workers, progress=progress)
-    entries = {case.case_id: cache_key(case, **settings) for case in cases}
-    write_json_atomic({"request": cache_request(profile), "entries": entries}, folder / CACHE_MANIFEST)
+    with interrupt_note(lambda: _cached_so_far(folder), resume_command(profile, "cache")):
+        cases = _cases_to_cache(profile)
+        settings = {"margin": profile.crop_margin, "normalisation": profile.normalisation,
+                    "crop": profile.crop}
+        build_cache(cases, folder, **settings, workers=profile.num_workers, progress=progress,
+                    wait=profile.lock_timeout)
+        entries = {case.case_id: cache_key(case, **settings) for case in cases}
+        write_json_atomic({"request": cache_request(profile), "entries": entries}, folder / CACHE_MANIFEST)
     return folder
+
+
+def _cases_to_cache(profile: Profile) -> list[Case]:
+    """:func:`training_cases`, or a :class:`CacheError` naming a damaged entry when the dataset is gone."""
+    try:
+        return training_cases(profile)
+    except BratsError as error:
+        manifest = _manifest(profile) or {"entries": {}}
+        for case_id, key in manifest["entries"].items():
+            entry = profile.cache_dir / case_id
+            if not is_up_to_date(entry, key, checksums=False):
+                raise CacheError(f"the cache entry is damaged and its dataset is not available to rebuild it "
+                                 f"({error.problem})", case_id=case_id, path=entry,
+                                 expected=f"the dataset back, then {resume_command(profile, 'cache')}",
+                                 ) from error
+        raise
+
+
+def _cached_so_far(cache_dir: Path) -> str:
+    return f"every case cached so far is kept in {cache_dir}"
+
+
+def _epochs_so_far(run_dir: Path) -> str:
+    last = checkpoint_dir(run_dir) / "last.pt"
+    try:
+        epochs = load_checkpoint(last)["epoch"]
+    except CheckpointError:
+        return f"no epoch had finished, nothing is saved in {run_dir}"
+    return f"epochs 1-{epochs} are saved in {last}"
+
+
+def _finished_rows(out_dir: Path, pattern: str, what: str) -> str:
+    return (f"{len(list(out_dir.glob(pattern)))} finished {what} are kept in {out_dir} (the one in progress "
+            f"continues from its last checkpoint)")
 
 
 #: Splits of the labelled cases a run uses (:func:`split_of`); "training" and "validation" name the
@@ -257,10 +319,13 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
     Under torchrun every rank calls it: rank 0 builds the cache first, the others then find it ready.
     """
     info = distributed_info(device)
-    with main_process_first():
-        cache_dir = ensure_cache(profile, progress=progress and info.is_main)
-    return training.train(profile, cache_dir, run_dir=run_dir, resume=resume, max_epochs=max_epochs,
-                          progress=progress, device=device)
+    run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
+    with interrupt_note(lambda: _epochs_so_far(run_dir), resume_command(profile, "train")):
+        with main_process_first():
+            cache_dir = ensure_cache(profile, progress=progress and info.is_main)
+        with out_of_memory_explained(profile, "training"):
+            return training.train(profile, cache_dir, run_dir=run_dir, resume=resume, max_epochs=max_epochs,
+                                  progress=progress, device=device)
 
 
 def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
@@ -272,18 +337,25 @@ def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
     folder = checkpoint_dir(profile.run_dir)
     last_path, best_path = folder / "last.pt", folder / "best.pt"
     if last_path.exists() and best_path.exists():
-        checkpoint = load_checkpoint(last_path)
-        check_compatible(checkpoint, profile, last_path)
-        if training.is_finished(checkpoint, profile):
-            return best_path
+        try:
+            checkpoint = load_checkpoint(last_path)
+        except CheckpointError:  # damaged: train() resumes from the newest epoch file that loads, saying so
+            checkpoint = None
+        if checkpoint is not None:
+            check_compatible(checkpoint, profile, last_path)
+            if training.is_finished(checkpoint, profile):
+                return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint
 
 
 def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: bool = True,
                    device: str | torch.device | None = None) -> pd.DataFrame:
     """The architecture study of the profile on its cache; see :func:`brats_utils.compare.run_comparison`."""
-    return compare.run_comparison(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
-                                  progress=progress, device=device)
+    folder = Path(out_dir) if out_dir is not None else compare.comparison_dir(profile)
+    with interrupt_note(lambda: _finished_rows(folder, "*/row.json", "models"),
+                        resume_command(profile, "compare")):
+        return compare.run_comparison(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
+                                      progress=progress, device=device)
 
 
 #: Seed offset of the foreign phantoms: other patients than every case of the profile's own dataset.
@@ -311,7 +383,8 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
         shape = "x".join(map(str, profile.synthetic_shape))
         n_cases = max(len(split_of(profile)[heldout_split(profile)]), 1) + 1
         root = data_dir() / "synthetic" / f"{profile.name}-foreign-{shape}-seed{seed}"
-        write_synthetic_dataset(root, n_cases, 0, profile.synthetic_shape, seed=seed, foreign=True)
+        write_synthetic_dataset(root, n_cases, 0, profile.synthetic_shape, seed=seed, foreign=True,
+                                wait=profile.lock_timeout)
     root = Path(root)
     cases = []
     for case in find_dataset(root, split="training"):
@@ -323,7 +396,7 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
         cases.append(case)
     return build_cache(cases, profile.cache_dir.with_name(f"{profile.cache_dir.name}-foreign-{root.name}"),
                        margin=profile.crop_margin, normalisation=profile.normalisation, crop=profile.crop,
-                       workers=profile.num_workers, progress=progress)
+                       workers=profile.num_workers, progress=progress, wait=profile.lock_timeout)
 
 
 def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_dir: Path | None = None,
@@ -333,10 +406,14 @@ def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_
 
     Scored on the profile's :func:`heldout_split` and on :func:`ensure_foreign_cache` (``foreign_root``).
     """
-    return beyond.run_study(profile, ensure_cache(profile, progress=progress),
-                            report_split=heldout_split(profile),
-                            foreign_entries=ensure_foreign_cache(profile, foreign_root, progress=progress),
-                            out_dir=out_dir, progress=progress, device=device)
+    folder = Path(out_dir) if out_dir is not None else beyond.beyond_dir(profile)
+    options = ("--foreign-root", str(foreign_root)) if foreign_root is not None else ()
+    with interrupt_note(lambda: _finished_rows(folder, "*/*/row.json", "runs"),
+                        resume_command(profile, "beyond", *options)):
+        cache_dir = ensure_cache(profile, progress=progress)
+        foreign = ensure_foreign_cache(profile, foreign_root, progress=progress)
+        return beyond.run_study(profile, cache_dir, report_split=heldout_split(profile),
+                                foreign_entries=foreign, out_dir=out_dir, progress=progress, device=device)
 
 
 def test_time_flips(profile: Profile) -> tuple[tuple[int, ...], ...]:
@@ -372,17 +449,24 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def predict_cases(profile: Profile, models: list[torch.nn.Module], cases: list[Case], out_dir: Path, *,
-                  tta: bool | None = None, progress: bool = True) -> list[Path]:
+                  tta: bool | None = None, progress: bool = True, overwrite: bool = False) -> Predictions:
     """Segment ``cases`` into ``out_dir`` with the :func:`predictor` of ``models`` and the profile's
-    preprocessing and inference sections, where the first model's parameters are."""
+    preprocessing and inference sections, where the first model's parameters are.
+
+    Cases already segmented there by the same networks and settings (their
+    :func:`~brats_utils.inference.prediction_fingerprint`) are kept unless ``overwrite``.
+    """
+    flips = test_time_flips(profile) if (profile.tta if tta is None else tta) else ()
+    fingerprint = prediction_fingerprint(models, profile.inference, profile.preprocessing, profile.target,
+                                         profile.requested_precision, flips if len(flips) > 1 else ())
     return predict_folder(predictor(profile, *models, tta=tta), cases, out_dir, profile.inference,
                           profile.preprocessing, target=profile.target, device=_device_of(models[0]),
-                          progress=progress)
+                          progress=progress, overwrite=overwrite, fingerprint=fingerprint)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,
                   split: str = "validation", out_dir: str | Path | None = None,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, overwrite: bool = False) -> Predictions:
     """Segment every case of one split into ``<out_dir>/<case_id>.nii.gz``.
 
     ``split``: ``"test"``, ``"val"`` or ``"train"`` (the run's patient split of the labelled cases,
@@ -392,7 +476,9 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     and its predictions are written in that dataset's own labels (a model trained on BraTS 2020
     predicts MSD cases as MSD labels). A ``root`` that is one case folder or a flat folder of
     four-modality scan sets (:func:`brats_utils.datasets.scan_sets`) is predicted whole, whatever
-    ``split``, by default into ``<run_dir>/predictions-<folder name>``.
+    ``split``, by default into ``<run_dir>/predictions-<folder name>``. Cases already predicted
+    completely by the same model and settings are skipped (an interrupted prediction continues);
+    ``overwrite`` predicts them again.
     """
     own_scans = scan_sets(root) if root is not None else []
     if own_scans:
@@ -401,12 +487,18 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
         cases, out_name = _cases_of_split(profile, Path(root), split, None), split
     else:
         cases, out_name = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset), split
-    checkpoint = Path(checkpoint) if checkpoint is not None else ensure_trained(profile, progress=progress)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{out_name}"
-    model = load_model(checkpoint)
-    if profile.compile:
-        model = torch.compile(model)
-    return predict_cases(profile, [model], cases, out_dir, progress=progress)
+    options = [*([("--split" if split in RUN_SPLITS else "--folder"), split] if not own_scans else []),
+               *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
+               *(["--input", str(root)] if root is not None else []), "--out", str(out_dir)]
+    with interrupt_note(lambda: f"{len(list(out_dir.glob('*.nii.gz')))} segmentations are complete in "
+                                f"{out_dir}", resume_command(profile, "predict", *options)):
+        checkpoint = ensure_trained(profile, progress=progress) if checkpoint is None else Path(checkpoint)
+        model = load_model(checkpoint)
+        if profile.compile:
+            model = torch.compile(model)
+        with out_of_memory_explained(profile, "prediction"):
+            return predict_cases(profile, [model], cases, out_dir, progress=progress, overwrite=overwrite)
 
 
 def prediction_coverage(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
@@ -471,7 +563,8 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     else:
         cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
-    predict_cases(profile, [model], cases, out_dir, progress=progress)
+    with out_of_memory_explained(profile, "prediction"):
+        predict_cases(profile, [model], cases, out_dir, progress=progress)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
                     protocol=metrics_protocol(profile))
 

@@ -42,8 +42,8 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from brats_utils.errors import CacheError, ShapeMismatchError
-from brats_utils.files import disk_full_errors, folder_lock
+from brats_utils.errors import CacheError, DamagedCacheWarning, ShapeMismatchError
+from brats_utils.files import crc32_of, disk_full_errors, folder_lock
 from brats_utils.io import Case, LoadedCase, load_case
 from brats_utils.labels import (
     BRATS2020,
@@ -54,7 +54,8 @@ from brats_utils.labels import (
 )
 
 #: Bump when the layout or content of a cache entry changes: every entry is then rebuilt.
-CACHE_FORMAT_VERSION = 1
+#: 2: ``meta.json`` records each array file's shape, dtype, size and CRC-32, so an entry proves it is whole.
+CACHE_FORMAT_VERSION = 2
 #: Tumour voxels remembered per training label (1, 2, 3) for foreground-centred patches.
 FOREGROUND_SAMPLES_PER_LABEL = 2000
 
@@ -62,6 +63,9 @@ IMAGE_FILE = "image.npy"
 LABELS_FILE = "labels.npy"
 FOREGROUND_FILE = "foreground.npy"
 META_FILE = "meta.json"
+#: How to rebuild an entry, for the errors about one that is unusable.
+REBUILD_HINT = ("rebuild it from the source dataset with `python -m brats_utils cache --profile <the run's "
+                "profile>` (the damaged entry is then rebuilt)")
 
 # --- one case ------------------------------------------------------------------------
 
@@ -270,14 +274,43 @@ def _read_meta(entry_dir: Path) -> dict:
                          expected="a folder written by build_cache") from err
 
 
-def is_up_to_date(entry_dir: Path, key: str) -> bool:
-    """True when ``entry_dir`` is a complete entry written with ``key``."""
+def damage_of(entry_dir: Path, meta: dict, *, checksums: bool = True) -> str | None:
+    """What is wrong with an entry's array files, or None when each is as ``meta.json`` recorded it.
+
+    Every file must exist with the recorded size (a copy cut short, a full disk under another tool);
+    with ``checksums`` also with the recorded CRC-32 (a file overwritten in place). The CRC-32 of a
+    full-size BraTS case (25 MiB) takes about 17 ms when the file is in the page cache.
+    """
+    for name, record in meta.get("arrays", {}).items():
+        path = Path(entry_dir) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            return f"{name} has {size} bytes, {record['bytes']} were written"
+        if checksums and crc32_of(path) != record["crc32"]:
+            return f"{name} has another CRC-32 than was written"
+    return None
+
+
+def _entry_problem(entry_dir: Path, key: str, *, checksums: bool = True) -> tuple[str, str] | None:
+    """Why ``entry_dir`` must be (re)built: ``("missing" | "stale" | "damaged", reason)``; None if whole."""
+    if not entry_dir.exists():
+        return "missing", ""
     try:
         meta = _read_meta(entry_dir)
-    except CacheError:
-        return False
-    files = [IMAGE_FILE, FOREGROUND_FILE] + ([LABELS_FILE] if meta.get("has_labels") else [])
-    return meta.get("key") == key and all((entry_dir / f).is_file() for f in files)
+    except CacheError as error:
+        return "damaged", error.problem
+    if meta.get("key") != key or meta.get("format_version") != CACHE_FORMAT_VERSION:
+        return "stale", "other settings, sources or format"
+    damage = damage_of(entry_dir, meta, checksums=checksums)
+    return ("damaged", damage) if damage else None
+
+
+def is_up_to_date(entry_dir: Path, key: str, *, checksums: bool = True) -> bool:
+    """True when ``entry_dir`` is a whole entry written with ``key`` (every array as recorded; the
+    CRC-32 too with ``checksums``, else only the sizes, which needs no reading)."""
+    return _entry_problem(Path(entry_dir), key, checksums=checksums) is None
 
 
 def write_entry(pre: PreprocessedCase, cache_dir: str | Path, *, key: str) -> Path:
@@ -314,9 +347,15 @@ def _write_files(pre: PreprocessedCase, tmp: Path, key: str) -> None:
         np.save(tmp / LABELS_FILE, pre.labels)
         foreground = foreground_coordinates(pre.labels)
     np.save(tmp / FOREGROUND_FILE, foreground)
+    arrays = {}
+    for name in (IMAGE_FILE, LABELS_FILE, FOREGROUND_FILE):
+        if (tmp / name).is_file():
+            header = np.load(tmp / name, mmap_mode="r")
+            arrays[name] = {"shape": list(header.shape), "dtype": str(header.dtype),
+                            "bytes": (tmp / name).stat().st_size, "crc32": crc32_of(tmp / name)}
     meta = {"format_version": CACHE_FORMAT_VERSION, "key": key, "case_id": pre.case_id,
             "has_labels": pre.labels is not None, "shape": list(pre.image.shape[1:]),
-            "crop": pre.meta.to_dict()}
+            "crop": pre.meta.to_dict(), "arrays": arrays}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
@@ -327,7 +366,7 @@ def _cache_case(case: Case, cache_dir: Path, settings: dict, key: str) -> Path:
 
 def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2,
                 normalisation: str = "brain", crop: bool = True, workers: int = 2,
-                progress: bool = True) -> list[Path]:
+                progress: bool = True, wait: float = 0.0) -> list[Path]:
     """Preprocess ``cases`` into ``cache_dir`` (one folder per case); returns the entry folders in order.
 
     ``margin``, ``normalisation`` and ``crop`` are :func:`preprocess_case`'s; they are part of every
@@ -335,20 +374,31 @@ def build_cache(cases: Sequence[Case], cache_dir: str | Path, *, margin: int = 2
     are rebuilt. Cases are processed in ``workers`` processes (``workers <= 1``: in this
     process). Each entry appears atomically, so an interrupted build never leaves an entry
     that a later run trusts. The cache must not live inside the dataset folder. The folder
-    is locked during the build: a second process gets :class:`~brats_utils.errors.FolderLockedError`.
+    is locked during the build: a second process waits up to ``wait`` seconds for it (one line
+    names the builder), then finds the entries written and only reads them; after ``wait`` it gets
+    :class:`~brats_utils.errors.FolderLockedError`. An entry whose files are not as its ``meta.json``
+    recorded them (:func:`damage_of`) is rebuilt with a
+    :class:`~brats_utils.errors.DamagedCacheWarning` naming the case.
     """
     cache_dir = Path(cache_dir).resolve()
     for case in cases:
         if cache_dir.is_relative_to(Path(case.folder).resolve().parent):
             raise CacheError("refusing to write the cache next to the input data", case_id=case.case_id,
                              path=cache_dir, expected="a cache folder outside the dataset")
-    with folder_lock(cache_dir):
+    with folder_lock(cache_dir, wait=wait):
         for leftover in [*cache_dir.glob(".tmp-*"), *cache_dir.glob(".old-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         settings = {"margin": margin, "normalisation": normalisation, "crop": crop}
         keys = {case.case_id: cache_key(case, **settings) for case in cases}
-        todo = [(case, keys[case.case_id]) for case in cases
-                if not is_up_to_date(cache_dir / case.case_id, keys[case.case_id])]
+        todo = []
+        for case in cases:
+            problem = _entry_problem(cache_dir / case.case_id, keys[case.case_id])
+            if problem is None:
+                continue
+            if problem[0] == "damaged":
+                warnings.warn(f"the cache entry of case {case.case_id} is damaged ({problem[1]}); rebuilding "
+                              f"it from {case.folder}", DamagedCacheWarning, stacklevel=2)
+            todo.append((case, keys[case.case_id]))
         _cache_cases(todo, cache_dir, settings, workers, total=len(cases), progress=progress)
     return [cache_dir / case.case_id for case in cases]
 
@@ -375,15 +425,25 @@ def load_cached(entry_dir: str | Path, *, mmap: bool = True) -> PreprocessedCase
     """Read a cache entry; with ``mmap`` the arrays are memory-mapped (read-only, nothing loaded yet).
 
     The image stays float16 (cast patches, not the volume); labels are uint8 {0..3} or ``None``.
+    An entry whose files are not the size its ``meta.json`` recorded raises
+    :class:`~brats_utils.errors.CacheError` naming the case and the command that rebuilds it.
     """
     entry_dir = Path(entry_dir)
     meta = _read_meta(entry_dir)
     if meta.get("format_version") != CACHE_FORMAT_VERSION:
         raise CacheError(f"cache entry has format {meta.get('format_version')}", path=entry_dir,
-                         expected=f"format {CACHE_FORMAT_VERSION}: rebuild it with build_cache")
+                         expected=f"format {CACHE_FORMAT_VERSION}: {REBUILD_HINT}")
     mode = "r" if mmap else None
-    image = np.load(entry_dir / IMAGE_FILE, mmap_mode=mode)
-    labels = np.load(entry_dir / LABELS_FILE, mmap_mode=mode) if meta["has_labels"] else None
+    damage = damage_of(entry_dir, meta, checksums=False)
+    try:
+        if damage is None:
+            image = np.load(entry_dir / IMAGE_FILE, mmap_mode=mode)
+            labels = np.load(entry_dir / LABELS_FILE, mmap_mode=mode) if meta["has_labels"] else None
+    except (OSError, ValueError) as error:
+        damage = f"{type(error).__name__}: {error}"
+    if damage is not None:
+        raise CacheError(f"the cache entry is damaged ({damage})", case_id=meta.get("case_id"),
+                         path=entry_dir, expected=f"a whole entry: {REBUILD_HINT}")
     return PreprocessedCase(meta["case_id"], image, labels, CropMeta.from_dict(meta["crop"]))
 
 

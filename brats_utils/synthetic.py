@@ -55,6 +55,7 @@ from scipy import ndimage
 
 from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
 from brats_utils.errors import BratsError
+from brats_utils.files import remove_stale_siblings, sibling_lock, temporary_sibling
 from brats_utils.labels import MODALITIES
 
 Shape3D = tuple[int, int, int]
@@ -763,7 +764,7 @@ def _is_complete(root: Path, params: dict) -> bool:
 
 def write_synthetic_dataset(
     root: str | Path, n_train: int, n_val: int, shape: Shape3D = BRATS_SHAPE, seed: int = 42, *,
-    foreign: bool = False,
+    foreign: bool = False, wait: float = 3600.0,
 ) -> Path:
     """Write a synthetic BraTS 2020 dataset in the Kaggle layout under ``root``; return ``root``.
 
@@ -787,7 +788,9 @@ def write_synthetic_dataset(
     :func:`misregistered_case_index` moved by :data:`FOREIGN_SHIFT_MM` (not co-registered).
     Idempotent: a complete dataset with the same parameters is left as it is. The dataset is
     written to a temporary sibling folder and moved into place when complete, so an
-    interrupted run never leaves a half dataset behind.
+    interrupted run never leaves a half dataset behind; the temporary folder of a writer that
+    was killed is removed at the next start. A second process writing the same ``root`` waits
+    for the first (up to ``wait`` seconds, one line naming it), then finds the dataset complete.
     """
     root = Path(root)
     shape = tuple(int(n) for n in shape)
@@ -801,7 +804,18 @@ def write_synthetic_dataset(
     if n_train < 1 or n_val < 0:
         raise ValueError(f"need at least one training case and no negative count, got {n_train}, {n_val}")
 
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    with sibling_lock(root, wait=wait):  # a second process waits for the first, then finds it complete
+        if _is_complete(root, params):
+            return root
+        remove_stale_siblings(root)  # what a killed writer left behind
+        tmp = temporary_sibling(root)
+        _write_into(tmp, root, params, n_train, n_val, shape, seed, foreign)
+    return root
+
+
+def _write_into(tmp: Path, root: Path, params: dict, n_train: int, n_val: int, shape: Shape3D, seed: int,
+                foreign: bool) -> None:
+    """Write the dataset into ``tmp`` and move it to ``root`` (the caller holds ``root``'s lock)."""
     shutil.rmtree(tmp, ignore_errors=True)
     writer = _Writer(shape, foreign)
     train_dir = tmp / "BraTS2020_TrainingData" / TRAINING_DIR_NAME
@@ -813,7 +827,7 @@ def write_synthetic_dataset(
         _write_validation(val_dir, n_val, shape, seed, writer)
         (tmp / MARKER_NAME).write_text(json.dumps(params))
         if _is_complete(root, params):  # another process wrote the same dataset meanwhile
-            return root
+            return
         if root.exists():
             shutil.rmtree(root)
         try:
@@ -823,4 +837,3 @@ def write_synthetic_dataset(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return root

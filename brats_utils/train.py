@@ -58,7 +58,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from brats_utils.checkpoints import atomic_torch_save, check_compatible, checkpoint_dir, load_checkpoint
+from brats_utils.checkpoints import (
+    atomic_torch_save,
+    check_compatible,
+    checkpoint_dir,
+    load_checkpoint,
+    newest_readable_checkpoint,
+)
 from brats_utils.config import Profile
 from brats_utils.data import make_loaders
 from brats_utils.distributed import (
@@ -74,6 +80,7 @@ from brats_utils.distributed import (
     unwrap_model,
     wrap_model,
 )
+from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.metrics import region_dice_torch
@@ -233,18 +240,27 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
                  epochs: int | None = None) -> TrainingState:
     """A fresh training state, restored from ``last.pt`` when resuming, or with the old run deleted.
 
+    When ``last.pt`` is damaged the newest epoch file that loads is the resume point
+    (:func:`~brats_utils.checkpoints.newest_readable_checkpoint`, a warning names both) and the
+    history and best checkpoint are brought back to that epoch (:func:`_agree_with_fallback`).
+
     Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. A run
     that still has epochs to train (up to ``epochs``, default ``profile.epochs``) and is resumed by
     another number of processes than it was trained with continues with a warning (same global batch
     and steps, other dropout masks: not exact). The model is stored as ``channels_last_3d`` where
     :func:`~brats_utils.precision.use_channels_last` says so.
     """
-    last_path = checkpoint_dir(run_dir) / "last.pt"
     state = TrainingState.create(profile, device, precision=precision)
-    if resume and last_path.exists():
-        checkpoint = load_checkpoint(last_path)
+    found = newest_readable_checkpoint(run_dir) if resume else None
+    if found is not None:
+        checkpoint, last_path = found
         check_compatible(checkpoint, profile, last_path, state.model)
         state.restore(checkpoint)
+        if is_main:  # history.csv may be an epoch ahead (written just before last.pt) or more (a fallback)
+            write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
+                             history_csv_path(run_dir))
+        if last_path.name != "last.pt" and is_main:
+            _agree_with_fallback(run_dir, checkpoint, state.history)
         trained_by = checkpoint["config"].get("world_size", 1)
         to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
         if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
@@ -266,6 +282,23 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
         to_channels_last(state.model)  # in place: the optimiser keeps the same parameters
     match_optimizer_state_layout(state.optimizer)  # a resumed run's moments follow them
     return state
+
+
+def _agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict]) -> None:
+    """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
+    epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
+    folder = checkpoint_dir(run_dir)
+    best_epoch = max(history, key=lambda row: row[BEST_METRIC])["epoch"]
+    best = None
+    for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
+        try:
+            candidate = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if candidate["epoch"] == best_epoch:
+            best = candidate
+            break
+    atomic_torch_save(best if best is not None else checkpoint, folder / "best.pt")
 
 
 def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool,

@@ -322,3 +322,48 @@ def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp
         np.testing.assert_array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
     assert len(threads) == 2 and all(name.startswith("prefetch") for name in threads)  # off the main thread
     assert inference.predict_folder(model, [], tmp_path / "none", *settings, progress=False) == []
+
+
+def test_predict_folder_keeps_complete_outputs_of_the_same_model_only(oracle_case, tmp_path, monkeypatch):
+    import dataclasses
+
+    case, _, _ = oracle_case
+    cases = [case, dataclasses.replace(case, case_id="BraTS20_Training_008")]
+    profile = get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1)
+    settings = profile.inference
+    out = tmp_path / "preds"
+
+    def predict(seed, settings=settings, **options):  # a network, its predictor and its fingerprint
+        model = context_model(seed).eval()
+        fingerprint = inference.prediction_fingerprint([model], settings, profile.preprocessing)
+        return inference.predict_folder(softmax_predictor(model, precision="fp32"), cases, out, settings,
+                                         profile.preprocessing, progress=False, fingerprint=fingerprint,
+                                         **options)
+
+    first = predict(0)
+    assert first.skipped == 0
+    predicted = []
+    real = inference._predict_prepared
+
+    def recording(model, case, *args, **kwargs):
+        predicted.append(case.case_id)
+        return real(model, case, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_predict_prepared", recording)
+    # the same model and settings: nothing to do; lowering sw_batch_size keeps them too
+    fewer_windows = dataclasses.replace(settings, sw_batch_size=1)
+    again = predict(0, fewer_windows)
+    assert (again, again.skipped, predicted) == (first, 2, [])
+    # a file cut short is predicted again, and so is every case with --overwrite
+    first[1].write_bytes(first[1].read_bytes()[:100])
+    assert predict(0).skipped == 1
+    assert predicted == ["BraTS20_Training_008"]
+    assert predict(0, overwrite=True).skipped == 0
+    # another model: its outputs are removed first, so an interruption never leaves the old ones as "complete"
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "_predict_prepared", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(1)
+    assert not any(path.exists() for path in first)

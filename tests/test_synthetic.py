@@ -314,10 +314,10 @@ def test_dataset_is_deterministic_and_idempotent(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(synthetic, "synthesize_case", lambda *a, **k: pytest.fail("regenerated"))
     assert write_synthetic_dataset(a, 2, 1, (24, 24, 16), seed=3) == a
     monkeypatch.undo()
-    # other parameters: rewritten in place, no temporary folder left behind
+    # other parameters: rewritten in place, no temporary folder left behind (the empty lock files stay)
     write_synthetic_dataset(a, 3, 1, (24, 24, 16), seed=3)
     assert (a / TRAIN / "BraTS20_Training_003").is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.lock", ".b.lock", ".c.lock", "a", "b", "c"]
 
 
 def test_refuses_to_write_into_a_foreign_folder(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from brats_utils import pipeline
 from brats_utils import train as train_module
 from brats_utils.checkpoints import CHECKPOINT_KEYS, atomic_torch_save, load_checkpoint
 from brats_utils.config import get_profile
-from brats_utils.errors import CheckpointError
+from brats_utils.errors import CheckpointError, CheckpointFallbackWarning
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
 from brats_utils.pipeline import ensure_trained, train
@@ -148,11 +148,43 @@ def test_a_damaged_checkpoint_raises_checkpoint_error_naming_the_file(two_epochs
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resuming_from_a_damaged_last_checkpoint_fails_clearly(profile, two_epochs, tmp_path):
+def test_a_damaged_last_checkpoint_falls_back_to_the_newest_good_one_exactly(profile, two_epochs, tmp_path):
     shutil.copytree(two_epochs.run_dir, tmp_path / "run")
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[:-200])
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    folder = tmp_path / "run" / "checkpoints"
+    for name in ("last.pt", "epoch_002.pt", "best.pt"):  # cut short: epoch_001.pt is the newest good file
+        (folder / name).write_bytes((folder / name).read_bytes()[:-200])
+    _scramble_random_generators()
+    with pytest.warns(CheckpointFallbackWarning) as warned:
+        resumed = train(profile, run_dir=tmp_path / "run", progress=False, device="cpu")
+    message = str(warned[0].message)
+    assert f"cannot read {folder / 'last.pt'}, {folder / 'epoch_002.pt'}" in message
+    assert f"resuming from {folder / 'epoch_001.pt'} (epoch 1)" in message
+    columns = DETERMINISTIC_COLUMNS
+    pd.testing.assert_frame_equal(resumed.history[columns], two_epochs.history[columns], check_exact=True)
+    for name in ("last.pt", "best.pt"):
+        final = torch.load(folder / name, weights_only=True)
+        reference = torch.load(two_epochs.run_dir / "checkpoints" / name, weights_only=True)
+        assert final["epoch"] == reference["epoch"]
+        assert all(torch.equal(final["model_state_dict"][k], reference["model_state_dict"][k])
+                   for k in reference["model_state_dict"])
+
+
+def test_the_history_is_cut_back_to_the_fallback_epoch(profile, two_epochs, tmp_path):
+    shutil.copytree(two_epochs.run_dir, tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints"
+    for name in ("last.pt", "epoch_002.pt"):
+        (folder / name).write_bytes((folder / name).read_bytes()[:5000])
+    with pytest.warns(CheckpointFallbackWarning):
+        train_module._start_state(profile, tmp_path / "run", torch.device("cpu"), resume=True, progress=False)
+    assert list(pd.read_csv(history_csv_path(tmp_path / "run"))["epoch"]) == [1]
+    assert load_checkpoint(folder / "best.pt")["epoch"] == 1  # the best of the epochs kept
+
+
+def test_resuming_when_no_checkpoint_can_be_read_fails_clearly(profile, two_epochs, tmp_path):
+    shutil.copytree(two_epochs.run_dir, tmp_path / "run")
+    for path in (tmp_path / "run" / "checkpoints").glob("*.pt"):
+        path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match="no checkpoint of this run can be read .*--restart"):
         train(profile, run_dir=tmp_path / "run", max_epochs=3, progress=False, device="cpu")
 
 
