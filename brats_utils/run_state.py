@@ -14,9 +14,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brats_utils.checkpoints import atomic_torch_save, checkpoint_dir, load_checkpoint
 from brats_utils.config import Profile
 from brats_utils.distributed import unwrap_model
 from brats_utils.errors import CheckpointError
+from brats_utils.files import write_csv_atomic
 from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import grad_scaler
 from brats_utils.regions import init_region_bias_, output_channels
@@ -130,3 +132,36 @@ class TrainingState:
         self.stopper.load_state_dict(checkpoint["early_stopping"])
         self.history = [dict(row) for row in checkpoint["history"]]
         set_rng_state(checkpoint["rng_state"])
+
+
+# --- the files of a run, after each epoch and after a fallback --------------------------------------
+
+
+def save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool,
+                run: dict | None = None) -> None:
+    """History, best, periodic and last checkpoint after an epoch; ``last.pt`` is written last."""
+    epoch = len(state.history)
+    write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
+    checkpoint = state.checkpoint(profile, run)
+    if is_best:
+        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "best.pt")
+    if epoch % profile.checkpoint_every == 0:
+        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
+    atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
+
+
+def agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict]) -> None:
+    """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
+    epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
+    folder = checkpoint_dir(run_dir)
+    best_epoch = max(history, key=lambda row: row[BEST_METRIC])["epoch"]
+    best = None
+    for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
+        try:
+            candidate = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if candidate["epoch"] == best_epoch:
+            best = candidate
+            break
+    atomic_torch_save(best if best is not None else checkpoint, folder / "best.pt")

@@ -59,10 +59,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from brats_utils.checkpoints import (
-    atomic_torch_save,
     check_compatible,
     checkpoint_dir,
-    load_checkpoint,
     newest_readable_checkpoint,
 )
 from brats_utils.config import Profile
@@ -80,7 +78,6 @@ from brats_utils.distributed import (
     unwrap_model,
     wrap_model,
 )
-from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic
 from brats_utils.inference import sliding_window_predict
 from brats_utils.metrics import region_dice_torch
@@ -93,7 +90,15 @@ from brats_utils.precision import (
 )
 from brats_utils.regions import loss_for, probs_to_labels, probs_to_logits
 from brats_utils.rng import seed_everything
-from brats_utils.run_state import BEST_METRIC, HISTORY_COLUMNS, TrainingState, TrainResult, history_csv_path
+from brats_utils.run_state import (
+    BEST_METRIC,
+    HISTORY_COLUMNS,
+    TrainingState,
+    TrainResult,
+    agree_with_fallback,
+    history_csv_path,
+    save_epoch,
+)
 from brats_utils.schedules import make_stopper, step_scheduler
 
 # --- one step, one validation ----------------------------------------------------------
@@ -242,7 +247,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
 
     When ``last.pt`` is damaged the newest epoch file that loads is the resume point
     (:func:`~brats_utils.checkpoints.newest_readable_checkpoint`, a warning names both) and the
-    history and best checkpoint are brought back to that epoch (:func:`_agree_with_fallback`).
+    history and best checkpoint are brought back to that epoch (:func:`~brats_utils.run_state.agree_with_fallback`).
 
     Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. A run
     that still has epochs to train (up to ``epochs``, default ``profile.epochs``) and is resumed by
@@ -260,7 +265,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
             write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                              history_csv_path(run_dir))
         if last_path.name != "last.pt" and is_main:
-            _agree_with_fallback(run_dir, checkpoint, state.history)
+            agree_with_fallback(run_dir, checkpoint, state.history)
         trained_by = checkpoint["config"].get("world_size", 1)
         to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
         if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
@@ -282,36 +287,6 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
         to_channels_last(state.model)  # in place: the optimiser keeps the same parameters
     match_optimizer_state_layout(state.optimizer)  # a resumed run's moments follow them
     return state
-
-
-def _agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict]) -> None:
-    """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
-    epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
-    folder = checkpoint_dir(run_dir)
-    best_epoch = max(history, key=lambda row: row[BEST_METRIC])["epoch"]
-    best = None
-    for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
-        try:
-            candidate = load_checkpoint(path)
-        except CheckpointError:
-            continue
-        if candidate["epoch"] == best_epoch:
-            best = candidate
-            break
-    atomic_torch_save(best if best is not None else checkpoint, folder / "best.pt")
-
-
-def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool,
-                run: dict | None = None) -> None:
-    """History, best, periodic and last checkpoint after an epoch; ``last.pt`` is written last."""
-    epoch = len(state.history)
-    write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
-    checkpoint = state.checkpoint(profile, run)
-    if is_best:
-        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "best.pt")
-    if epoch % profile.checkpoint_every == 0:
-        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
-    atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
 
 
 def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = None, resume: bool = True,
@@ -392,7 +367,7 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
         is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
         if info.is_main:
-            _save_epoch(state, profile, run_dir, is_best=is_best, run=run)
+            save_epoch(state, profile, run_dir, is_best=is_best, run=run)
         if progress:
             tqdm.write(_epoch_line(row, epochs))
         if state.stopper.should_stop:
