@@ -247,7 +247,8 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
 
     When ``last.pt`` is damaged the newest epoch file that loads is the resume point
     (:func:`~brats_utils.checkpoints.newest_readable_checkpoint`, a warning names both) and the
-    history and best checkpoint are brought back to that epoch (:func:`~brats_utils.run_state.agree_with_fallback`).
+    history and best checkpoint are brought back to that epoch
+    (:func:`~brats_utils.run_state.agree_with_fallback`).
 
     Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. A run
     that still has epochs to train (up to ``epochs``, default ``profile.epochs``) and is resumed by
