@@ -556,7 +556,7 @@ def test_out_of_memory_ends_in_one_line_naming_sizes_and_remedies(data, monkeypa
         monkeypatch.setattr(training, "train_step", out_of_memory)
         argv = ["train", "--profile", "ci", "--set", "epochs=3"]
     else:
-        monkeypatch.setattr("brats_utils.inference.sliding_window_predict", out_of_memory)
+        monkeypatch.setattr("brats_utils.inference.sliding_window", out_of_memory)
         argv = ["predict", "--profile", "ci", "--split", "test"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
