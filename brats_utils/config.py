@@ -188,6 +188,8 @@ class Profile:
     batch_dice: bool = False  # one Dice per class over the whole batch (the paper's wording)
     dice_include_background: bool = True  # False: Dice over the tumour classes only
     init_seed: int | None = None  # seeds initialisation and dropout (None: seed); the split keeps seed
+    # NEW (h25): section=data, resumable=no, fingerprint=yes
+    data_seed: int | None = None  # seeds the patches, augmentation and order (None: seed); not the split
     beyond_variants: tuple[str, ...] = ()  # () : every variant of brats_utils.beyond.VARIANTS
     beyond_seeds: int = 3
 

@@ -205,7 +205,7 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
                    device: str | torch.device | None = None) -> pd.DataFrame:
     """The architecture study of the profile on its cache; see :func:`brats_utils.compare.run_comparison`."""
     return compare.run_comparison(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
-                                  progress=progress, device=device)
+                                  progress=progress, device=device, report_split=heldout_split(profile))
 
 
 #: Seed offset of the foreign phantoms: other patients than every case of the profile's own dataset.

@@ -472,7 +472,8 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank:
                         foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
                         batch_size=per_rank_batch_size(profile.batch_size, world_size),
                         num_workers=profile.num_workers,
-                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler)
+                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler,
+                        patch_seed=profile.data_seed)
 
 
 def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, precision: str = "fp32",
