@@ -82,7 +82,7 @@ PAPER_NAMES: dict[str, str] = {
 }
 AS_RUN_SUFFIX = "_as_run"
 #: Columns of the paper's metric and the region Dice in the table, as named in the training history.
-DICE_COLUMNS = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
+DICE_COLUMNS = ("val_paper_dice", "val_dice_mean", "val_dice_WT", "val_dice_TC", "val_dice_ET")
 #: File names of the two figures in ``config.figures_dir()``.
 DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"

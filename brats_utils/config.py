@@ -168,6 +168,12 @@ class Profile:
     dice_weight: float = 0.7
     checkpoint_every: int = 5
     max_val_cases: int | None = None  # validate on the first N validation cases (None: all)
+    # NEW (h25): section=training, resumable=no, fingerprint=yes
+    # the validation score that picks best.pt: "val_dice_mean" (mean of WT, TC and ET Dice, what BraTS
+    # scores) or "val_paper_dice" (the paper's mean over the four labels, background included: the authors')
+    best_metric: Literal["val_dice_mean", "val_paper_dice"] = "val_dice_mean"
+    # NEW (h25): section=training, resumable=yes, fingerprint=yes
+    fp32_validation: bool = False  # validate in fp32 whatever ``precision`` trains in (the authors did)
 
     # inference
     sw_patch_size: Shape3D = (128, 128, 128)
@@ -472,6 +478,8 @@ PROFILES: dict[str, Profile] = {
         lr_schedule="cosine",
         cosine_t_max=30,
         early_stop_rule="authors",
+        best_metric="val_paper_dice",
+        fp32_validation=True,
         epochs=300,
         sw_patch_size=(240, 240, 155),
         sw_batch_size=1,

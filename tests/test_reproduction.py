@@ -65,7 +65,7 @@ def test_the_authors_profile_is_their_final_run():
     assert (p.val_fraction, p.test_fraction, p.seed, p.exclude_from_training) == \
         (0.2, 0.0, 42, ("BraTS20_Training_355",))
     assert p.sw_patch_size == (240, 240, 155) and not p.tta  # one full-volume pass
-    assert train_module.BEST_METRIC == "val_paper_dice"
+    assert p.best_metric == "val_paper_dice" and p.fp32_validation  # chosen and validated as they did
 
 
 def test_the_paper_profile_says_what_it_does():
@@ -228,7 +228,7 @@ def test_test_cases_never_reach_training_validation_or_the_best_epoch(data_dir, 
     split = pd.read_csv(tmp_path / "run" / "split.csv").set_index("case_id")["split"]
     assert {case for case, name in split.items() if name == "test"} == test
     # the best epoch is the history's argmax of the validation metric, and nothing else decides it
-    assert result.best_epoch == int(result.history.loc[result.history["val_paper_dice"].idxmax(), "epoch"])
+    assert result.best_epoch == int(result.history.loc[result.history[profile.best_metric].idxmax(), "epoch"])
     # the final report predicts exactly the test cases
     assert pipeline.heldout_split(profile) == "test"
     paths = pipeline.predict_split(profile, checkpoint=result.best_checkpoint, split="test",
