@@ -94,11 +94,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from brats_utils.lesion_metrics import get_protocol
     from brats_utils.pipeline import evaluate_folder
 
     profile = profile_from_args(args)
-    _, summary = evaluate_folder(profile, args.predictions, truth=args.truth, out_csv=args.out,
-                                 protocol=args.protocol, split=args.split)
+    protocol = args.protocol or profile.protocol
+    print(f"scored with {get_protocol(protocol).description}")
+    _, summary = evaluate_folder(profile, args.predictions, truth=args.reference or args.truth,
+                                 out_csv=args.out, protocol=protocol, split=args.split)
     print(summary.T.to_string())
 
 
@@ -207,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: data/runs/<profile>/predictions-<split>)")
     p = add("evaluate", _cmd_evaluate, "score predicted segmentations against the ground truth")
     p.add_argument("predictions", help="folder of <case_id>.nii.gz predictions")
+    p.add_argument("reference", nargs="?", help="dataset folder with the ground truth (same as --truth)")
     p.add_argument("--truth", help="dataset folder with the ground truth (default: the profile's dataset)")
     p.add_argument("--out", help="per-case CSV (default: <predictions>/metrics.csv)")
-    p.add_argument("--protocol", choices=["brats2020", "lesionwise"],
-                   help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023)")
+    p.add_argument("--protocol", choices=["brats2020", "lesionwise", "brats2025"],
+                   help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023); "
+                        "brats2025: the official brats-evaluation package if installed (extra 'official')")
     p.add_argument("--split", default="training", choices=["training", "train", "val", "test"],
                    help="score only this part of the run's split (default: every labelled case predicted)")
     p = add("evaluate-pretrained", _cmd_evaluate_pretrained,

@@ -104,8 +104,9 @@ class Profile:
     data_source: Literal["synthetic", "real"] = "synthetic"
     # which dataset (layout and label scheme); synthetic data is written in its layout
     dataset: Dataset = "brats2020"
-    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; None: the dataset's own (see .protocol)
-    metrics_protocol: Literal["brats2020", "lesionwise"] | None = None
+    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; "brats2025": the challenge's package
+    # (extra "official"; the project's lesion-wise without it); None: the dataset's own (see .protocol)
+    metrics_protocol: Literal["brats2020", "lesionwise", "brats2025"] | None = None
     synthetic_train_cases: int = 20
     synthetic_val_cases: int = 4
     synthetic_shape: Shape3D = (240, 240, 155)
@@ -447,6 +448,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=2,
         augmentation="in_plane",
         dropout=0.3,
+        best_metric="val_paper_dice",  # "the best by validation Dice", the paper's Dice being its metric
         epochs=300,
         sw_patch_size=(240, 240, 160),
         sw_batch_size=1,
