@@ -24,7 +24,7 @@ def ball(shape: tuple[int, int, int], center: tuple[int, int, int], radius: floa
 
 
 def tumour(shape, center, scale=1.0) -> np.ndarray:
-    """Training labels (= BraTS 2023 labels): oedema 2 around an enhancing shell 3 around a necrotic core 1."""
+    """Training labels (= BraTS 2023 labels): oedema 2 around an enhancing shell 3 around a core 1."""
     labels = np.zeros(shape, np.uint8)
     for label, radius in ((2, 9), (3, 6), (1, 3)):
         labels[ball(shape, center, radius * scale)] = label
@@ -92,6 +92,7 @@ def test_the_command_line_scores_a_folder_with_brats2025(tmp_path, capsys):
     predictions.mkdir()
     for case in find_dataset(root, split="training"):  # a perfect prediction: the truth itself
         shutil.copy(case.seg, predictions / f"{case.case_id}{''.join(case.seg.suffixes)}")
-    assert cli.main(["evaluate", "--profile", "ci", "--protocol", "brats2025", str(predictions), str(root)]) == 0
+    arguments = ["evaluate", "--profile", "ci", "--protocol", "brats2025", str(predictions), str(root)]
+    assert cli.main(arguments) == 0
     printed = capsys.readouterr().out
     assert f"scored with {lesion_metrics.get_protocol('brats2025').description}" in printed
