@@ -314,9 +314,19 @@ def test_runs_from_before_best_metric_resume_with_the_paper_metric(profile, two_
         two_epochs.history["val_dice_mean"].tolist())
 
 
-def test_fp32_validation_overrides_the_training_precision(profile):
+def test_fp32_validation_overrides_the_training_precision(profile, tmp_path, monkeypatch):
+    from brats_utils.precision import resolve_precision
+
     assert train_module.validation_precision(profile, "bf16") == "bf16"
     assert train_module.validation_precision(profile.with_overrides(fp32_validation=True), "fp16") == "fp32"
+    seen = []
+    dice_columns = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
+    scores = {"val_loss": 1.0, **dict.fromkeys(dice_columns, 0.5)}
+    monkeypatch.setattr(train_module, "validate", lambda *a, precision, **k: seen.append(precision) or scores)
+    short = profile.with_overrides(epochs=1, steps_per_epoch=1, precision="bf16")
+    train(short, run_dir=tmp_path / "as trained", progress=False, device="cpu")
+    train(short.with_overrides(fp32_validation=True), run_dir=tmp_path / "fp32", progress=False, device="cpu")
+    assert seen == [resolve_precision("bf16", torch.device("cpu")), "fp32"]
 
 
 # --- several processes: the global batch -----------------------------------------------------
