@@ -1,39 +1,70 @@
-# Each target sets up its own virtual environment (.venv) the first time.
-# A python that already has torch (Colab, Kaggle, your own env) keeps its torch:
-# the venv then sees it through --system-site-packages. Otherwise the pinned CPU
-# build below is installed (on this project's machines it comes from a local file).
+# Each target sets up its own virtual environment (.venv) the first time (Python 3.10 or later;
+# on Debian/Ubuntu the venv module is a package of its own: sudo apt-get install python3-venv).
+# A python that already has torch (Colab, Kaggle, your own env) keeps its torch: the venv then sees it
+# through --system-site-packages. Otherwise torch is installed into the venv:
+#   TORCH_SPEC   which torch (default: the pinned version below)
+#   TORCH_INDEX  where from (default: PyTorch's CPU index, the CPU-only build, about 200 MB; the default
+#                index gives Linux the CUDA build, several GB). For a CUDA build, e.g.
+#                make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126, or TORCH_INDEX= for the
+#                package index pip is configured with. An index that cannot be reached (an offline mirror,
+#                like this project's machines) falls back to that configured index, saying so.
+# (environment.yml, for conda, installs the same torch the same way.)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-dev
 # tests write into a scratch area, never over data/ or the README's figures; the notebooks
 # always start from an empty one, so their checked outputs are the ones recorded
 TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
+VENV_HELP := could not create $(VENV) with $(PYTHON) -m venv; on Debian/Ubuntu: sudo apt-get install python3-venv
 
-.PHONY: demo test test-browser lint unit notebooks notebook-outputs lab bench gpu-check setup clean
+.PHONY: demo publish test test-browser lint unit notebooks notebook-outputs lab bench gpu-check setup torch clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info < (3, 10))" || { echo "$(PYTHON) is older than 3.10"; exit 1; }
 	@if [ ! -x $(BIN)/python ]; then \
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
 	    echo "Using the torch that $(PYTHON) already has."; \
-	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	    $(PYTHON) -m venv --system-site-packages $(VENV) || { rm -rf $(VENV); echo "$(VENV_HELP)"; exit 1; }; \
 	  else \
-	    $(PYTHON) -m venv $(VENV); \
+	    $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "$(VENV_HELP)"; exit 1; }; \
 	  fi; \
 	fi
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
-## make demo: the whole notebook series on the synthetic default, figures into figures/,
-## executed copies into docs/notebooks/ (at most 2 MB each: figures downscaled, the largest dropped if needed)
+## make torch: TORCH_SPEC from TORCH_INDEX into the venv (setup does it when the venv has no torch)
+torch:
+ifeq ($(strip $(TORCH_INDEX)),)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+else
+	@if $(BIN)/python -c "import sys, urllib.request; \
+	    urllib.request.urlopen(sys.argv[1].rstrip('/') + '/torch/', timeout=10)" "$(TORCH_INDEX)" 2>/dev/null; then \
+	  echo "Installing $(TORCH_SPEC) from $(TORCH_INDEX)"; \
+	  $(BIN)/pip install -q "$(TORCH_SPEC)" --index-url "$(TORCH_INDEX)"; \
+	else \
+	  echo "$(TORCH_INDEX) cannot be reached: installing $(TORCH_SPEC) from the configured package index"; \
+	  $(BIN)/pip install -q "$(TORCH_SPEC)"; \
+	fi
+endif
+
+## make demo: the whole notebook series on the synthetic default; everything it writes (figures, executed
+## notebooks, data, runs) goes under data/ (data/demo/figures, data/demo/notebooks), which git ignores
 demo: $(STAMP)
 	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m brats_utils demo
+
+## make publish: make demo, then refresh the tracked copies from it: figures/, docs/notebooks/ (at most 2 MB
+## each: figures downscaled, the largest dropped if needed) and docs/notebook_times.json with the notebooks'
+## headers and the README's times table written from it
+publish: $(STAMP)
+	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m brats_utils demo --publish
 
 ## make test: lint, unit tests, then every notebook top to bottom (nbval, ci profile)
 test: lint unit notebooks
@@ -78,4 +109,4 @@ gpu-check: $(STAMP)
 	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python tests/benchmarks/gpu_check.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) data/test data/executed .pytest_cache .ruff_cache
+	rm -rf $(VENV) data/test data/demo .pytest_cache .ruff_cache

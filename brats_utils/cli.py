@@ -72,7 +72,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 def _cmd_cache(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import ensure_cache
 
-    print(ensure_cache(profile_from_args(args)))
+    print(ensure_cache(profile_from_args(args), check_sources=True))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -89,20 +89,46 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from brats_utils.pipeline import predict_split
 
     paths = predict_split(profile_from_args(args), checkpoint=args.checkpoint, root=args.input,
-                          split=args.split, out_dir=args.out)
+                          split=args.split or args.folder, out_dir=args.out)
     print(f"{len(paths)} segmentations written" + (f" to {paths[0].parent}" if paths else ""))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from brats_utils.lesion_metrics import get_protocol
-    from brats_utils.pipeline import evaluate_folder
+    from brats_utils.pipeline import evaluate_folder, heldout_split, prediction_coverage, split_label
 
     profile = profile_from_args(args)
+    split = args.split or args.folder or heldout_split(profile)
+    truth = args.reference or args.truth
     protocol = args.protocol or profile.protocol
     print(f"scored with {get_protocol(protocol).description}")
-    _, summary = evaluate_folder(profile, args.predictions, truth=args.reference or args.truth,
-                                 out_csv=args.out, protocol=protocol, split=args.split)
+    per_case, summary = evaluate_folder(profile, args.predictions, truth=truth, out_csv=args.out,
+                                        protocol=protocol, split=split, partial=args.partial)
+    cases, missing = prediction_coverage(profile, args.predictions, truth=truth, split=split)
+    partial = f" (partial: {len(missing)} without a prediction, not scored)" if missing else ""
+    print(f"{args.predictions} on {len(per_case)} of the {len(cases)} {split_label(profile, split)}"
+          f"{partial}:")
     print(summary.T.to_string())
+
+
+def _cmd_config(args: argparse.Namespace) -> None:
+    profile = profile_from_args(args)
+    print(f"# profile {profile.name}: {profile.description}")
+    print(f"# cache folder {profile.cache_dir}\n# run folder {profile.run_dir}")
+    print("# each line below works as --set KEY=VALUE")
+    for key, value in _flat_items(profile.as_dict()):
+        print(f"{key}={value!r}")
+
+
+def _flat_items(settings: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """``(key, value)`` pairs of a possibly nested settings dict, nested keys joined by dots."""
+    items: list[tuple[str, object]] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items += _flat_items(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
 
 
 #: Columns of the pretrained report: the paper's metric, then the BraTS regions.
@@ -162,7 +188,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     profile_from_args(args)  # checks the overrides before any notebook starts
     overrides = [f"{key}={value!r}" for key, value in _overrides(args)]
-    run_series(get_profile(args.profile).name, overrides=overrides)
+    run_series(get_profile(args.profile).name, overrides=overrides, publish=args.publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,12 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
     p = add("predict", _cmd_predict, "segment every case of a folder into BraTS-format NIfTI files")
     p.add_argument("--checkpoint", help="checkpoint file (default: the profile's best, trained if missing)")
-    p.add_argument("--input", help="dataset folder (default: the profile's dataset)")
-    p.add_argument("--split", default="validation",
-                   choices=["training", "validation", "train", "val", "test"],
-                   help="a dataset folder (training, validation: unlabelled) or a part of the run's patient "
-                        "split (train, val, test)")
-    p.add_argument("--out", help="output folder (default: data/runs/<profile>/predictions-<split>)")
+    p.add_argument("--input", help="one case folder, a flat folder of scan sets (<id>_flair, _t1, _t1ce, _t2 "
+                                   ".nii.gz; all of them are segmented), or a dataset in any known layout "
+                                   "(default: the profile's dataset); see docs/own-scans.md")
+    _add_cases_options(p, folders=("training", "validation"), default_folder="validation")
+    p.add_argument("--out", help="output folder (default: data/runs/<profile>/predictions-<split, folder or "
+                                 "input folder name>)")
     p = add("evaluate", _cmd_evaluate, "score predicted segmentations against the ground truth")
     p.add_argument("predictions", help="folder of <case_id>.nii.gz predictions")
     p.add_argument("reference", nargs="?", help="dataset folder with the ground truth (same as --truth)")
@@ -216,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=["brats2020", "lesionwise", "brats2025"],
                    help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023); "
                         "brats2025: the official brats-evaluation package if installed (extra 'official')")
-    p.add_argument("--split", default="training", choices=["training", "train", "val", "test"],
-                   help="score only this part of the run's split (default: every labelled case predicted)")
+    _add_cases_options(p, folders=("training",))
+    p.add_argument("--partial", action="store_true",
+                   help="score only the cases that have a prediction (default: a missing one is an error "
+                        "listing them); the table's title says how many were left out")
     p = add("evaluate-pretrained", _cmd_evaluate_pretrained,
             "run published weights (the authors' files from Hugging Face, see the README) with the profile's "
             "preprocessing and report the paper's metric next to the BraTS regions")
@@ -238,8 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
                                           "one, without the training patients (BraTS 2021/2023 and MSD hold "
                                           "BraTS 2020's; default: foreign-style phantoms for synthetic "
                                           "profiles, none on real data)")
-    add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo)")
+    p = add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo; all it writes "
+                                "goes under data/demo)")
+    p.add_argument("--publish", action="store_true",
+                   help="also refresh the tracked copies (make publish): figures/, docs/notebooks/ and the "
+                        "times in docs/notebook_times.json, the notebooks' headers and the README")
+    add("config", _cmd_config, "print the resolved profile (after --dataset and --set), one KEY=VALUE a line")
     return parser
+
+
+def _add_cases_options(p: argparse.ArgumentParser, *, folders: tuple[str, ...],
+                       default_folder: str | None = None) -> None:
+    """``--split`` (a part of the run's patient split) or ``--folder`` (one of the dataset's own folders).
+
+    Without either: ``--folder default_folder``, or else the profile's held-out split.
+    """
+    default = (f"--folder {default_folder}" if default_folder
+               else "the profile's held-out split (test, or val where it has no test cases)")
+    p.set_defaults(folder=default_folder)
+    cases = p.add_mutually_exclusive_group()
+    cases.add_argument("--split", choices=["train", "val", "test"],
+                       help="a part of the run's patient split of the labelled cases (the one saved in the "
+                            f"run folder's split.csv); default: {default}")
+    cases.add_argument("--folder", choices=list(folders),
+                       help="one of the dataset's own folders: training (every labelled case)"
+                            + (", validation (the challenge's unlabelled cases)" if "validation" in folders
+                               else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

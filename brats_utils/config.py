@@ -10,8 +10,8 @@ the notebooks' kernels.
 Profiles are frozen dataclasses written as differences from the defaults, checked when
 they are built (fractions in range, positive sizes, known presets, every field of its
 declared type): derive a variant with ``profile.with_overrides(epochs=3)``, never by
-mutating one. Nothing here reads the environment at import: :func:`data_dir` and
-:func:`figures_dir` resolve the folders when they are asked.
+mutating one. Nothing here reads the environment at import: :func:`data_dir`, :func:`cache_dir`,
+:func:`runs_dir` and :func:`figures_dir` resolve the folders when they are asked.
 """
 
 from __future__ import annotations
@@ -62,9 +62,16 @@ EXTRA_PRESETS: dict[str, dict] = {"paper_attention": {**PRESETS["paper"], "atten
 #: The five models of the paper, smallest first.
 PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
 
-#: Where the notebooks live on GitHub (badges and the Colab/Kaggle setup cell).
+#: Where the notebooks live on GitHub: the one place of the address. The badges, the glossary links and
+#: the Colab/Kaggle setup cell (``notebooks/_setup_cell.py``) are generated from it
+#: (:func:`brats_utils.demo.sources.sync_notebook_sources`); a fork sets ``$BRATS_REPO_URL`` instead.
 REPO_SLUG = "brats-teaching/brats3d-unet"
 REPO_URL = f"https://github.com/{REPO_SLUG}"
+#: The tag (or commit) the setup cell clones, so a notebook runs the code it was written for:
+#: ``v`` + the package version; ``$BRATS_REPO_REF`` overrides it (``main`` for the newest).
+REPO_REF = "v0.1.0"
+REPO_URL_ENV = "BRATS_REPO_URL"
+REPO_REF_ENV = "BRATS_REPO_REF"
 
 # --- folders -----------------------------------------------------------------------
 
@@ -86,6 +93,21 @@ def data_dir() -> Path:
 def figures_dir() -> Path:
     """Figures the notebooks save and the README shows: ``$BRATS_FIGURES_DIR`` or ``figures/``."""
     return Path(os.environ.get("BRATS_FIGURES_DIR") or repo_root() / "figures").expanduser()
+
+
+def cache_dir() -> Path:
+    """Preprocessed-case caches of every profile: ``$BRATS_CACHE_DIR`` or ``<data_dir>/cache``.
+
+    Kept apart from the runs (:func:`runs_dir`) so each can sit where it fits: the cache (about
+    11 GB for BraTS 2020, rebuilt from the data when lost) on fast local disk, the runs (small,
+    not rebuilt) on storage that outlives the session (docs/platforms.md).
+    """
+    return Path(os.environ.get("BRATS_CACHE_DIR") or data_dir() / "cache").expanduser()
+
+
+def runs_dir() -> Path:
+    """Checkpoints, histories and predictions of every profile: ``$BRATS_RUNS_DIR`` or ``<data_dir>/runs``."""
+    return Path(os.environ.get("BRATS_RUNS_DIR") or data_dir() / "runs").expanduser()
 
 
 # --- run profiles ------------------------------------------------------------------
@@ -242,12 +264,12 @@ class Profile:
     @property
     def cache_dir(self) -> Path:
         """Preprocessed-case cache of this profile."""
-        return data_dir() / "cache" / self._folder_name
+        return cache_dir() / self._folder_name
 
     @property
     def run_dir(self) -> Path:
         """Checkpoints, history and predictions of this profile's run (``.../fold<k>`` for one fold)."""
-        base = data_dir() / "runs" / self._folder_name
+        base = runs_dir() / self._folder_name
         return base if self.fold is None else base / f"fold{self.fold}"
 
 

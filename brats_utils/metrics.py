@@ -299,7 +299,7 @@ def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _prediction_path(pred_dir: Path, case_id: str) -> Path | None:
+def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
     """``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``), or None when there is no prediction."""
     for suffix in (".nii.gz", ".nii"):
         path = pred_dir / f"{case_id}{suffix}"
@@ -328,7 +328,7 @@ def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | 
     pred_dir = Path(pred_dir)
     if isinstance(cases, (str, Path)):
         cases = find_dataset(Path(cases), split="training")
-    pairs = [(case, _prediction_path(pred_dir, case.case_id)) for case in cases if case.seg is not None]
+    pairs = [(case, prediction_path(pred_dir, case.case_id)) for case in cases if case.seg is not None]
     pairs = [(case, path) for case, path in pairs if path is not None]
     if not pairs:
         raise BratsError("no prediction matches a case with ground truth", path=pred_dir,

@@ -26,6 +26,7 @@ what they are.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -47,19 +48,19 @@ from brats_utils.checkpoints import (
 )
 from brats_utils.config import Profile, data_dir
 from brats_utils.data import VolumeDataset, split_patients
-from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset
+from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
 from brats_utils.distributed import main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
-from brats_utils.errors import DatasetNotFoundError, NotCoregisteredError
+from brats_utils.errors import BratsError, DatasetNotFoundError, NotCoregisteredError
 from brats_utils.files import write_json_atomic
 from brats_utils.inference import InferenceSettings, average_predictors, predict_folder, softmax_predictor
 from brats_utils.io import Case, load_case, read_labels
 from brats_utils.labels import TRAIN_LABEL_NAMES, to_train_labels
 from brats_utils.lesion_metrics import get_protocol
-from brats_utils.metrics import evaluate
+from brats_utils.metrics import evaluate, prediction_path
 from brats_utils.model import build_model
 from brats_utils.postprocess import et_threshold_table, threshold_record
-from brats_utils.preprocess import build_cache
+from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -119,12 +120,58 @@ def training_cases(profile: Profile) -> list[Case]:
     return cases[: profile.max_cases]
 
 
-def ensure_cache(profile: Profile, *, progress: bool = True) -> Path:
-    """The profile's cache folder, built (or brought up to date) from its training cases if needed."""
-    build_cache(training_cases(profile), profile.cache_dir, margin=profile.crop_margin,
-                normalisation=profile.normalisation, crop=profile.crop, workers=profile.num_workers,
-                progress=progress)
-    return profile.cache_dir
+#: The record a cache folder gets once every entry of a profile's cases is built (:func:`ensure_cache`).
+CACHE_MANIFEST = "complete.json"
+
+
+def cache_request(profile: Profile) -> dict:
+    """What decides a profile's cached cases: the data (which dataset, real or which synthetic copy,
+    how many cases) and the preprocessing. Two profiles with the same request share a complete cache."""
+    real = profile.data_source == "real" or bool(os.environ.get(ROOT_ENV))
+    synthetic = {} if real else {"synthetic_train_cases": profile.synthetic_train_cases,
+                                 "synthetic_val_cases": profile.synthetic_val_cases,
+                                 "synthetic_shape": list(profile.synthetic_shape), "seed": profile.seed}
+    return {"dataset": profile.dataset, "data": "real" if real else "synthetic", **synthetic,
+            "max_cases": profile.max_cases, "margin": profile.crop_margin,
+            "normalisation": profile.normalisation, "crop": profile.crop}
+
+
+def complete_cache(profile: Profile) -> Path | None:
+    """The profile's cache folder when it is complete for :func:`cache_request`, else None.
+
+    Complete means: its :data:`CACHE_MANIFEST` was written for the same request, and every entry it
+    lists is still there with the key it was built with. Nothing here opens the dataset.
+    """
+    folder = profile.cache_dir
+    try:
+        manifest = json.loads((folder / CACHE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("request") != cache_request(profile) or not manifest.get("entries"):
+        return None
+    if not all(is_up_to_date(folder / case_id, key) for case_id, key in manifest["entries"].items()):
+        return None
+    return folder
+
+
+def ensure_cache(profile: Profile, *, progress: bool = True, check_sources: bool = False) -> Path:
+    """The profile's cache folder (under :func:`brats_utils.config.cache_dir`), built if needed.
+
+    A complete cache (:func:`complete_cache`) is used as it is, without resolving, let alone
+    downloading, the dataset: a new Colab session or a Kaggle run with a saved cache resumes at once.
+    Otherwise, or with ``check_sources`` (``python -m brats_utils cache``: every entry checked against
+    its source files' size and time), the cases are found and the missing or stale entries built,
+    and the manifest is written.
+    """
+    folder = profile.cache_dir
+    if not check_sources and complete_cache(profile) is not None:
+        return folder
+    cases = training_cases(profile)
+    settings = {"margin": profile.crop_margin, "normalisation": profile.normalisation, "crop": profile.crop}
+    build_cache(cases, folder, **settings, workers=profile.num_workers, progress=progress)
+    entries = {case.case_id: cache_key(case, **settings) for case in cases}
+    write_json_atomic({"request": cache_request(profile), "entries": entries}, folder / CACHE_MANIFEST)
+    return folder
 
 
 #: Splits of the labelled cases a run uses (:func:`split_of`); "training" and "validation" name the
@@ -290,38 +337,63 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     Defaults: the profile's best checkpoint (trained if missing), its dataset, and
     ``<run_dir>/predictions-<split>``. A ``root`` of another dataset is detected by its layout,
     and its predictions are written in that dataset's own labels (a model trained on BraTS 2020
-    predicts MSD cases as MSD labels).
+    predicts MSD cases as MSD labels). A ``root`` that is one case folder or a flat folder of
+    four-modality scan sets (:func:`brats_utils.datasets.scan_sets`) is predicted whole, whatever
+    ``split``, by default into ``<run_dir>/predictions-<folder name>``.
     """
-    checkpoint = Path(checkpoint) if checkpoint is not None else ensure_trained(profile, progress=progress)
-    if root is not None:
-        cases = _cases_of_split(profile, Path(root), split, None)
+    own_scans = scan_sets(root) if root is not None else []
+    if own_scans:
+        cases, out_name = own_scans, Path(root).resolve().name
+    elif root is not None:
+        cases, out_name = _cases_of_split(profile, Path(root), split, None), split
     else:
-        cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
-    out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{split}"
+        cases, out_name = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset), split
+    checkpoint = Path(checkpoint) if checkpoint is not None else ensure_trained(profile, progress=progress)
+    out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{out_name}"
     model = load_model(checkpoint)
     if profile.compile:
         model = torch.compile(model)
     return predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
 
 
-def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
-                    out_csv: str | Path | None = None, protocol: str | None = None, split: str = "training",
-                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score a folder of predictions against the labelled cases of ``truth`` (default: the profile's data).
+def prediction_coverage(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
+                        split: str | None = None) -> tuple[list[Case], list[str]]:
+    """The labelled cases of ``split`` under ``truth`` and the ids of those without a prediction file.
 
-    ``protocol`` (default ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023)
-    is ``"brats2020"`` or ``"lesionwise"``. ``split`` restricts the scored cases to one part of the
-    run's split (``"test"``, ``"val"``, ``"train"``); the default ``"training"`` scores every labelled
-    case that has a prediction. The per-case table goes to ``out_csv`` (default
-    ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
+    ``truth`` defaults to the profile's dataset (another folder: its layout is detected); ``split``
+    is a part of the run's split (``"train"``, ``"val"``, ``"test"``; default :func:`heldout_split`)
+    or ``"training"``, every labelled case of the dataset's training folder.
     """
+    split = split or heldout_split(profile)
     if truth is not None:
         root, dataset = Path(truth), None  # another folder: its layout is detected
     else:
         root, dataset = ensure_dataset(profile), profile.dataset
+    cases = [case for case in _cases_of_split(profile, root, split, dataset) if case.seg is not None]
+    return cases, [case.case_id for case in cases if prediction_path(Path(predictions), case.case_id) is None]
+
+
+def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
+                    out_csv: str | Path | None = None, protocol: str | None = None, split: str | None = None,
+                    partial: bool = False, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score a folder of predictions against the labelled cases of one split (:func:`prediction_coverage`).
+
+    Every case of the split must have a prediction: a missing one raises :class:`BratsError`
+    listing them, unless ``partial``, which scores only the cases predicted. ``protocol`` (default
+    ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"``,
+    ``"lesionwise"`` or ``"brats2025"`` (the official package where installed). The per-case table
+    goes to ``out_csv`` (default ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
+    """
+    split = split or heldout_split(profile)
+    cases, missing = prediction_coverage(profile, predictions, truth=truth, split=split)
+    if missing and not partial:
+        raise BratsError(f"no prediction for {len(missing)} of the {len(cases)} "
+                         f"{split_label(profile, split)}: {', '.join(missing)}", path=predictions,
+                         expected="<case_id>.nii.gz for every case of the split (predict with the same "
+                                  "--split), or --partial to score only the cases predicted")
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
-    return evaluate(Path(predictions), _cases_of_split(profile, root, split, dataset), out_csv=out_csv,
-                    progress=progress, protocol=get_protocol(protocol or profile.protocol))
+    return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress,
+                    protocol=get_protocol(protocol or profile.protocol))
 
 
 def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | None = None,
@@ -413,7 +485,7 @@ def choose_et_threshold(predictions: str | Path, cases: list[Case], *, chosen_on
     pairs, volumes, ids = [], [], []
     for case in labelled:
         truth, header = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
-        predicted, _ = read_labels(predictions / f"{case.case_id}.nii.gz", case_id=case.case_id,
+        predicted, _ = read_labels(prediction_path(predictions, case.case_id), case_id=case.case_id,
                                    scheme=case.scheme)
         pairs.append((to_train_labels(predicted, scheme=case.scheme, case_id=case.case_id),
                       to_train_labels(truth, scheme=case.scheme, case_id=case.case_id)))

@@ -133,9 +133,10 @@ def test_version_and_help_without_markup(capsys):
 
 def test_demo_honours_the_profile_the_environment_and_set(monkeypatch):
     seen = {}
-    monkeypatch.setattr("brats_utils.demo.run_series", lambda name, overrides: seen.update(name=name,
-                                                                                          overrides=overrides))
+    monkeypatch.setattr("brats_utils.demo.run_series", lambda name, overrides, publish: seen.update(
+        name=name, overrides=overrides, publish=publish))
     monkeypatch.setenv("BRATS_PROFILE", "ci")
     assert cli.main(["demo", "--set", "epochs=1", "--set", "model_preset=l4_f16"]) == 0
-    assert seen == {"name": "ci", "overrides": ["epochs=1", "model_preset='l4_f16'"]}
+    assert seen == {"name": "ci", "overrides": ["epochs=1", "model_preset='l4_f16'"], "publish": False}
     assert cli.main(["demo", "--profile", "gpu"]) == 0 and seen["name"] == "gpu"
+    assert cli.main(["demo", "--publish"]) == 0 and seen["publish"] is True  # make publish

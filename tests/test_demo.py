@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -10,6 +12,7 @@ import pytest
 from nbclient.exceptions import CellExecutionError
 
 from brats_utils import demo
+from brats_utils.demo import sources
 
 
 def _write_notebook(path, *sources):
@@ -160,3 +163,183 @@ def test_results_summary_reads_the_evaluation_and_the_study(tmp_path, monkeypatc
     text = demo.results_summary(profile)
     assert "0.91" in text and "0.93" in text and "Hausdorff95_WT" in text and "Sensitivity" not in text
     assert "340596" in text and "device" not in text and "synthetic data" in text
+
+
+# --- where a demo run writes, and what publishing refreshes -----------------------------------------
+
+
+def _fake_series(tmp_path, monkeypatch, names=("01_a.ipynb", "02_b.ipynb")):
+    """Stand-ins for the notebooks and the kernel: each "run" saves one figure where the kernel is told."""
+    import time
+
+    seen = {}
+
+    def execute(path):
+        figures = Path(os.environ["BRATS_FIGURES_DIR"])
+        figures.mkdir(parents=True, exist_ok=True)
+        (figures / f"{path.stem}.png").write_bytes(b"png of " + path.stem.encode())
+        demo.executed_dir().mkdir(parents=True, exist_ok=True)
+        _write_notebook(demo.executed_dir() / path.name, f"print({path.stem!r})")
+        seen[path.name] = os.environ["BRATS_FIGURES_DIR"]
+        time.sleep(0.01)
+        return 1.5
+
+    notebooks = [tmp_path / "notebooks" / name for name in names]
+    monkeypatch.setattr(demo, "execute_notebook", execute)
+    monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("BRATS_FIGURES_DIR", raising=False)
+    monkeypatch.delenv("BRATS_SET", raising=False)
+    repo = tmp_path / "repo"
+    tracked = {"figures": repo / "figures", "notebooks": repo / "docs" / "notebooks"}
+    monkeypatch.setattr(demo, "published_figures_dir", lambda: tracked["figures"])
+    monkeypatch.setattr(demo, "published_dir", lambda: tracked["notebooks"])
+    return notebooks, seen, tracked
+
+
+def test_a_demo_run_writes_only_under_data_demo(tmp_path, monkeypatch):
+    notebooks, seen, tracked = _fake_series(tmp_path, monkeypatch)
+    recorded = []
+    monkeypatch.setattr(demo, "record_notebook_times", lambda *a, **k: recorded.append(a))
+    demo.run_series("ci", notebooks=notebooks)
+    demo_dir = tmp_path / "data" / "demo"
+    assert set(seen.values()) == {str(demo_dir / "figures")}
+    assert sorted(p.name for p in (demo_dir / "figures").iterdir()) == ["01_a.png", "02_b.png"]
+    assert sorted(p.name for p in (demo_dir / "notebooks").iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
+    assert not tracked["figures"].exists() and not tracked["notebooks"].exists() and recorded == []
+
+
+def test_publishing_the_demo_refreshes_the_tracked_copies_and_the_times(tmp_path, monkeypatch):
+    notebooks, _, tracked = _fake_series(tmp_path, monkeypatch)
+    tracked["figures"].mkdir(parents=True)
+    (tracked["figures"] / "08_other.png").write_bytes(b"kept")  # a figure the demo does not make
+    recorded, synced = [], []
+    monkeypatch.setattr(demo, "record_notebook_times",
+                        lambda name, seconds: recorded.append((name, seconds)) or tmp_path / "times.json")
+    monkeypatch.setattr(demo, "sync_notebook_sources", lambda: synced.append(True) or [])
+    demo.run_series("demo", notebooks=notebooks, publish=True)
+    assert recorded == [("demo", {"01_a.ipynb": 1.5, "02_b.ipynb": 1.5})] and synced == [True]
+    assert (tracked["figures"] / "01_a.png").read_bytes() == b"png of 01_a"
+    assert (tracked["figures"] / "08_other.png").read_bytes() == b"kept"
+    assert sorted(p.name for p in tracked["notebooks"].iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
+
+
+def test_publishing_the_ci_run_records_its_times_only(tmp_path, monkeypatch):
+    notebooks, _, tracked = _fake_series(tmp_path, monkeypatch)
+    recorded = []
+    monkeypatch.setattr(demo, "record_notebook_times", lambda name, _: recorded.append(name) or tmp_path)
+    monkeypatch.setattr(demo, "sync_notebook_sources", lambda: [])
+    demo.run_series("ci", notebooks=notebooks, publish=True)
+    assert recorded == ["ci"] and not tracked["figures"].exists() and not tracked["notebooks"].exists()
+
+
+@pytest.mark.parametrize("profile, overrides", [("paper", ()), ("demo", ("epochs=3",))])
+def test_publishing_another_run_is_refused_before_anything_runs(profile, overrides, tmp_path, monkeypatch):
+    from brats_utils.errors import BratsError
+
+    notebooks, seen, _ = _fake_series(tmp_path, monkeypatch)
+    with pytest.raises(BratsError, match="publishing a run"):
+        demo.run_series(profile, overrides=overrides, notebooks=notebooks, publish=True)
+    assert seen == {}
+
+
+def test_without_the_notebook_tools_the_package_works_and_the_demo_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    from brats_utils.config import repo_root
+
+    script = ("import sys\nsys.modules['nbformat'] = sys.modules['nbclient'] = None  # not installed\n"
+              "import brats_utils.demo, brats_utils.pipeline\nfrom brats_utils import cli\n"
+              "sys.exit(cli.main(['demo', '--profile', 'ci']))\n")
+    env = {**os.environ, "PYTHONPATH": str(repo_root()), "BRATS_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # one line, no traceback
+    assert "needs nbclient" in line and 'pip install -e ".[demo]"' in line
+    assert not (tmp_path / "demo").exists()
+
+
+# --- the parts of the notebooks and the README written from one source -------------------------------
+
+
+def test_every_generated_part_agrees_with_its_source():
+    """Setup cell, glossary links, header times and the README's table: nothing left for the sync to do."""
+    assert sources.sync_notebook_sources(check=True) == []
+
+
+def test_headers_and_readme_state_the_times_of_the_times_file():
+    """Read back independently: every measured time, formatted, is in its notebook's line and README row."""
+    from brats_utils.config import repo_root
+
+    times = sources.load_times()["profiles"]
+    readme = (repo_root() / "README.md").read_text()
+    block = readme.split(sources.README_TIMES_START)[1].split(sources.README_TIMES_END)[0]
+    for path in sources.series_notebooks():
+        header = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        row = next(line for line in block.splitlines() if f"(notebooks/{path.name})" in line)
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        for (name, profile), cell in zip(times.items(), cells, strict=True):
+            value = profile["notebooks"][path.name]
+            line = next(line for line in header.splitlines() if line.startswith(f"  - {profile['label']}:"))
+            expected = value if isinstance(value, str) else (f"{value:.0f} s" if value < 100
+                                                             else f"{value / 60:.1f} min")
+            assert line.split(": ", 1)[1].startswith(expected), (path.name, name, line)
+            assert cell == expected, (path.name, name, cell)
+
+
+def test_times_read_as_the_headers_write_them():
+    assert [sources.format_time(v) for v in (9, 99.4, 114, 393, "about 1 min")] == \
+        ["9 s", "99 s", "1.9 min", "6.5 min", "about 1 min"]
+
+
+def test_recording_times_replaces_only_what_the_run_measured(tmp_path, monkeypatch):
+    from brats_utils.config import repo_root
+
+    copy = tmp_path / "notebook_times.json"
+    copy.write_text((repo_root() / "docs" / "notebook_times.json").read_text())
+    monkeypatch.setattr(sources, "times_path", lambda: copy)
+    before = sources.load_times()["profiles"]
+    sources.record_notebook_times("demo", {"02_visualize_modalities.ipynb": 12.34})
+    after = sources.load_times()["profiles"]
+    assert after["demo"]["notebooks"]["02_visualize_modalities.ipynb"] == 12.3
+    assert "--profile demo --publish" in after["demo"]["measured"]
+    untouched = {k: v for k, v in after["demo"]["notebooks"].items() if k != "02_visualize_modalities.ipynb"}
+    assert untouched == {k: v for k, v in before["demo"]["notebooks"].items()
+                         if k != "02_visualize_modalities.ipynb"}
+    assert after["ci"] == before["ci"] and after["gpu"] == before["gpu"]
+
+
+def test_relative_glossary_links_become_absolute_and_others_stay():
+    text = ("a [Dice](../docs/glossary.md#dice), the [glossary](../docs/glossary.md), "
+            "[README](../README.md), [web](https://example.org/docs/glossary.md#x)")
+    assert sources.absolute_glossary_links(text) == (
+        f"a [Dice]({sources.GLOSSARY_URL}#dice), the [glossary]({sources.GLOSSARY_URL}), "
+        "[README](../README.md), [web](https://example.org/docs/glossary.md#x)")
+    assert sources.GLOSSARY_URL == "https://github.com/brats-teaching/brats3d-unet/blob/main/docs/glossary.md"
+
+
+def test_anchors_follow_githubs_rules():
+    """GitHub: lower case, punctuation dropped (not - and _), spaces to hyphens, -1 for a repeat."""
+    markdown = ("# Glossary\n## Prerequisites and time\n### What's new? (2024)\n## Dice & HD95\n"
+                "## Setup\n## Setup\n<a id=\"wt\"></a>**WT** and <a name=\"et-x\"></a>\n")
+    assert sources.github_anchors(markdown) == {"glossary", "prerequisites-and-time", "whats-new-2024",
+                                                "dice--hd95", "setup", "setup-1", "wt", "et-x"}
+
+
+def test_every_glossary_link_of_every_notebook_and_published_copy_resolves_outside_the_repository():
+    from brats_utils.config import repo_root
+
+    anchors = sources.github_anchors((repo_root() / "docs" / "glossary.md").read_text())
+    notebooks = [*sources.series_notebooks(), *sources.series_notebooks(repo_root() / "docs" / "notebooks")]
+    assert len(notebooks) == 16
+    linked = 0
+    for path in notebooks:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "markdown":
+                continue
+            text = "".join(cell["source"])
+            assert "](../" not in text and "](docs/" not in text, (path, text[:80])
+            for anchor in re.findall(re.escape(sources.GLOSSARY_URL) + r"#([\w-]+)\)", text):
+                assert anchor in anchors, (path.name, anchor)
+                linked += 1
+    assert linked >= 200  # 236 when written: 118 with an anchor in the notebooks, as many in the copies

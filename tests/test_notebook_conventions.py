@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from brats_utils.config import REPO_SLUG, REPO_URL
+from brats_utils.demo.sources import GLOSSARY_URL, github_anchors
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))  # a new notebook (08, ...) is checked too
 GLOSSARY = ROOT / "docs" / "glossary.md"
-GLOSSARY_LINK = re.compile(r"\]\(\.\./docs/glossary\.md#([\w-]+)\)")
+GLOSSARY_LINK = re.compile(r"\]\(" + re.escape(GLOSSARY_URL) + r"#([\w-]+)\)")
 CHECK_TAG = "nbval-check-output"
 
 
@@ -52,7 +53,8 @@ def test_title_cell_has_badges_for_this_notebook_and_learning_goals(path):
 def test_setup_cell_is_the_shared_one_and_never_installs_torch(path):
     setup = (NOTEBOOK_DIR / "_setup_cell.py").read_text().strip()
     assert _source(_cells(path)[1]).strip() == setup
-    assert REPO_URL in setup and "torch" not in setup.split("pip")[1].split("\n")[0]
+    (install,) = [line for line in setup.splitlines() if '"pip", "install"' in line]
+    assert REPO_URL in setup and "torch" not in install  # tests/test_setup_cell.py runs it
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -113,9 +115,12 @@ def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_glossary_terms_are_linked_to_anchors_that_exist(path):
-    anchors = set(re.findall(r'<a id="([\w-]+)"></a>', GLOSSARY.read_text()))
-    linked = [anchor for c in _cells(path) if c["cell_type"] == "markdown"
-              for anchor in GLOSSARY_LINK.findall(_source(c))]
+    """Absolute links to the published glossary (they resolve on Colab and Kaggle too), GitHub's anchors."""
+    anchors = github_anchors(GLOSSARY.read_text())
+    markdown = [_source(c) for c in _cells(path) if c["cell_type"] == "markdown"]
+    linked = [anchor for text in markdown for anchor in GLOSSARY_LINK.findall(text)]
+    assert not [link for text in markdown for link in re.findall(r"\]\((?!https?://|#)[^)]*\)", text)
+                if "docs/" in link or link.startswith("](..")]  # no relative link into the repository
     assert len(linked) >= 5, linked
     assert set(linked) <= anchors, set(linked) - anchors
     assert len(linked) == len(set(linked))  # linked where the term first appears, once

@@ -91,8 +91,10 @@ def test_the_command_line_scores_a_folder_with_brats2025(tmp_path, capsys):
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     for case in find_dataset(root, split="training"):  # a perfect prediction: the truth itself
-        shutil.copy(case.seg, predictions / f"{case.case_id}{''.join(case.seg.suffixes)}")
-    arguments = ["evaluate", "--profile", "ci", "--protocol", "brats2025", str(predictions), str(root)]
+        suffix = ".nii.gz" if case.seg.name.endswith(".gz") else ".nii"
+        shutil.copy(case.seg, predictions / f"{case.case_id}{suffix}")
+    arguments = ["evaluate", "--profile", "ci", "--protocol", "brats2025", "--folder", "training",
+                 str(predictions), str(root)]
     assert cli.main(arguments) == 0
     printed = capsys.readouterr().out
     assert f"scored with {lesion_metrics.get_protocol('brats2025').description}" in printed

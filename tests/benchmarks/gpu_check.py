@@ -1,7 +1,7 @@
 """``make gpu-check``: what one (or two) GPUs do with this project's settings, in one table, in minutes.
 
-Run it once on a GPU machine (Kaggle's T4 x 2, Colab's T4) and the README's GPU figures stop being
-estimates::
+Run it once on a GPU machine (Kaggle's T4 x 2, Colab's T4) and the GPU figures of docs/benchmarks.md stop
+being estimates::
 
     make gpu-check                      # or: python tests/benchmarks/gpu_check.py [--steps 5] [--quick]
 

@@ -4,11 +4,17 @@ Notebook 08 (beyond the paper) is left out of the demo (:data:`NOT_IN_DEMO`): it
 every variant with several seeds, far more than the demo's 15 minutes allow on a CPU.
 
 Each notebook is executed by a fresh Jupyter kernel with ``BRATS_PROFILE`` set, exactly
-as a student would run it top to bottom; the executed copies (with their outputs) go
-to ``data/executed/`` where git ignores them, the figures to ``figures/``. A run of the
-``demo`` profile also publishes each executed notebook to ``docs/notebooks/``
-(:func:`publish_notebook`), size-capped, so that a reader on GitHub or nbviewer sees the
-figures and outputs without running anything.
+as a student would run it top to bottom. Everything a run makes stays under ``data/demo/``
+(git ignores it): the executed copies in ``notebooks/``, the figures in ``figures/``
+(unless ``$BRATS_FIGURES_DIR`` says otherwise), so a checkout stays clean. ``make publish``
+(``run_series(publish=True)``) then refreshes the tracked copies: the figures into ``figures/``,
+each executed notebook into ``docs/notebooks/`` (:func:`publish_notebook`, size-capped, so that a
+reader on GitHub or nbviewer sees the figures and outputs without running anything) and the
+measured times into ``docs/notebook_times.json``, from which the notebooks' headers and the
+README's table are written (:mod:`brats_utils.demo.sources`).
+
+The notebook tools (nbformat, nbclient, a Jupyter kernel) are the ``demo`` extra, imported only
+when a notebook is run: without them the rest of the package works and this module says what to install.
 """
 
 from __future__ import annotations
@@ -16,26 +22,49 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from typing import TYPE_CHECKING
 
 from brats_utils.config import OVERRIDES_ENV, Profile, data_dir, figures_dir, get_profile, repo_root
+from brats_utils.demo.sources import record_notebook_times, series_notebooks, sync_notebook_sources
+from brats_utils.errors import BratsError
 from brats_utils.files import atomic_path
+
+if TYPE_CHECKING:
+    import nbformat
+
+#: The extra that brings the notebook tools (``pip install -e ".[demo]"``; ``make demo`` has them).
+DEMO_EXTRA = "demo"
+
+
+def notebook_tools():
+    """nbformat and nbclient, imported when a notebook is run; a missing one says what to install."""
+    try:
+        import nbclient
+        import nbformat
+    except ImportError as error:
+        raise BratsError(f"running the notebooks needs {error.name}, which is not installed",
+                         expected=f'the notebook tools: pip install -e ".[{DEMO_EXTRA}]" in the checkout '
+                                  "(make demo installs them)") from error
+    return nbformat, nbclient
+
+
+def demo_dir() -> Path:
+    """Everything ``make demo`` writes: ``<data_dir>/demo`` (git ignores it)."""
+    return data_dir() / "demo"
 
 
 def executed_dir() -> Path:
-    """Where the executed copies of the notebooks go: ``data/executed`` (git ignores it)."""
-    return data_dir() / "executed"
+    """Where the executed copies of the notebooks go: ``<data_dir>/demo/notebooks``."""
+    return demo_dir() / "notebooks"
 
 
-def series_notebooks(notebook_dir: Path | None = None) -> list[Path]:
-    """The numbered notebooks of the series (default: the repository's ``notebooks/``), in order."""
-    return sorted((notebook_dir or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+def demo_figures_dir() -> Path:
+    """Where the demo's kernels save their figures, unless ``$BRATS_FIGURES_DIR`` is set."""
+    return demo_dir() / "figures"
 
 
 CHECK_TAG = "nbval-check-output"
@@ -52,6 +81,11 @@ def published_dir() -> Path:
     return repo_root() / "docs" / "notebooks"
 
 
+def published_figures_dir() -> Path:
+    """Where :func:`run_series` publishes the demo's figures: ``figures/`` (committed, in the README)."""
+    return repo_root() / "figures"
+
+
 def is_checked(cell: nbformat.NotebookNode) -> bool:
     """Whether nbval compares this code cell's outputs (its ``nbval-check-output`` tag)."""
     return CHECK_TAG in cell.get("metadata", {}).get("tags", [])
@@ -63,7 +97,8 @@ NOT_IN_DEMO: tuple[str, ...] = ("08_beyond_the_paper.ipynb",)
 
 def _execute(notebook: nbformat.NotebookNode, folder: Path) -> float:
     """Run a notebook in place in a fresh kernel whose working directory is ``folder``."""
-    client = NotebookClient(notebook, timeout=None, kernel_name="python3",
+    _, nbclient = notebook_tools()
+    client = nbclient.NotebookClient(notebook, timeout=None, kernel_name="python3",
                             resources={"metadata": {"path": str(folder)}},
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no transport chatter
     start = time.perf_counter()
@@ -72,6 +107,7 @@ def _execute(notebook: nbformat.NotebookNode, folder: Path) -> float:
 
 
 def _write_atomic(notebook: nbformat.NotebookNode, target: Path) -> None:
+    nbformat, _ = notebook_tools()
     with atomic_path(target) as tmp:
         nbformat.write(notebook, tmp)
 
@@ -87,6 +123,7 @@ def execute_notebook(path: Path, out_dir: Path | None = None) -> float:
     A failing cell still leaves the executed copy (up to the error) in ``out_dir`` and
     re-raises nbclient's ``CellExecutionError``, whose message shows the cell and traceback.
     """
+    nbformat, _ = notebook_tools()
     notebook = nbformat.read(path, as_version=4)
     backend = os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend keeps the figures
     try:
@@ -106,6 +143,7 @@ def record_checked_outputs(path: Path) -> None:
     ``make test`` (``make notebook-outputs`` does) so the recorded outputs are the ones CI sees.
     Only text survives (plain and HTML): images and widget states are never compared.
     """
+    nbformat, _ = notebook_tools()
     notebook = nbformat.read(path, as_version=4)
     _execute(notebook, path.parent)
     notebook.metadata.pop("widgets", None)  # saved widget states (progress bars) are never compared
@@ -166,6 +204,7 @@ def _hide_repo_folder(notebook: nbformat.NotebookNode, folder: str) -> None:
 
 
 def _size(notebook: nbformat.NotebookNode) -> int:
+    nbformat, _ = notebook_tools()
     return len(nbformat.writes(notebook).encode())
 
 
@@ -179,6 +218,7 @@ def publish_notebook(executed: Path, out_dir: Path | None = None, *,
     replaced, one by one, by a line saying so. Text outputs are always kept, with this machine's
     repository folder written as ``<repo>``. Returns the copy's path.
     """
+    nbformat, _ = notebook_tools()
     notebook = nbformat.read(executed, as_version=4)
     notebook.metadata.pop("widgets", None)
     _hide_repo_folder(notebook, str(repo_root()))
@@ -196,43 +236,72 @@ def publish_notebook(executed: Path, out_dir: Path | None = None, *,
     return target
 
 
+#: Profiles whose measured times :func:`run_series` records when publishing (``docs/notebook_times.json``);
+#: only the ``demo`` run also publishes its notebooks and figures.
+PUBLISHED_PROFILES: tuple[str, ...] = ("demo", "ci")
+
+
 def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
-               notebooks: list[Path] | None = None, publish: bool | None = None) -> None:
+               notebooks: list[Path] | None = None, publish: bool = False) -> None:
     """Execute the series with ``profile_name`` and ``key=value`` overrides; print timings and results.
 
-    The kernels receive both through the environment (``BRATS_PROFILE``, ``BRATS_SET``),
-    which every notebook's parameters cell reads with :func:`brats_utils.config.get_profile`.
-    ``publish`` (default: for the ``demo`` profile without overrides) also writes each executed
-    notebook to ``docs/notebooks/`` with :func:`publish_notebook`.
+    The kernels receive both through the environment (``BRATS_PROFILE``, ``BRATS_SET``,
+    ``BRATS_FIGURES_DIR``: :func:`demo_figures_dir` unless already set), which every notebook's
+    parameters cell reads with :func:`brats_utils.config.get_profile`. Nothing tracked by git
+    changes unless ``publish`` (``make publish``), which needs a profile of :data:`PUBLISHED_PROFILES`
+    without overrides: it records the times (:func:`~brats_utils.demo.sources.record_notebook_times`)
+    and rewrites the notebooks' headers and the README's table from them; for ``demo`` it also copies
+    the figures into ``figures/`` and each executed notebook into ``docs/notebooks/``
+    (:func:`publish_notebook`).
     """
     os.environ["BRATS_PROFILE"] = profile_name
     items = [item for item in (os.environ.get(OVERRIDES_ENV, ""), *overrides) if item]
     if items:
         os.environ[OVERRIDES_ENV] = ";".join(items)
     profile = get_profile(profile_name)
+    if publish and (profile.name not in PUBLISHED_PROFILES or items):
+        raise BratsError(f"publishing a run of the {profile.name!r} profile with overrides {items}",
+                         expected=f"one of the profiles {', '.join(PUBLISHED_PROFILES)} without --set: the "
+                                  "published notebooks, figures and times are those of the documented runs")
+    os.environ.setdefault("BRATS_FIGURES_DIR", str(demo_figures_dir()))
+    notebook_tools()  # says what to install before the first notebook starts
+    from nbclient.exceptions import CellExecutionError
+
     if notebooks is None:
         notebooks = [path for path in series_notebooks() if path.name not in NOT_IN_DEMO]
-    if publish is None:
-        publish = profile_name == "demo" and not items
     print(f"Running {len(notebooks)} notebooks with the {profile.name!r} profile: {profile.description}")
-    total = 0.0
+    seconds = {}
     for path in notebooks:
         print(f"  {path.name:<36}", end="", flush=True)
         try:
-            seconds = execute_notebook(path)
+            seconds[path.name] = execute_notebook(path)
         except CellExecutionError:
             print("FAILED")
             print(f"The executed copy up to the error is in {executed_dir() / path.name}")
             raise
-        total += seconds
-        print(f"{seconds:6.0f} s")
-        if publish:
-            publish_notebook(executed_dir() / path.name)
-    print(f"All notebooks ran in {total / 60:.1f} min.")
+        print(f"{seconds[path.name]:6.0f} s")
+    print(f"All notebooks ran in {sum(seconds.values()) / 60:.1f} min.")
     print(f"Executed notebooks: {executed_dir()}\nFigures:            {figures_dir()}")
     if publish:
-        print(f"Published copies:   {published_dir()} (at most {PUBLISH_BUDGET_BYTES / 1e6:g} MB each)")
+        _publish(profile.name, seconds)
     print(results_summary(profile))
+
+
+def _publish(profile_name: str, seconds: dict[str, float]) -> None:
+    """Write a run's products into the tracked files (see :func:`run_series`)."""
+    times = record_notebook_times(profile_name, seconds)
+    changed = sync_notebook_sources()
+    print(f"Times recorded in {times}; rewritten from it: {', '.join(p.name for p in changed) or 'nothing'}")
+    if profile_name != "demo":
+        return
+    for name in seconds:
+        publish_notebook(executed_dir() / name)
+    print(f"Published copies:   {published_dir()} (at most {PUBLISH_BUDGET_BYTES / 1e6:g} MB each)")
+    if figures_dir().resolve() != published_figures_dir().resolve():
+        for figure in sorted(p for p in figures_dir().iterdir() if p.is_file()):
+            with atomic_path(published_figures_dir() / figure.name) as tmp:
+                shutil.copyfile(figure, tmp)
+        print(f"Published figures:  {published_figures_dir()}")
 
 
 def results_summary(profile: Profile) -> str:
