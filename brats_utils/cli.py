@@ -101,13 +101,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     split = args.split or args.folder or heldout_split(profile)
     truth = args.reference or args.truth
     protocol = args.protocol or profile.protocol
-    print(f"scored with {get_protocol(protocol).description}")
     per_case, summary = evaluate_folder(profile, args.predictions, truth=truth, out_csv=args.out,
                                         protocol=protocol, split=split, partial=args.partial)
     cases, missing = prediction_coverage(profile, args.predictions, truth=truth, split=split)
     partial = f" (partial: {len(missing)} without a prediction, not scored)" if missing else ""
     print(f"{args.predictions} on {len(per_case)} of the {len(cases)} {split_label(profile, split)}"
-          f"{partial}:")
+          f"{partial}, scored with {get_protocol(protocol).description}:")
     print(summary.T.to_string())
 
 
