@@ -328,7 +328,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     write_csv_atomic(table.reset_index(), out_dir / "beyond.csv")
     import matplotlib.pyplot as plt
 
-    fig = plot_study(table)
+    fig = plot_study(frame)
     save_figure(fig, FIGURE)
     plt.close(fig)
     return frame, table
@@ -388,24 +388,33 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def plot_study(table: pd.DataFrame) -> Figure:
-    """Dice per region (mean ± std over seeds) on the test cases, the foreign dataset and the shifted copy,
-    one group of bars per variant."""
+def plot_study(runs: pd.DataFrame) -> Figure:
+    """Dice per region on the test cases, the foreign dataset and the shifted copy: one dot per run (seed)
+    and a bar at the mean over seeds, one group per variant (a Dice stays in [0, 1], which a mean ± std
+    error bar over three seeds does not)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8), layout="constrained", sharey=True)
-    x = np.arange(len(table))
+    variants = list(dict.fromkeys(runs["variant"]))
+    x = np.arange(len(variants))
     panels = (("", "test cases"), ("foreign ", "foreign dataset"),
               ("shifted ", "shifted copy of the test cases"))
     for ax, (prefix, title) in zip(axes, panels, strict=True):
         for offset, region in zip((-0.25, 0.0, 0.25), REGIONS, strict=True):
             column = f"{prefix}Dice_{region}"
-            ax.bar(x + offset, table[(column, "mean")], width=0.25,  # NaN (not measured): no bar
-                   yerr=table[(column, "std")].fillna(0), color=REGION_COLORS[region], edgecolor="black",
-                   linewidth=0.5, capsize=2, label=region)
-        ax.set_xticks(x, table.index, rotation=30, ha="right", fontsize=8)
+            if column not in runs:
+                continue
+            for position, variant in zip(x + offset, variants, strict=True):
+                values = runs.loc[runs["variant"] == variant, column].dropna()  # NaN (not measured): none
+                ax.scatter(np.full(len(values), position), values, s=16, color=REGION_COLORS[region],
+                           edgecolor="black", linewidth=0.5, zorder=3)
+                if len(values):
+                    ax.hlines(values.mean(), position - 0.1, position + 0.1, color="black", linewidth=1.5)
+            ax.scatter([], [], s=16, color=REGION_COLORS[region], edgecolor="black", linewidth=0.5,
+                       label=region)
+        ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
         ax.set(title=f"Dice on the {title}", ylim=(0, 1.02))
         ax.grid(alpha=0.3, axis="y")
-    axes[0].set_ylabel("Dice (mean ± std over seeds)")
+    axes[0].set_ylabel("Dice (one dot per seed, line: mean)")
     axes[0].legend(fontsize="small")
     return fig

@@ -405,7 +405,8 @@ def plot_dice_vs_parameters(table: pd.DataFrame) -> Figure:
         ax.plot([row["trained parameters"], row["built parameters"]], [row["val_paper_dice"]] * 2,
                 ":", color="grey", linewidth=1)
     ax.scatter(table.loc[as_run, "built parameters"], table.loc[as_run, "val_paper_dice"], marker="x",
-               color="grey", label="as counted in the paper (built)")
+               s=110, linewidths=2.5, color="grey", zorder=4,  # above the dots: it may land on one
+               label="as counted in the paper (built)")
     ax.scatter(table["trained parameters"], table["val_paper_dice"], s=60, color="black", zorder=3,
                label="paper metric (4 labels incl. background)")
     for region in ("WT", "TC", "ET"):

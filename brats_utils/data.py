@@ -64,9 +64,38 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int
 SPLIT_NAMES = ("train", "val", "test", "excluded")
 
 
+def _split_stratified(ids: Sequence[str], fraction: float, seed: int,
+                      stratum: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(kept, held out) with ``ceil(fraction * n)`` held out, shared between ``stratum`` and the rest.
+
+    Each group (the ids in ``stratum``, the others) holds out its proportional share, rounded by
+    largest remainder (ties to the stratum, the smaller group), in the order of
+    :func:`split_cases` applied to the group alone; without ``stratum`` this is :func:`split_cases`.
+    """
+    members = set(stratum) & set(ids)
+    if not members:
+        return split_cases(ids, val_fraction=fraction, seed=seed)
+    groups = [sorted(members), sorted(set(ids) - members)]
+    quotas = [fraction * len(group) for group in groups]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(2), key=lambda g: counts[g] - quotas[g])  # stable: the stratum first on ties
+    for g in by_remainder[: math.ceil(fraction * len(ids)) - sum(counts)]:
+        counts[g] += 1
+    kept: list[str] = []
+    held: list[str] = []
+    for group, count in zip(groups, counts, strict=True):
+        order = np.random.RandomState(seed).permutation(len(group))
+        held += [group[i] for i in order[:count]]
+        kept += [group[i] for i in order[count:]]
+    if not kept:
+        raise ValueError(f"cannot hold out {len(held)} of {len(ids)} cases (fraction={fraction})")
+    return kept, held
+
+
 def split_patients(case_ids: Sequence[str], *, val_fraction: float = 0.2, test_fraction: float = 0.0,
                    seed: int = 42, exclude_from_training: Sequence[str] = (), fold: int | None = None,
-                   n_folds: int = 5, csv_path: str | Path | None = None) -> dict[str, list[str]]:
+                   n_folds: int = 5, stratum: Sequence[str] = (),
+                   csv_path: str | Path | None = None) -> dict[str, list[str]]:
     """Split case ids at patient level into ``{"train", "val", "test", "excluded"}`` lists.
 
     First ``test_fraction`` of the patients are held out as test cases (:func:`split_cases` with
@@ -77,6 +106,9 @@ def split_patients(case_ids: Sequence[str], *, val_fraction: float = 0.2, test_f
     of their sorted ids, in ``n_folds`` nearly equal consecutive parts): fold ``k`` is the validation
     set, the others train; over ``k = 0 .. n_folds - 1`` every non-test patient validates exactly once
     (out-of-fold), and the test cases are the same for every fold.
+    With ``stratum`` (e.g. the low-grade cases) the test and validation cases are drawn
+    proportionally from the ids in it and from the others (same counts as without it, shared by
+    largest remainder), so that each part holds its share of both; folds are not stratified.
     Ids in ``exclude_from_training`` are then removed from the training cases (the authors dropped case
     355 after their split: 294 / 74) and listed as ``"excluded"``. The validation cases drive the
     schedule, early stopping and the best checkpoint; the test cases are for the final report only.
@@ -86,9 +118,9 @@ def split_patients(case_ids: Sequence[str], *, val_fraction: float = 0.2, test_f
     test: list[str] = []
     rest = ids
     if test_fraction > 0:
-        rest, test = split_cases(ids, val_fraction=test_fraction, seed=seed)
+        rest, test = _split_stratified(ids, test_fraction, seed, stratum)
     if fold is None:
-        train, val = split_cases(rest, val_fraction=val_fraction, seed=seed)
+        train, val = _split_stratified(rest, val_fraction, seed, stratum)
     else:
         if not 0 <= fold < n_folds <= len(rest):
             raise ValueError(f"fold {fold} of {n_folds} needs 0 <= fold < n_folds <= {len(rest)} cases")
@@ -294,7 +326,7 @@ def split_volumes(cache_dir: str | Path, split_csv: str | Path, split: str) -> V
 def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cases: int | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  exclude_from_training: Sequence[str] = (), fold: int | None = None, n_folds: int = 5,
-                 seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
+                 stratum: Sequence[str] = (), seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
                  samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
                  batch_size: int = 2, num_workers: int = 2,
                  sampler: Callable[..., Sampler[int]] | None = None,
@@ -303,7 +335,7 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cas
 
     The cached cases (the first ``max_cases`` if set) are split with :func:`split_patients`
     (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of
-    ``n_folds``); the split is saved to ``split_csv`` (None: not saved, e.g. on the ranks of a
+    ``n_folds``, ``stratum``); the split is saved to ``split_csv`` (None: not saved, e.g. on the ranks of a
     distributed run other than 0). The test cases reach neither loader: nothing in training sees
     them. ``sampler(size, seed)`` builds the patch order (default :class:`EpochShuffleSampler`; a
     distributed run passes its ``ShardedEpochSampler``). The patches follow
@@ -319,7 +351,7 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cas
     by_id = {entry.name: entry for entry in entries}
     parts = split_patients(list(by_id), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                            exclude_from_training=exclude_from_training, fold=fold, n_folds=n_folds,
-                           csv_path=split_csv)
+                           stratum=stratum, csv_path=split_csv)
     train_ids, val_ids = parts["train"], parts["val"]
     patch_seed = seed if patch_seed is None else patch_seed
     patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,

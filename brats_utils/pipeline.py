@@ -188,7 +188,7 @@ def split_of(profile: Profile, cases: list[Case] | None = None) -> dict[str, lis
     ids = [case.case_id for case in (training_cases(profile) if cases is None else cases)]
     return split_patients(ids, val_fraction=profile.val_fraction, test_fraction=profile.test_fraction,
                           seed=profile.seed, exclude_from_training=profile.exclude_from_training,
-                          fold=profile.fold, n_folds=profile.n_folds)
+                          fold=profile.fold, n_folds=profile.n_folds, stratum=profile.stratify_split)
 
 
 def heldout_split(profile: Profile) -> str:

@@ -16,13 +16,18 @@ as hard to segment as the real data is for the reasons the real data is hard:
   smooth random deformation. Smaller grids are the same anatomy resampled;
 * **contrast**: each modality mixes the tissue fractions with textbook relative intensities
   (T1 white > grey > CSF, T2 CSF > grey > white, FLAIR grey > white with dark CSF) and adds the
-  normal bright structures that are not tumour: periventricular FLAIR hyperintensity, and on T1ce
-  vessels, choroid plexus and dura;
-* **tumour**: one to three irregular foci (thresholded smooth random fields), necrosis off centre,
-  an enhancing rim of variable thickness that may be incomplete, oedema that follows white matter
-  and spares cortex, and mass effect that pushes the anatomy aside. Their intensities overlap
-  normal tissue, so no single threshold segments them (:func:`threshold_baseline` measures it).
-  Low-grade cases have no enhancing tumour (some enhance faintly, unlabelled);
+  normal structures that look like tumour: white-matter hyperintensities (periventricular caps,
+  scattered deep lesions) and, on T1ce, vessels, choroid plexus and dura;
+* **tumour**: region volumes drawn from BraTS-like distributions (:func:`draw_volumes`, the
+  targets and their source in ``docs/phantoms.md``) and met to a voxel by taking the voxels of
+  highest "potential": lobed foci (thresholded smooth random fields), sometimes a satellite
+  lesion, oedema that follows white matter and spares cortex, and mass effect that pushes the
+  anatomy aside. High-grade cases have necrosis off centre inside an enhancing rim that is
+  often incomplete; low-grade cases have no enhancing tumour (some enhance faintly, unlabelled;
+  some have a cyst). Each sub-region copies, in all four contrasts at once, a normal tissue it
+  is confused with on real scans (oedema: the white-matter hyperintensities; necrosis: CSF;
+  enhancement: vessels, plexus, dura), so only shape and context tell them apart
+  (:func:`threshold_baseline` and ``tests/benchmarks/bench_voxel_classifier.py`` measure it);
 * **acquisition**: Rician noise, a smooth bias field, a per-case intensity scale and offset, and
   a few hot outlier voxels, so that intensity normalisation matters as it does for real scans.
 
@@ -71,21 +76,21 @@ QUIRK_SEG_NAME = "W39_1998.09.19_Segm.nii"
 #: same parameters means the dataset is complete and is not written again.
 MARKER_NAME = ".brats_synthetic.json"
 #: Recorded in the marker: a dataset written by an older generator is written again.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
-# Relative intensities (white matter of T1 = 1) per modality, in MODALITIES order. Textbook
-# contrasts, chosen so that tumour overlaps normal tissue: oedema is only moderately brighter than
-# grey matter and periventricular white matter in FLAIR, darker than CSF in T2; enhancing tumour is
-# as bright on T1ce as vessels, choroid plexus and dura ("bright"); "periventricular" is added to
-# white matter next to the ventricles.
-_TISSUES = ("wm", "gm", "csf", "oedema", "enhancing", "necrosis", "non_enhancing", "bright",
-            "periventricular")
+# Relative intensities (white matter of T1 = 1) per modality, in MODALITIES order. Each tumour tissue
+# copies, in all four contrasts at once, a normal tissue or mixture it is confused with on real
+# scans (docs/phantoms.md): oedema and the non-enhancing core look like white-matter
+# hyperintensities ("hyper": periventricular caps and scattered deep lesions, unlabelled), necrosis
+# like CSF, enhancing tumour like the normal structures that enhance on T1ce ("bright": vessels,
+# choroid plexus, dura). Only shape and context tell them apart.
+_TISSUES = ("wm", "gm", "csf", "oedema", "enhancing", "necrosis", "non_enhancing", "bright", "hyper")
 _CONTRAST = np.array(
-    [  # wm    gm    csf   oed   enh   nec   net   bright pv
-        [0.60, 0.78, 0.12, 0.94, 0.90, 0.70, 0.95, 0.62, 0.28],  # flair
-        [1.00, 0.72, 0.25, 0.64, 0.62, 0.35, 0.60, 0.85, -0.06],  # t1
-        [1.00, 0.74, 0.25, 0.66, 1.55, 0.33, 0.62, 1.60, 0.00],  # t1ce
-        [0.45, 0.66, 1.35, 1.00, 0.85, 1.20, 0.98, 0.55, 0.22],  # t2
+    [  # wm    gm    csf   oed   enh   nec   net   bright hyper
+        [0.60, 0.78, 0.12, 0.94, 0.84, 0.16, 1.00, 0.84, 0.94],  # flair
+        [1.00, 0.72, 0.25, 0.64, 0.70, 0.28, 0.58, 0.70, 0.64],  # t1
+        [1.00, 0.74, 0.25, 0.66, 1.55, 0.30, 0.60, 1.55, 0.66],  # t1ce
+        [0.45, 0.66, 1.35, 1.00, 0.80, 1.25, 1.08, 0.80, 1.00],  # t2
     ],
     dtype=np.float32,
 )
@@ -280,14 +285,54 @@ def _geometry(shape: Shape3D, rng: np.random.Generator, deform: bool) -> _Geomet
     return _Geometry(box, mm, coords, forward, origin)
 
 
+#: Target region volumes (mL), after the BraTS 2020 training labels (docs/phantoms.md): the whole
+#: tumour log-normal with median ``WT_MEDIAN_ML`` and log-sd ``WT_LOG_SD``, kept within ``WT_RANGE_ML``.
+WT_MEDIAN_ML = 100.0
+WT_LOG_SD = 0.55
+WT_RANGE_ML = (20.0, 250.0)
+#: The tumour core's share of the whole tumour, high grade (HGG) and low grade (LGG).
+TC_SHARE_HGG = (0.2, 0.55)
+TC_SHARE_LGG = (0.08, 0.4)
+#: The enhancing rim's share of a high-grade core (the rest is necrosis and non-enhancing tumour).
+ET_SHARE_OF_TC = (0.45, 0.8)
+#: How often a tumour has a small satellite lesion apart from the main mass.
+SATELLITE_PROBABILITY = 0.25
+
+
+@dataclass(frozen=True)
+class TumourVolumes:
+    """The volumes (mL) a tumour is drawn to have: whole tumour, tumour core, enhancing tumour (0 in LGG)."""
+
+    whole: float
+    core: float
+    enhancing: float
+
+
+def draw_volumes(rng: np.random.Generator, has_enhancing: bool) -> TumourVolumes:
+    """Region volumes of one tumour, drawn from the BraTS-like target distributions above."""
+    whole = float(np.clip(WT_MEDIAN_ML * np.exp(WT_LOG_SD * rng.standard_normal()), *WT_RANGE_ML))
+    core = whole * rng.uniform(*(TC_SHARE_HGG if has_enhancing else TC_SHARE_LGG))
+    enhancing = core * rng.uniform(*ET_SHARE_OF_TC) if has_enhancing else 0.0
+    return TumourVolumes(whole, core, enhancing)
+
+
 @dataclass
 class _Tumour:
-    """Potentials (positive inside) of one tumour on its box, and its drawn parameters."""
+    """Potentials (higher: deeper inside) of one tumour on its box, and its drawn parameters.
+
+    The regions are the voxels of highest potential, as many as the drawn volumes ask for:
+    the core (``core``), the whole tumour (``oedema``, where the white matter lets it spread),
+    and within a high-grade core the necrosis (``necrosis``, off centre), so that the enhancing
+    tumour is the rim between necrosis and oedema; where ``gap`` is set the rim is broken (non-
+    enhancing). ``cyst`` marks a low-grade core's necrotic part (label 1, CSF-like intensity).
+    """
 
     box: tuple[slice, slice, slice]
+    volumes: TumourVolumes
     core: np.ndarray
     oedema: np.ndarray
     necrosis: np.ndarray | None
+    gap: np.ndarray | None
     faint: np.ndarray | None
     core_radius: float
 
@@ -304,20 +349,33 @@ def _distance(mm: Sequence[np.ndarray], centre: np.ndarray) -> np.ndarray:
     return np.sqrt(d[0][:, None, None] ** 2 + d[1][None, :, None] ** 2 + d[2][None, None, :] ** 2)
 
 
+def _radius_mm(volume_ml: float) -> float:
+    """The radius (mm) of a ball of ``volume_ml``."""
+    return float(np.cbrt(3.0 * volume_ml * 1000.0 / (4.0 * np.pi)))
+
+
+def _random_direction(rng: np.random.Generator) -> np.ndarray:
+    direction = rng.standard_normal(3)
+    return direction / np.linalg.norm(direction)
+
+
 def _draw_tumour(geometry: _Geometry, rng: np.random.Generator, zoom: float, has_enhancing: bool) -> _Tumour:
     """Draw a tumour and push the anatomy around it aside (mass effect, in ``geometry.coords``)."""
     template = mni_template()
     site = geometry.to_mm(template.tumour_sites[rng.integers(len(template.tumour_sites))])
-    core_radius = max(rng.uniform(14.0, 26.0), 2.5 * zoom)
-    oedema_ratio = rng.uniform(1.6, 2.6)
+    volumes = draw_volumes(rng, has_enhancing)
+    core_radius = max(_radius_mm(volumes.core), 2.0 * zoom)
+    oedema_ratio = max(_radius_mm(volumes.whole) / core_radius, 1.15)
     foci = int(rng.choice([1, 2, 3], p=[0.6, 0.28, 0.12]))
     centres, radii = [site], [core_radius]
-    for _ in range(foci - 1):
-        direction = rng.standard_normal(3)
-        centres.append(site + direction / np.linalg.norm(direction) * core_radius * rng.uniform(1.6, 3.0))
-        radii.append(max(core_radius * rng.uniform(0.35, 0.7), 2.0 * zoom))
+    for _ in range(foci - 1):  # lobes of the main mass
+        centres.append(site + _random_direction(rng) * core_radius * rng.uniform(0.8, 1.5))
+        radii.append(max(core_radius * rng.uniform(0.4, 0.7), 1.5 * zoom))
+    if rng.random() < SATELLITE_PROBABILITY:  # a small lesion beyond the main mass's oedema
+        centres.append(site + _random_direction(rng) * core_radius * oedema_ratio * rng.uniform(1.1, 1.6))
+        radii.append(max(core_radius * rng.uniform(0.25, 0.4), 1.5 * zoom))
     reach = max(np.linalg.norm(c - site) + r for c, r in zip(centres, radii, strict=True))
-    half = 1.9 * oedema_ratio * reach
+    half = reach + 1.5 * oedema_ratio * core_radius
     box = _tumour_box(geometry, site, half)
     mm = [m[s] for m, s in zip(geometry.mm, box, strict=True)]
     shape = tuple(len(m) for m in mm)
@@ -331,44 +389,61 @@ def _draw_tumour(geometry: _Geometry, rng: np.random.Generator, zoom: float, has
         geometry.coords[i][box] -= strength * _linear(inverse[i], offsets)
 
     # lobed foci: 1 - distance / radius, the nearest focus wins, plus a smooth random field
-    scaled = [_distance(mm, c) / r for c, r in zip(centres, radii, strict=True)]
-    nearest = np.minimum.reduce(scaled)
-    core = 1.0 - nearest + smooth_field(shape, rng, 10, amplitude=0.4)
-    oedema = 1.0 - nearest / oedema_ratio + smooth_field(shape, rng, 8, amplitude=0.3)
-    necrosis = None
-    if has_enhancing or rng.random() < 0.4:
-        direction = rng.standard_normal(3)
-        off_centre = site + direction / np.linalg.norm(direction) * core_radius * rng.uniform(0.0, 0.5)
-        inner = 1.0 - _distance(mm, off_centre) / (core_radius * rng.uniform(0.55, 0.9))
-        inner += smooth_field(shape, rng, 5, amplitude=0.2)
-        # the enhancing rim: a variable thickness (at least a voxel); in half the cases it is broken
-        # (necrosis reaches the oedema) where another smooth field is high
-        rim = np.maximum(rng.uniform(0.1, 0.35) * (1 + smooth_field(shape, rng, 4, amplitude=0.5)),
-                         zoom / core_radius)
-        if rng.random() < 0.5:
-            rim[smooth_field(shape, rng, 4) > 1.0] = 0.0
-        necrosis = np.minimum(inner, core - rim)
-    faint = None
+    nearest = np.minimum.reduce([_distance(mm, c) / r for c, r in zip(centres, radii, strict=True)])
+    core = 1.0 - nearest + smooth_field(shape, rng, 10, amplitude=0.25)
+    oedema = 1.0 - nearest / oedema_ratio + smooth_field(shape, rng, 8, amplitude=0.2)
+    necrosis = gap = faint = None
+    if has_enhancing or rng.random() < 0.4:  # necrosis off centre (in LGG a cyst)
+        off_centre = site + _random_direction(rng) * core_radius * rng.uniform(0.0, 0.25)
+        necrosis = 1.0 - _distance(mm, off_centre) / core_radius + smooth_field(shape, rng, 6, amplitude=0.15)
+    if has_enhancing and rng.random() < 0.6:  # an incomplete rim: broken where a smooth field is high
+        gap = smooth_field(shape, rng, 4) > rng.uniform(0.8, 1.4)
     if not has_enhancing and rng.random() < 0.4:  # faint, patchy enhancement that is not labelled ET
         faint = np.clip(smooth_field(shape, rng, 5), 0.0, 1.0)
-    return _Tumour(box, core, oedema, necrosis, faint, core_radius)
+    return _Tumour(box, volumes, core, oedema, necrosis, gap, faint, core_radius)
+
+
+def _above_top(values: np.ndarray, count: int) -> np.ndarray:
+    """``values`` shifted so that its ``count`` largest entries are exactly the positive ones."""
+    if count <= 0:
+        return values - (values.max(initial=0.0) + 1.0)
+    if count >= values.size:
+        return values - (values.min() - 1.0)
+    top = np.partition(values, values.size - count - 1)[values.size - count - 1:]
+    return values - 0.5 * (top[0] + top[1:].min())
 
 
 def _bright_structures(box_shape: Shape3D, inside: np.ndarray, brain: np.ndarray,
-                       wm: np.ndarray, csf: np.ndarray, near: np.ndarray, rng: np.random.Generator,
-                       zoom: float) -> np.ndarray:
+                       wm: np.ndarray, csf: np.ndarray, near: np.ndarray, peritumoral: np.ndarray,
+                       rng: np.random.Generator, zoom: float) -> np.ndarray:
     """Weights of the normal structures that enhance on T1ce: vessels, choroid plexus, dura.
 
-    ``wm``, ``csf`` and ``near`` are tissue values at the brain voxels ``inside`` (flat indices
-    into the box ``brain``); so is the result.
+    ``wm``, ``csf``, ``near`` and ``peritumoral`` (0..1: the oedema, where vessels crowd around a
+    tumour, labelled oedema) are values at the brain voxels ``inside`` (flat indices into the box
+    ``brain``); so is the result.
     """
     a = smooth_field(box_shape, rng, 10).ravel()[inside]
     b = smooth_field(box_shape, rng, 10).ravel()[inside]
     # vessels: curves where two smooth fields both cross zero, running in the CSF spaces
-    vessels = _ramp((0.1 - np.maximum(np.abs(a), np.abs(b))) / 0.05) * np.clip(2 * csf + 0.3 * wm, 0, 1)
+    vessels = (_ramp((0.1 - np.maximum(np.abs(a), np.abs(b))) / 0.05)
+               * np.clip(2 * csf + 0.3 * wm + peritumoral, 0, 1))
     plexus = (near > 0.9) * (csf > 0.5) * _ramp((a - 0.5) / 0.3)
     dura = ~ndimage.binary_erosion(brain, iterations=max(1, round(1.5 / zoom))).ravel()[inside]
     return np.maximum(np.maximum(vessels, plexus), dura * (b > -0.3))
+
+
+def _hyperintensities(box_shape: Shape3D, inside: np.ndarray, wm: np.ndarray, near: np.ndarray,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Weights of normal white-matter hyperintensities: periventricular caps and scattered deep lesions.
+
+    They look like oedema in all four contrasts (as the small-vessel lesions of older patients do),
+    so only their shape and place (no tumour core nearby) tell them apart. Values at ``inside``.
+    """
+    caps = np.clip(1.6 * near - 0.3, 0.0, 1.0) * np.clip(1.5 * wm, 0.0, 1.0) * rng.uniform(0.5, 1.0)
+    # lesions from punctate to confluent (blobs of 1-3 cm, some cases many of them)
+    field = smooth_field(box_shape, rng, 8).ravel()[inside]
+    lesions = _ramp((field - rng.uniform(0.9, 1.9)) / 0.3) * np.clip((wm - 0.4) / 0.3, 0.0, 1.0)
+    return np.maximum(caps, lesions)
 
 
 def synthesize_case(
@@ -382,6 +457,7 @@ def synthesize_case(
     in {0, 1, 2, 4}. ``has_enhancing=False`` draws a low-grade-like tumour without label 4.
     ``deform=False`` places the template without the case's random affine and deformation (the
     tumour's mass effect remains). The same ``shape`` and ``seed`` always give the same case.
+    The regions have the volumes of :func:`draw_volumes` (to a voxel, where the brain has room).
 
     All intensity work is done on the brain's voxels only (a third of its bounding box).
     """
@@ -391,6 +467,7 @@ def synthesize_case(
     rng = np.random.default_rng(seed)
     zooms = tuple(float(z) for z in np.array(BRATS_SHAPE) / np.array(shape))
     zoom = float(np.mean(zooms))
+    voxel_ml = float(np.prod(zooms)) / 1000.0
 
     geometry = _geometry(shape, rng, deform)
     tumour = _draw_tumour(geometry, rng, zoom, has_enhancing)
@@ -408,34 +485,51 @@ def synthesize_case(
     in_tumour_box = position[tumour.box]
     valid = in_tumour_box >= 0
     at = in_tumour_box[valid]
-    core_potential = tumour.core[valid]
-    necrosis = None if tumour.necrosis is None else tumour.necrosis[valid]
-    if has_enhancing:  # every high-grade tumour has some necrosis (drawn for all), even on small grids
-        deepest = necrosis[core_potential > 0].max(initial=-np.inf)
-        if np.isfinite(deepest) and deepest <= 0:
-            necrosis = necrosis - deepest + 0.02
 
-    # labels: thresholds of the potentials; oedema follows white matter and spares the cortex
+    # labels: the voxels of highest potential, as many as the drawn volumes ask for; the oedema
+    # follows white matter and spares the cortex, but always surrounds the core (a shell of 1.5 voxels)
+    volumes = tumour.volumes
+    core_potential = _above_top(tumour.core[valid], round(volumes.core / voxel_ml))
+    in_core = core_potential > 0
+    shell = core_potential > -1.5 * zoom / tumour.core_radius
     oedema_potential = tumour.oedema[valid] + 0.6 * (wm[at] - 0.5)
-    oedema = ((oedema_potential > 0) & (gm[at] < 0.5)) | (core_potential > -0.2)
-    tumour_labels = np.where(oedema, 2, 0).astype(np.uint8)
-    tumour_labels[core_potential > 0] = 4 if has_enhancing else 1
-    if necrosis is not None:
-        tumour_labels[(necrosis > 0) & (core_potential > 0)] = 1
+    ranked = np.where(gm[at] < 0.5, oedema_potential, -np.inf)
+    ranked = np.where(shell, 5.0 + core_potential, ranked)  # the core first, then its shell
+    whole_potential = _above_top(ranked, round(volumes.whole / voxel_ml))
+    oedema_potential = np.minimum(whole_potential, 1.0)
+    tumour_labels = np.where(whole_potential > 0, 2, 0).astype(np.uint8)
+    tumour_labels[in_core] = 1
+    necrosis = None
+    if tumour.necrosis is not None:
+        n_core = int(np.count_nonzero(in_core))
+        n_necrosis = (n_core - max(round(volumes.enhancing / voxel_ml), 1) if has_enhancing
+                      else round(n_core * rng.uniform(0.2, 0.5)))
+        necrosis = _above_top(np.where(in_core, tumour.necrosis[valid], -np.inf), max(n_necrosis, 0))
+    enhancing = np.zeros_like(in_core)
+    if has_enhancing:
+        enhancing = in_core & ~(necrosis > 0)
+        if tumour.gap is not None:
+            enhancing &= ~tumour.gap[valid]
+        tumour_labels[enhancing] = 4
     flat_labels = np.zeros(inside.size, dtype=np.uint8)
     flat_labels[at] = tumour_labels
 
     # soft weights (about a voxel of partial volume); oedema fades towards its edge
     sharp = tumour.core_radius / zoom
     w_core = _ramp(core_potential * sharp)
-    w_oedema = np.maximum(_ramp(oedema_potential * sharp) * np.clip(0.35 + 2.0 * oedema_potential, 0, 1)
-                          * np.clip((0.6 - gm[at]) / 0.2, 0, 1), _ramp((core_potential + 0.2) * sharp))
+    w_oedema = np.maximum(_ramp(oedema_potential * sharp) * np.clip(0.35 + 2.0 * oedema_potential, 0, 1),
+                          _ramp(core_potential * sharp + 1.5))
     w_necrosis = None if necrosis is None else _ramp(necrosis * sharp) * w_core
+    w_rim = enhancing.astype(np.float32)  # the core's voxels that enhance
     texture = 1.0 + smooth_field(tumour.core.shape, rng, 6, amplitude=0.12)[valid]
-    bright = _bright_structures(box_shape, inside, brain, wm, csf, near, rng, zoom)
+    peritumoral = np.zeros(inside.size, dtype=np.float32)
+    peritumoral[at] = w_oedema * (1.0 - w_core)
+    bright = _bright_structures(box_shape, inside, brain, wm, csf, near, peritumoral, rng, zoom)
+    # oedema is not uniformly bright: where this field is low it is barely brighter than grey matter
+    oedema_strength = 0.75 + smooth_field(tumour.core.shape, rng, 5, amplitude=0.25)[valid]
+    hyper = _hyperintensities(box_shape, inside, wm, near, rng)
 
     contrast = _CONTRAST * rng.uniform(0.93, 1.07, size=_CONTRAST.shape).astype(np.float32)
-    core_column = _C["enhancing"] if has_enhancing else _C["non_enhancing"]
     hot = rng.integers(0, inside.size, size=int(rng.integers(5, 40)))
     image = np.zeros((len(MODALITIES), *shape), dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint8)
@@ -444,10 +538,13 @@ def synthesize_case(
     labels[geometry.box] = box_volume
     for m, modality in enumerate(MODALITIES):
         c = contrast[m]
-        signal = (c[_C["wm"]] + c[_C["periventricular"]] * near) * wm + c[_C["gm"]] * gm + c[_C["csf"]] * csf
+        signal = c[_C["wm"]] * wm + c[_C["gm"]] * gm + c[_C["csf"]] * csf
+        signal += (c[_C["hyper"]] - signal) * hyper
         part = signal[at]
-        part += (c[_C["oedema"]] - part) * w_oedema
-        core_value = c[core_column] * texture
+        oedema_value = c[_C["gm"]] + (c[_C["oedema"]] - c[_C["gm"]]) * oedema_strength
+        part += (oedema_value - part) * w_oedema
+        non_enhancing = c[_C["non_enhancing"]]
+        core_value = (non_enhancing + (c[_C["enhancing"]] - non_enhancing) * w_rim) * texture
         if modality == "t1ce" and tumour.faint is not None:  # faint, patchy, not labelled ET
             core_value *= 1.0 + 0.35 * tumour.faint[valid]
         part += (core_value - part) * w_core

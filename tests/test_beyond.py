@@ -238,3 +238,21 @@ def test_the_report_tests_every_variant_against_the_paper_model_case_by_case(stu
     assert n_test == 1 and tested["p"].isna().all() and tested["CI low"].isna().all()
     assert set(tested["verdict"]) == {"no difference"}
     assert (report.loc[report["variant"] == "paper", "verdict"] == "").all()
+
+
+def test_study_figure_draws_one_dot_per_seed_and_never_leaves_0_to_1():
+    """Three seeds of one variant, one of another: dots where runs are, no error bar below 0."""
+    import matplotlib.pyplot as plt
+
+    runs = pd.DataFrame({"variant": ["paper", "paper", "paper", "regions"],
+                         **{f"Dice_{r}": [0.05, 0.9, 0.1, 0.5] for r in beyond.REGIONS}})
+    fig = beyond.plot_study(runs)
+    test_panel = fig.axes[0]
+    from matplotlib.collections import PathCollection
+
+    dots = np.concatenate([c.get_offsets() for c in test_panel.collections
+                           if isinstance(c, PathCollection) and len(c.get_offsets())])
+    assert len(dots) == len(runs) * len(beyond.REGIONS)
+    assert dots[:, 1].min() >= 0 and dots[:, 1].max() <= 1
+    assert [t.get_text() for t in test_panel.get_xticklabels()] == ["paper", "regions"]
+    plt.close(fig)

@@ -147,3 +147,20 @@ def test_every_preset_is_scored_once_on_the_test_cases_and_compared_with_the_fir
     assert list(dict.fromkeys(report["preset"])) == list(PRESETS)
     assert (report.loc[report["preset"] == "paper", "verdict"] == "").all()
     assert set(report.loc[report["preset"] != "paper", "verdict"]) <= {"better", "worse", "no difference"}
+
+
+def test_the_built_cross_is_drawn_above_a_dot_it_lands_on():
+    """l4_f16_as_run's built count equals l4_f16's trained count: its cross must not hide under that dot."""
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame({"preset": ["l4_f16", "l4_f16_as_run"], "trained parameters": [2_867_956, 700_340],
+                          "built parameters": [2_867_956, 2_867_956], "val_paper_dice": [0.41, 0.41],
+                          **{f"val_dice_{r}": [0.5, 0.5] for r in ("WT", "TC", "ET")}})
+    fig = compare.plot_dice_vs_parameters(table)
+    ax = fig.axes[0]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    cross = ax.collections[labels.index("as counted in the paper (built)")]
+    dots = ax.collections[labels.index("paper metric (4 labels incl. background)")]
+    assert cross.get_offsets().tolist() == [[2_867_956, 0.41]]
+    assert cross.get_zorder() > dots.get_zorder()
+    plt.close(fig)

@@ -106,11 +106,15 @@ def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
     for i in exercises:
         solution = cells[i + 1]
         assert solution["cell_type"] == "code" and "solution" in _tags(solution), _source(cells[i])[:60]
-        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True
+        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True  # JupyterLab, Notebook
+        # Colab ignores source_hidden: a form cell with a title is folded there (GitHub and nbviewer show
+        # code cells whatever their metadata; the published copies are read after trying)
+        assert solution["metadata"].get("cellView") == "form" and _source(solution).startswith("# @title")
         assert _source(solution).strip()
     solutions = [i for i, c in enumerate(cells) if "solution" in _tags(c)]
     assert solutions == [i + 1 for i in exercises]  # one solution per exercise, nothing else tagged so
-    assert not any("<details>" in _source(c) for c in cells)  # nbval runs code cells, never <details>
+    # nbval runs code cells, never code inside <details>: a solution must stay a code cell
+    assert not any("<details>" in _source(c) and "```" in _source(c) for c in cells)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -173,3 +177,90 @@ def test_the_final_scoring_check_catches_an_untagged_cell():
               "source": ["report = heldout_split(profile)\n"]}
     validation = {"cell_type": "code", "metadata": {}, "source": ['split_volumes(cache, csv, "val")\n']}
     assert _cells_reading_the_test_split([untagged, tagged, validation]) == [("?", False), ("t", True)]
+
+
+# --- issue 23: further research, references, computed answers, from-scratch cells -------------------
+
+#: The works every notebook's reference list links (arXiv or DOI), as the issue names them.
+REQUIRED_REFERENCES = {
+    "U-Net": "arxiv.org/abs/1505.04597", "3D U-Net": "arxiv.org/abs/1606.06650",
+    "nnU-Net's BraTS 2020 entry": "arxiv.org/abs/2011.00848", "Oktay et al.": "arxiv.org/abs/1804.03999",
+    "Lin et al.": "arxiv.org/abs/1708.02002", "Menze et al.": "doi.org/10.1109/TMI.2014.2377694",
+    "Bakas et al.": "doi.org/10.1038/sdata.2017.117",
+}
+
+
+def _cell(path: Path, cell_id: str) -> dict:
+    return next(c for c in _cells(path) if c.get("id") == cell_id)
+
+
+def _notebook(prefix: str) -> Path:
+    return next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_further_research_of_3_to_5_projects_and_a_linked_reference_list_end_the_notebook(path):
+    cells = _cells(path)
+    at = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+              and re.search(r"^## Further research", _source(c), re.MULTILINE))
+    text = _source(cells[at])
+    projects = text.split("## Further research", 1)[1].split("## References", 1)[0]
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", projects, re.MULTILINE)]
+    assert 3 <= len(numbers) <= 5 and numbers == list(range(1, len(numbers) + 1)), numbers
+    references = text.split("## References", 1)[1]
+    for work, link in REQUIRED_REFERENCES.items():
+        assert f"(https://{link})" in references, work
+    exercises = max(i for i, c in enumerate(cells) if "solution" in _tags(c))
+    assert at > exercises  # after the exercises, as fastbook's chapters end
+
+
+@pytest.mark.parametrize(("prefix", "cell_id", "needed"), [
+    ("03", "split-sizes-03", "assert"),  # 295 / 74 and the authors' 294 / 74 computed, not typed
+    ("04", "background-share-04", "background_share"),  # notebook 01's share, computed here
+    ("05", "loss-rises-05", "assert"),  # how much CE and Dice rise when ET is missed
+    ("05", "schedule-replay-05", "assert_allclose"),  # the replayed schedule is the run's own
+    ("06", "paper-per-label-06", "assert"),  # the per-label figures are not the 0.7913 epoch
+    ("06", "checkerboard-06-code", "by_parity"),  # the transposed convolution's checkerboard measured
+    ("06", "solution-3", "assert"),  # HD95 of a 3-voxel shift: at most 3, printed
+    ("02", "solution-1", "assert"),  # the asked-for slice exists in the case shown
+    ("02", "solution-3", "found_share"),  # how much oedema the threshold finds, printed
+])
+def test_claims_that_depend_on_a_number_are_computed_or_asserted_in_their_cell(prefix, cell_id, needed):
+    cell = _cell(_notebook(prefix), cell_id)
+    assert cell["cell_type"] == "code" and needed in _source(cell)
+
+
+@pytest.mark.parametrize(("cell_id", "package_call"), [
+    ("scratch-08-regions-code", "regions_to_labels(random_probs)"),
+    ("scratch-08-gate-code", "gate(skip, gating)"),
+    ("scratch-08-ensemble-code", "beyond.ensemble_predictor("),
+])
+def test_notebook_08_builds_regions_gates_and_ensembles_from_scratch_and_asserts_them(cell_id, package_call):
+    source = _source(_cell(_notebook("08"), cell_id))
+    assert "by_hand" in source and package_call in source
+    assert re.search(r"assert_(close|array_equal)\(", source)
+
+
+def test_written_conclusions_of_07_and_08_name_what_can_reverse_them():
+    conclusion_07 = _source(_cell(_notebook("07"), "00852967"))
+    assert "Exercise 4" in conclusion_07 and "reverses" in conclusion_07
+    assert "REVERSES" in _source(_cell(_notebook("07"), "solution-4"))
+    assert "exercise 4" in _source(_cell(_notebook("08"), "be795e2a"))
+    assert "beats both" in _source(_cell(_notebook("08"), "bdb8a7a8"))  # exercise 3 answered by code
+
+
+def test_published_copies_readme_lists_what_the_folder_holds():
+    readme = (ROOT / "docs" / "notebooks" / "README.md").read_text()
+    assert "Published so far: 01–04" not in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_questionnaire_answers_follow_the_exercises_collapsed_one_per_question(path):
+    cells = _cells(path)
+    questions = next(_source(c) for c in cells if re.search(r"^## Questionnaire", _source(c), re.MULTILINE))
+    at, answers = next((i, _source(c)) for i, c in enumerate(cells)
+                       if re.search(r"^## Answers to the questionnaire", _source(c), re.MULTILINE))
+    asked = re.findall(r"^(\d+)\. ", questions, re.MULTILINE)
+    assert re.findall(r"^(\d+)\. ", answers, re.MULTILINE) == asked
+    assert all(tag in answers for tag in ("<details>", "<summary>", "</details>"))  # collapsed everywhere
+    assert at > max(i for i, c in enumerate(cells) if "solution" in _tags(c))

@@ -253,6 +253,18 @@ def test_histograms_of_integer_intensities_have_no_binning_comb():
     assert np.allclose(heights[heights > 0], 1 / 300)
 
 
+def test_histogram_axes_stop_at_the_999th_percentile_so_hot_voxels_do_not_squeeze_the_curves():
+    rng = np.random.default_rng(0)
+    image = np.zeros((4, 20, 20, 25), dtype=np.float32)
+    image[:, :, :, :] = rng.normal(100.0, 10.0, size=image.shape)
+    image[:, 0, 0, :3] = 1e5  # three hot voxels per modality: 0.03 % of the brain
+    ax = viz.plot_intensity_histograms(image).axes[0]
+    high = np.percentile(image[0], 99.9)
+    assert ax.get_xlim()[1] == pytest.approx(high, rel=1e-6) and high < 200  # not 1e5
+    everything = viz.plot_intensity_histograms(image, clip_percentile=100).axes[0]
+    assert everything.get_xlim()[1] == pytest.approx(1e5)
+
+
 def test_histograms_use_the_mask_and_overlay_several_images():
     image = np.zeros((4, 4, 4, 4), dtype=np.float32)
     image[:, :2] = 5.0

@@ -55,6 +55,20 @@ def test_interactive_version_has_one_slider_per_parameter():
     assert sliders == {"overlap": 0.25, "σ / patch (0: uniform)": 0.125}
 
 
+def test_a_saved_widget_output_carries_the_default_figure_as_a_png():
+    """GitHub and nbviewer cannot draw widget state: the published copy shows the PNG of the default."""
+    pytest.importorskip("ipywidgets")
+    import base64
+
+    widget = widgets.seam_widget(overlap=0.25, static=False)
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # still live where widgets run
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG")
+    assert png == widgets._figure_png(widgets.seam_figure(0.25, 0.125))  # the default state, not another
+    assert "overlap = 0.25" in bundle["text/plain"]
+
+
 # --- 03: patch centres -----------------------------------------------------------------------
 
 

@@ -356,16 +356,20 @@ def plot_regions(
     return fig
 
 
-def _bin_edges(samples: list[np.ndarray], bins: int) -> np.ndarray:
+def _bin_edges(samples: list[np.ndarray], bins: int, clip_percentile: float = 100.0) -> np.ndarray:
     """Shared histogram edges; whole-number wide and centred on integers for integer data.
 
     Raw BraTS intensities are integers: bins of fractional width would hold alternately one or
-    two integer values and draw a comb that is not in the data.
+    two integer values and draw a comb that is not in the data. The edges span the values from the
+    ``100 - clip_percentile``-th to the ``clip_percentile``-th percentile, so that a few hot outlier
+    voxels do not squeeze every curve into the left end of the axis.
     """
     values = np.concatenate([np.ravel(sample) for sample in samples])
     if values.size == 0:
         return np.linspace(0.0, 1.0, bins + 1)
-    low, high = float(values.min()), float(values.max())
+    low, high = (float(v) for v in np.percentile(values, [100.0 - clip_percentile, clip_percentile]))
+    if np.array_equal(values, np.round(values)):
+        low, high = np.floor(low), np.ceil(high)
     if np.array_equal(values, np.round(values)):
         width = max(1, int(np.ceil((high - low + 1) / bins)))
         return np.arange(low - 0.5, high + width, width)
@@ -378,13 +382,15 @@ def plot_intensity_histograms(
     *,
     bins: int = 100,
     xlabel: str = "intensity",
+    clip_percentile: float = 99.9,
 ) -> Figure:
     """Per-modality histograms of the brain voxels of one image, or of several overlaid.
 
     ``image`` is ``[4, x, y, z]`` or a mapping ``{name: image}`` (e.g. several cases, or raw
     vs normalised); each gets a density curve per modality. ``mask`` selects the voxels (default:
     the brain, voxels non-zero in any modality); it applies to a single image only, a mapping
-    uses each image's brain.
+    uses each image's brain. Each axis spans the pooled values between the ``100 - clip_percentile``-th
+    and the ``clip_percentile``-th percentile (the rare hot voxels beyond are left out; 100 keeps all).
     """
     from brats_utils.preprocess import brain_mask
 
@@ -395,10 +401,12 @@ def plot_intensity_histograms(
                      for c in range(len(MODALITIES))] for name, volume4d in images.items()}
     fig, axes = plt.subplots(1, len(MODALITIES), figsize=(13, 3.2), layout="constrained")
     for channel, ax in enumerate(axes):
-        edges = _bin_edges([per_modality[channel] for per_modality in values.values()], bins)
+        edges = _bin_edges([per_modality[channel] for per_modality in values.values()], bins,
+                           clip_percentile)
         for name, per_modality in values.items():
             ax.hist(per_modality[channel], bins=edges, density=True, histtype="step", linewidth=1.3,
                     label=name or None)
+        ax.set_xlim(edges[0], edges[-1])
     for ax, modality in zip(axes, MODALITIES, strict=True):
         ax.set_title(MODALITY_TITLES[modality].split("\n")[0])
         ax.set_xlabel(xlabel)

@@ -7,7 +7,8 @@ Each widget comes in two parts:
   ``tests/test_widgets.py`` checks them without a browser;
 * a thin **wrapper** ``*_widget(...)``: an ``ipywidgets.interactive`` with one slider per parameter inside
   a Jupyter kernel, and the static figure of the default state elsewhere or with ``static=True`` (like
-  :func:`brats_utils.viz.volumes.show_viewer`).
+  :func:`brats_utils.viz.volumes.show_viewer`). Inside a kernel the widget's saved output also carries that
+  figure as a PNG, so a published copy (GitHub, nbviewer) shows the default state, not ``interactive(...)``.
 
 The widgets:
 
@@ -71,10 +72,27 @@ def _interactive(draw: Callable[..., Figure], controls: dict[str, dict], static:
     """
     if static is None:
         static = not _in_widget_kernel()
+    default = {name: spec["value"] for name, spec in controls.items()}
     if static:
-        return draw(**{name: spec["value"] for name, spec in controls.items()})
+        return draw(**default)
     import ipywidgets as widgets
     from IPython.display import Image, display
+
+    class WithStill(widgets.interactive):
+        """The widget, whose saved output also holds the default figure (see :meth:`_repr_mimebundle_`)."""
+
+        def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+            """The live widget, plus the default state's figure as a PNG for GitHub, nbviewer and exports
+            (a saved notebook keeps a widget's view only as a reference to widget state that they cannot
+            draw; the slice viewer does the same)."""
+            import base64
+
+            bundle = super()._repr_mimebundle_(include=include, exclude=exclude) or {}
+            bundle["image/png"] = base64.b64encode(_figure_png(draw(**default))).decode("ascii")
+            bundle["text/plain"] = ("interactive figure, shown at "
+                                    + ", ".join(f"{name} = {value}" for name, value in default.items())
+                                    + " (sliders in a running notebook)")
+            return bundle
 
     def show(**state):
         display(Image(_figure_png(draw(**state))))
@@ -82,7 +100,7 @@ def _interactive(draw: Callable[..., Figure], controls: dict[str, dict], static:
     sliders = {name: getattr(widgets, spec.pop("kind"))(**spec, continuous_update=False,
                                                        style={"description_width": "initial"})
                for name, spec in ((name, dict(spec)) for name, spec in controls.items())}
-    return widgets.interactive(show, **sliders)
+    return WithStill(show, **sliders)
 
 
 def _slider(kind: str, value: float, low: float, high: float, step: float, description: str) -> dict:
