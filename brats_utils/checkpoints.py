@@ -41,12 +41,13 @@ CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "
 RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
                                "num_workers", "tta", "compare_presets", "compare_epochs",
                                "compare_steps_per_epoch", "metrics_protocol", "precision", "amp", "compile",
-                               "sw_batch_size", "lock_timeout"})
+                               "sw_batch_size", "lock_timeout", "fp32_validation"})
 
 
 #: What a field added later meant in checkpoints written before it existed, where that is not its default
-#: today: region models trained before ``region_prior`` started their sigmoids at bias 0 (None).
-LEGACY_VALUES: dict[str, object] = {"region_prior": None}
+#: today: region models trained before ``region_prior`` started their sigmoids at bias 0 (None); runs
+#: before ``best_metric`` chose their best checkpoint by the paper's metric.
+LEGACY_VALUES: dict[str, object] = {"region_prior": None, "best_metric": "val_paper_dice"}
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

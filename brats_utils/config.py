@@ -126,8 +126,9 @@ class Profile:
     data_source: Literal["synthetic", "real"] = "synthetic"
     # which dataset (layout and label scheme); synthetic data is written in its layout
     dataset: Dataset = "brats2020"
-    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; None: the dataset's own (see .protocol)
-    metrics_protocol: Literal["brats2020", "lesionwise"] | None = None
+    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; "brats2025": the challenge's package
+    # (extra "official"; the project's lesion-wise without it); None: the dataset's own (see .protocol)
+    metrics_protocol: Literal["brats2020", "lesionwise", "brats2025"] | None = None
     synthetic_train_cases: int = 20
     synthetic_val_cases: int = 4
     synthetic_shape: Shape3D = (240, 240, 155)
@@ -197,6 +198,12 @@ class Profile:
     dice_weight: float = 0.7
     checkpoint_every: int = 5
     max_val_cases: int | None = None  # validate on the first N validation cases (None: all)
+    # NEW (h25): section=training, resumable=no, fingerprint=yes
+    # the validation score that picks best.pt: "val_dice_mean" (mean of WT, TC and ET Dice, what BraTS
+    # scores) or "val_paper_dice" (the paper's mean over the four labels, background included: the authors')
+    best_metric: Literal["val_dice_mean", "val_paper_dice"] = "val_dice_mean"
+    # NEW (h25): section=training, resumable=yes, fingerprint=yes
+    fp32_validation: bool = False  # validate in fp32 whatever ``precision`` trains in (the authors did)
 
     # inference
     sw_patch_size: Shape3D = (128, 128, 128)
@@ -217,6 +224,8 @@ class Profile:
     batch_dice: bool = False  # one Dice per class over the whole batch (the paper's wording)
     dice_include_background: bool = True  # False: Dice over the tumour classes only
     init_seed: int | None = None  # seeds initialisation and dropout (None: seed); the split keeps seed
+    # NEW (h25): section=data, resumable=no, fingerprint=yes
+    data_seed: int | None = None  # seeds the patches, augmentation and order (None: seed); not the split
     beyond_variants: tuple[str, ...] = ()  # () : every variant of brats_utils.beyond.VARIANTS
     beyond_seeds: int = 3
 
@@ -472,6 +481,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=2,
         augmentation="in_plane",
         dropout=0.3,
+        best_metric="val_paper_dice",  # "the best by validation Dice", the paper's Dice being its metric
         epochs=300,
         sw_patch_size=(240, 240, 160),
         sw_batch_size=1,
@@ -503,6 +513,8 @@ PROFILES: dict[str, Profile] = {
         lr_schedule="cosine",
         cosine_t_max=30,
         early_stop_rule="authors",
+        best_metric="val_paper_dice",
+        fp32_validation=True,
         epochs=300,
         sw_patch_size=(240, 240, 155),
         sw_batch_size=1,

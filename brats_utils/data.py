@@ -329,7 +329,8 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cas
                  stratum: Sequence[str] = (), seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
                  samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
                  batch_size: int = 2, num_workers: int = 2,
-                 sampler: Callable[..., Sampler[int]] | None = None) -> tuple[DataLoader, VolumeDataset]:
+                 sampler: Callable[..., Sampler[int]] | None = None,
+                 patch_seed: int | None = None) -> tuple[DataLoader, VolumeDataset]:
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
     The cached cases (the first ``max_cases`` if set) are split with :func:`split_patients`
@@ -340,7 +341,8 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cas
     distributed run passes its ``ShardedEpochSampler``). The patches follow
     :class:`PatchDataset`'s arguments, with the transform that ``augmentation`` names
     (:func:`brats_utils.augment.augmentation_for`); memory is pinned only when CUDA is available.
-    (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
+    ``patch_seed`` (default ``seed``) seeds the patches, their augmentation and their order; the split
+    always follows ``seed``. (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
     """
     entries = cache_entries(cache_dir)[:max_cases]
     if not entries:
@@ -351,10 +353,11 @@ def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cas
                            exclude_from_training=exclude_from_training, fold=fold, n_folds=n_folds,
                            stratum=stratum, csv_path=split_csv)
     train_ids, val_ids = parts["train"], parts["val"]
+    patch_seed = seed if patch_seed is None else patch_seed
     patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
                            samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,
-                           augment=augmentation_for(augmentation), seed=seed)
-    order = (sampler or EpochShuffleSampler)(len(patches), seed=seed)
+                           augment=augmentation_for(augmentation), seed=patch_seed)
+    order = (sampler or EpochShuffleSampler)(len(patches), seed=patch_seed)
     loader = DataLoader(patches, batch_size=batch_size, sampler=order,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=num_workers > 0, collate_fn=pad_collate)

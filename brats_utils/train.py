@@ -23,16 +23,20 @@ folder. One process is the same code path with a world of one.
 
 Every epoch ends with a validation on whole validation volumes (sliding window when a
 volume is larger than the inference window) that reports the loss, the paper's metric
-(hard Dice averaged over the four labels, background included) and the BraTS region
-Dice (WT, TC, ET). The **best checkpoint is chosen by the paper's metric** on the
-validation cases, as the authors did, so our "best" is comparable with their 0.79. A
+(hard Dice averaged over the four labels, background included), the BraTS region
+Dice (WT, TC, ET) and their mean (``val_dice_mean``). The **best checkpoint is chosen by
+``profile.best_metric``** on the validation cases: by default the mean of WT, TC and ET Dice, what
+BraTS scores (the paper's metric is dominated by the background's Dice of about 1 and can pick the
+epoch with the worst ET); the ``authors`` profile keeps the paper's metric, as the authors did, so its
+"best" is comparable with their 0.79. Both are in the history. Validation runs in the training
+precision, or in fp32 with ``profile.fp32_validation`` (the authors' code validated in fp32). A
 profile's test cases (``profile.test_fraction``) never reach this module's loaders.
 
 Files of a run (``profile.run_dir`` unless told otherwise; locked while a process trains into it)::
 
     run_dir/history.csv              one row per epoch, rewritten atomically every epoch
     run_dir/checkpoints/last.pt      the resume point, written last at every epoch
-    run_dir/checkpoints/best.pt      highest validation paper Dice so far
+    run_dir/checkpoints/best.pt      highest validation ``best_metric`` so far
     run_dir/checkpoints/epoch_005.pt every ``checkpoint_every`` epochs
 
 Exact resume: a checkpoint holds the model, optimiser, scheduler, scaler, early-stopping
@@ -98,10 +102,15 @@ from brats_utils.precision import (
 )
 from brats_utils.regions import init_region_bias_, loss_for, output_channels, probs_to_labels, probs_to_logits
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
-                   "val_dice_ET", "lr", "grad_norm", "seconds")
-#: Metric that picks the best checkpoint: the paper's 4-label mean Dice, as the authors did.
-BEST_METRIC = "val_paper_dice"
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_mean", "val_dice_WT",
+                   "val_dice_TC", "val_dice_ET", "lr", "grad_norm", "seconds")
+REGION_DICE_COLUMNS = ("val_dice_WT", "val_dice_TC", "val_dice_ET")
+
+
+def with_mean_dice(row: dict) -> dict:
+    """A history row with ``val_dice_mean`` (the mean of its WT, TC and ET Dice), as rows written before
+    that column existed lack it."""
+    return {**row, "val_dice_mean": float(np.mean([row[column] for column in REGION_DICE_COLUMNS]))}
 
 
 # --- small building blocks -----------------------------------------------------------
@@ -245,6 +254,11 @@ def train_step(model: nn.Module, image: torch.Tensor, label: torch.Tensor, loss_
 VALIDATION_KEYS = ("val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
 
 
+def validation_precision(profile: Profile, training_precision: str) -> str:
+    """The precision validation runs in: fp32 with ``profile.fp32_validation``, else the training one."""
+    return "fp32" if profile.fp32_validation else training_precision
+
+
 @torch.inference_mode()
 def validate(model: nn.Module, volumes, loss_fn: nn.Module, profile: Profile, device: torch.device, *,
              precision: str = "fp32", progress: bool = False, rank: int = 0,
@@ -314,23 +328,25 @@ class TrainResult:
     run_dir: Path
     device: str
     stopped_early: bool
+    best_metric: str = "val_dice_mean"  # the profile's: the history column that chose best.pt
 
     @property
     def best_epoch(self) -> int:
-        """Epoch of the best checkpoint (highest validation paper Dice)."""
-        return int(self.history.loc[self.history[BEST_METRIC].idxmax(), "epoch"])
+        """Epoch of the best checkpoint (highest validation ``best_metric``)."""
+        return int(self.best["epoch"])
 
     @property
     def best(self) -> pd.Series:
-        """The history row of the best epoch."""
-        return self.history.loc[self.history[BEST_METRIC].idxmax()]
+        """The history row of the best epoch (the first of equal ones, as training kept it)."""
+        return self.history.loc[self.history[self.best_metric].idxmax()]
 
     def __repr__(self) -> str:
         best = self.best
         ending = "stopped early" if self.stopped_early else "finished"
         return (f"TrainResult: {len(self.history)} epochs on {self.device} ({ending}), "
                 f"{self.history['seconds'].sum() / 60:.1f} min\n"
-                f"  best epoch {self.best_epoch}: paper Dice {best['val_paper_dice']:.3f}, "
+                f"  best epoch {self.best_epoch} (by {self.best_metric}): mean region Dice "
+                f"{best['val_dice_mean']:.3f}, paper Dice {best['val_paper_dice']:.3f}, "
                 f"WT {best['val_dice_WT']:.3f}, TC {best['val_dice_TC']:.3f}, ET {best['val_dice_ET']:.3f}, "
                 f"val loss {best['val_loss']:.4f}\n"
                 f"  best checkpoint {self.best_checkpoint}\n"
@@ -422,7 +438,7 @@ class TrainingState:
         if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.stopper.load_state_dict(checkpoint["early_stopping"])
-        self.history = [dict(row) for row in checkpoint["history"]]
+        self.history = [with_mean_dice(dict(row)) for row in checkpoint["history"]]
         set_rng_state(checkpoint["rng_state"])
 
 
@@ -479,7 +495,8 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank:
                         foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
                         batch_size=per_rank_batch_size(profile.batch_size, world_size),
                         num_workers=profile.num_workers,
-                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler)
+                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler,
+                        patch_seed=profile.data_seed)
 
 
 def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, precision: str = "fp32",
@@ -507,7 +524,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
             write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                              history_csv_path(run_dir))
         if last_path.name != "last.pt" and is_main:
-            _agree_with_fallback(run_dir, checkpoint, state.history)
+            _agree_with_fallback(run_dir, checkpoint, state.history, profile.best_metric)
         trained_by = checkpoint["config"].get("world_size", 1)
         to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
         if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
@@ -531,11 +548,11 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
     return state
 
 
-def _agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict]) -> None:
+def _agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict], best_metric: str) -> None:
     """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
     epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
     folder = checkpoint_dir(run_dir)
-    best_epoch = max(history, key=lambda row: row[BEST_METRIC])["epoch"]
+    best_epoch = max(history, key=lambda row: row[best_metric])["epoch"]
     best = None
     for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
         try:
@@ -643,7 +660,8 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
     return TrainResult(history=pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                        best_checkpoint=checkpoint_dir(run_dir) / "best.pt",
                        last_checkpoint=checkpoint_dir(run_dir) / "last.pt", run_dir=run_dir,
-                       device=str(device), stopped_early=state.stopper.should_stop)
+                       device=str(device), stopped_early=state.stopper.should_stop,
+                       best_metric=profile.best_metric)
 
 
 def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run_dir: Path,
@@ -663,15 +681,16 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
                       total=epochs, disable=not progress or not remaining):
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch,
+        row = with_mean_dice({"epoch": epoch,
                **train_epoch(state, loader, loss_fn, profile, device, epoch, precision=precision,
                              progress=progress, **ranks),
-               **validate(state.model, val_volumes, loss_fn, profile, device, precision=precision,
-                          progress=progress, **ranks),
-               "lr": lr, "seconds": time.perf_counter() - started}
+               **validate(state.model, val_volumes, loss_fn, profile, device,
+                          precision=validation_precision(profile, precision), progress=progress, **ranks),
+               "lr": lr, "seconds": time.perf_counter() - started})
         step_scheduler(state.scheduler, row["val_loss"])
         state.stopper.step(row["val_loss"])
-        is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
+        metric = profile.best_metric
+        is_best = all(row[metric] > earlier[metric] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
         if info.is_main:
             _save_epoch(state, profile, run_dir, is_best=is_best, run=run)
@@ -686,7 +705,8 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
 
 def _epoch_line(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
-            f"paper Dice {row['val_paper_dice']:.3f}  WT {row['val_dice_WT']:.3f}  "
+            f"paper Dice {row['val_paper_dice']:.3f}  mean {row['val_dice_mean']:.3f}  "
+            f"WT {row['val_dice_WT']:.3f}  "
             f"TC {row['val_dice_TC']:.3f}  ET {row['val_dice_ET']:.3f}  lr {row['lr']:.1e}  "
             f"{row['seconds']:.0f} s")
 
@@ -701,11 +721,14 @@ def is_finished(checkpoint: dict, profile: Profile) -> bool:
 # --- the paper's Figure 4 -------------------------------------------------------------------
 
 
-def plot_history(history: pd.DataFrame):
+def plot_history(history: pd.DataFrame, best_metric: str = "val_dice_mean"):
     """Loss, Dice and learning rate over the epochs (like the paper's Figure 4).
 
-    The dashed line marks the best epoch (highest validation paper Dice).
+    The dashed line marks the best epoch (highest ``best_metric``: the profile's, mean region Dice by
+    default). A history written before ``val_dice_mean`` existed gets it from its region Dice.
     """
+    if "val_dice_mean" not in history:
+        history = history.assign(val_dice_mean=history[list(REGION_DICE_COLUMNS)].mean(axis=1))
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
@@ -714,12 +737,13 @@ def plot_history(history: pd.DataFrame):
     ax_loss.plot(epochs, history["val_loss"], "s-", label="validation (whole volumes)")
     ax_loss.set(title="Loss: 0.3 CE + 0.7 soft Dice", xlabel="epoch", ylabel="loss")
     ax_dice.plot(epochs, history["val_paper_dice"], "k.-", label="paper metric (4 labels incl. background)")
+    ax_dice.plot(epochs, history["val_dice_mean"], "k--", label="mean of WT, TC, ET")
     for region in ("WT", "TC", "ET"):
         ax_dice.plot(epochs, history[f"val_dice_{region}"], ".-", color=REGION_COLORS[region], label=region)
     ax_dice.set(title="Validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1.02))
     ax_lr.plot(epochs, history["lr"], "o-", color="tab:purple")
     ax_lr.set(title="Learning rate (ReduceLROnPlateau)", xlabel="epoch", ylabel="learning rate", yscale="log")
-    best_epoch = history.loc[history[BEST_METRIC].idxmax(), "epoch"]
+    best_epoch = history.loc[history[best_metric].idxmax(), "epoch"]
     for ax in (ax_loss, ax_dice, ax_lr):
         ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
         ax.grid(alpha=0.3)
