@@ -90,6 +90,14 @@ notebook-outputs: $(STAMP)
 	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo import \
 	record_checked_outputs as rec; [rec(Path(p)) for p in sys.argv[1:]]' $(or $(NB),notebooks/[0-9][0-9]_*.ipynb)
 
+## make test-official: the agreement of `evaluate --protocol brats2025` with the BraTS challenge's own package
+## (extra "official", AGPL-3.0). It pins older numpy/pandas than the dev tools, so it goes into its own folder
+## (about 0.9 GB) that only this test puts on the path; .ci/run runs it after make test.
+OFFICIAL := $(VENV)/official
+test-official: $(STAMP)
+	@test -d $(OFFICIAL) || $(BIN)/pip install -q --target $(OFFICIAL) "brats-evaluation>=0.0.10,<0.1"
+	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/official PYTHONPATH=$(OFFICIAL) $(BIN)/pytest tests/test_official.py -q -p no:cacheprovider
+
 ## make test-browser: the slice viewer of notebooks 02 and 06 in JupyterLab under Debian's Chromium
 ## (apt-get install -y chromium; Playwright drives it, never `playwright install`), screenshots in data/test/browser
 test-browser: $(STAMP)

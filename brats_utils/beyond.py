@@ -3,7 +3,8 @@
 Every *variant* changes one thing of the paper's recipe (:data:`VARIANTS`) and is trained with the
 architecture study's machinery (:func:`brats_utils.compare.measure_preset`: the same data, split,
 budget ``compare_epochs`` x ``compare_steps_per_epoch`` and cost measurements), once per seed
-(``profile.beyond_seeds`` seeds: ``init_seed`` = seed, seed + 1, ...; the split keeps ``profile.seed``).
+(``profile.beyond_seeds`` seeds: ``init_seed`` = ``data_seed`` = seed, seed + 1, ..., so a seed changes the
+initialisation, the dropout, the patches and their order; the split keeps ``profile.seed``).
 Two more rows need no training of their own, they reuse the paper model's runs:
 
 - ``paper + ET post-processing``: each paper run's predictions with small ET relabelled
@@ -32,7 +33,11 @@ Files (``data/beyond/<profile>/``)::
 
     <variant>/seed<k>/           one training run (history, checkpoints) and its row.json
     runs.csv                     one row per run (variant x seed)
-    beyond.csv                   the table: mean ± standard deviation per variant
+    beyond.csv                   the table: mean ± standard deviation over seeds per variant
+    cases.csv                    every run's scores of every reported case (Dice and HD95 per region)
+    report.csv                   the study's conclusions (:func:`study_report`, the protocol of
+                                 :mod:`brats_utils.stats`): per variant and score, the mean over cases
+                                 with a 95 % bootstrap CI, and a paired Wilcoxon test against "paper"
 
 A run whose ``row.json`` matches the current settings and device is reused, as in the architecture
 study, so an interrupted study continues where it stopped.
@@ -50,7 +55,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from brats_utils import compare
+from brats_utils import compare, stats
 from brats_utils.checkpoints import load_model
 from brats_utils.config import Profile, data_dir
 from brats_utils.data import VolumeDataset, split_volumes
@@ -59,9 +64,10 @@ from brats_utils.inference import Predictor, average_predictors, sliding_window
 from brats_utils.labels import REGION_COLORS, to_file_labels
 from brats_utils.metrics import case_metrics
 from brats_utils.model import build_model, model_costs
-from brats_utils.postprocess import choose_et_threshold, suppress_small_et
+from brats_utils.postprocess import et_threshold_table, suppress_small_et, threshold_record, voxel_volume_mm3
 from brats_utils.precision import pick_device
-from brats_utils.regions import output_channels, predictor_for, probs_to_labels
+from brats_utils.preprocess import load_cached
+from brats_utils.regions import output_channels, predictor_for
 from brats_utils.viz import save_figure
 
 #: What each trained variant changes in the paper's recipe (profile overrides).
@@ -86,7 +92,10 @@ COST_COLUMNS = ("parameters", "MACs per voxel", "seconds per training step", "se
 FIGURE = "08_beyond_the_paper.png"
 #: Part of every run's fingerprint: raised when the scoring changes, so finished runs are re-scored
 #: (their training is reused). 2: ET threshold from the validation cases, post-processing scored everywhere.
-SCORING_VERSION = 2
+#: 3: per-case scores kept (cases.csv), the ET threshold in mm³.
+SCORING_VERSION = 3
+#: The per-case scores the report tests: Dice and HD95 per region on the reported cases.
+REPORTED_SCORES = compare.CASE_SCORES
 
 
 # --- where things go -------------------------------------------------------------------------
@@ -114,7 +123,8 @@ def seeds(profile: Profile) -> list[int]:
 
 def variant_profile(profile: Profile, variant: str, seed: int) -> Profile:
     """The profile of one run: the variant's change and the seed, everything else as ``profile``."""
-    return profile.with_overrides(**VARIANTS[variant], init_seed=seed, beyond_variants=(), beyond_seeds=1)
+    return profile.with_overrides(**VARIANTS[variant], init_seed=seed, data_seed=seed, beyond_variants=(),
+                                  beyond_seeds=1)
 
 
 # --- ensembles and the shifted copy ------------------------------------------------------------
@@ -157,21 +167,22 @@ def predict_volumes(predictor: Predictor, volumes, profile: Profile, device: tor
         if shifted:
             image, label = shifted_copy(image, label)
         started = time.perf_counter()
-        with torch.inference_mode():
-            probs = sliding_window(predictor, image, patch_size=profile.sw_patch_size,
-                                   overlap=profile.sw_overlap, sw_batch_size=profile.sw_batch_size,
-                                   device=device)
+        predictions.append(compare.predict_labels(predictor, image, profile, device))
         seconds += time.perf_counter() - started
-        predictions.append(to_file_labels(probs_to_labels(probs, profile.target).numpy()))
         truths.append(to_file_labels(label.numpy().astype(np.uint8)))
     return predictions, truths, seconds / max(len(volumes), 1)
 
 
+def case_scores(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> pd.DataFrame:
+    """Dice and HD95 per region of every case (BraTS rules): one row per case, :data:`REPORTED_SCORES`."""
+    per_case = pd.DataFrame([case_metrics(p, t) for p, t in zip(predictions, truths, strict=True)])
+    return per_case[list(REPORTED_SCORES)]
+
+
 def mean_scores(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], prefix: str = "") -> dict:
     """Mean Dice and HD95 per region over cases (BraTS rules), keys ``<prefix>Dice_WT``, ..."""
-    per_case = pd.DataFrame([case_metrics(p, t) for p, t in zip(predictions, truths, strict=True)])
-    columns = [f"{score}_{r}" for score in ("Dice", "Hausdorff95") for r in REGIONS]
-    return {f"{prefix}{column}": float(per_case[column].mean()) for column in columns}
+    per_case = case_scores(predictions, truths)
+    return {f"{prefix}{column}": float(per_case[column].mean()) for column in REPORTED_SCORES}
 
 
 def _dice_only(scores: dict) -> dict:
@@ -205,10 +216,25 @@ def _score(predictor: Predictor, profile: Profile, reported: VolumeDataset, fore
     return {**scores_of(sets), "seconds per case inference": seconds}, sets
 
 
+def voxel_volumes(volumes: VolumeDataset) -> list[float]:
+    """The volume of one voxel (mm³) of every cached case, from its original affine."""
+    return [voxel_volume_mm3(load_cached(entry).meta.affine_array) for entry in volumes.entries]
+
+
+def _case_rows(labelled: Labelled, volumes: VolumeDataset) -> list[dict]:
+    """Per-case scores (:func:`case_scores`) of the reported cases, each with its ``case`` id."""
+    return case_scores(*labelled).assign(case=[entry.name for entry in volumes.entries]).to_dict("records")
+
+
 def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_dir: Path,
                 device: torch.device, *, report_split: str = "test", foreign: VolumeDataset | None = None,
                 progress: bool = True) -> dict:
-    """Train one variant with one seed (resumable), measure its cost, score it (+ the post-processed row)."""
+    """Train one variant with one seed (resumable), measure its cost, score it (+ the post-processed row).
+
+    The row holds the mean scores and, under ``"cases"``, the scores of every reported case. For the
+    paper model the ET post-processing threshold (mm³) is chosen on this run's validation cases
+    (the study has no cross-validation) and kept with their ids.
+    """
     study = variant_profile(profile, variant, seed)
     trained = compare.measure_preset(study.model_preset, study, cache_dir, run_dir, device, progress=progress)
     study = compare.study_profile(study, study.model_preset)
@@ -217,14 +243,22 @@ def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_
     reported = split_volumes(cache_dir, run_dir / "split.csv", report_split)
     scores, sets = _score(predictor, study, reported, foreign, device)
     row = {"seconds per training step": trained["seconds per training step"],
-           "training minutes": trained["training minutes"], **scores}
+           "training minutes": trained["training minutes"], **scores, "cases": _case_rows(sets[""], reported)}
     if variant == "paper":  # the post-processing threshold, chosen on the validation volumes
         validation = split_volumes(cache_dir, run_dir / "split.csv", "val")
-        threshold = choose_et_threshold(*predict_volumes(predictor, validation, study, device)[:2])
-        row["ET threshold"] = threshold
-        row["postprocessed"] = scores_of({
-            prefix: ([suppress_small_et(p, threshold) for p in found[0]], found[1]) if found else None
-            for prefix, found in sets.items()})
+        curve = et_threshold_table(*predict_volumes(predictor, validation, study, device)[:2],
+                                   voxel_volumes=voxel_volumes(validation))
+        record = threshold_record(curve, chosen_on="validation cases",
+                                  case_ids=[entry.name for entry in validation.entries])
+        threshold = record["min_volume_mm3"]
+        row["ET threshold (mm³)"] = threshold
+        row["ET threshold chosen on"] = f"{record['chosen_on']}: {' '.join(record['case_ids'])}"
+        spacing = {"": voxel_volumes(reported), "shifted ": voxel_volumes(reported),
+                   "foreign ": voxel_volumes(foreign) if foreign is not None else None}
+        processed = {prefix: ([suppress_small_et(p, threshold, voxel_volume_mm3=v)
+                               for p, v in zip(found[0], spacing[prefix], strict=True)], found[1])
+                     if found else None for prefix, found in sets.items()}
+        row["postprocessed"] = {**scores_of(processed), "cases": _case_rows(processed[""], reported)}
     return row
 
 
@@ -256,6 +290,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     foreign = VolumeDataset(foreign_entries) if foreign_entries else None
     foreign_names = sorted(f"{Path(e).parent.name}/{Path(e).name}" for e in foreign_entries or ())
     runs: list[dict] = []
+    cases: list[dict] = []
     jobs = [(variant, seed) for variant in variant_names(profile) for seed in seeds(profile)]
     for variant, seed in tqdm(jobs, desc="variants x seeds", unit="run", disable=not progress):
         run_dir = out_dir / variant.replace(" ", "_") / f"seed{seed}"
@@ -267,14 +302,21 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
             row = measure_run(variant, seed, profile, cache_dir, run_dir, device, report_split=report_split,
                               foreign=foreign, progress=progress)
             write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
+        row = dict(row)
         processed = row.pop("postprocessed", None)
+        cases += [{"variant": variant, "seed": seed, **case} for case in row.pop("cases")]
         runs.append({"variant": variant, "seed": seed, **static_costs(variant), **row})
         if processed is not None:
+            cases += [{"variant": POSTPROCESSED, "seed": seed, **case} for case in processed.pop("cases")]
             runs.append({**runs[-1], "variant": POSTPROCESSED, **processed})
         write_csv_atomic(pd.DataFrame(runs), out_dir / "runs.csv")
-    runs.append(_ensemble_row(profile, cache_dir, out_dir, device, report_split, foreign))
+    ensemble = _ensemble_row(profile, cache_dir, out_dir, device, report_split, foreign)
+    cases += [{"variant": ENSEMBLE, "seed": -1, **case} for case in ensemble.pop("cases")]
+    runs.append(ensemble)
     frame = pd.DataFrame(runs)
     write_csv_atomic(frame, out_dir / "runs.csv")
+    write_csv_atomic(pd.DataFrame(cases), out_dir / "cases.csv")
+    write_csv_atomic(study_report(pd.DataFrame(cases)), out_dir / "report.csv")
     table = summarize(frame)
     write_csv_atomic(table.reset_index(), out_dir / "beyond.csv")
     import matplotlib.pyplot as plt
@@ -294,13 +336,27 @@ def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torc
     reported = split_volumes(cache_dir, run_dirs[0] / "split.csv", report_split)
     predictor = average_predictors([predictor_for(model, precision=study.requested_precision)
                                     for model in models])
-    scores, _ = _score(predictor, study, reported, foreign, device)
+    scores, sets = _score(predictor, study, reported, foreign, device)
     static = static_costs("paper")
     return {"variant": ENSEMBLE, "seed": -1, "parameters": static["parameters"] * len(models),
-            "MACs per voxel": static["MACs per voxel"] * len(models), **scores}
+            "MACs per voxel": static["MACs per voxel"] * len(models), **scores,
+            "cases": _case_rows(sets[""], reported)}
 
 
 # --- the table and its figure ------------------------------------------------------------------
+
+
+def study_report(cases: pd.DataFrame) -> pd.DataFrame:
+    """The study's conclusions from ``cases.csv`` (:func:`brats_utils.stats.compare_to_baseline`): per
+    variant and score (:data:`REPORTED_SCORES`), the mean over the reported cases (each case's mean over
+    seeds) with a 95 % bootstrap CI, and the paired Wilcoxon p-value and verdict against "paper"."""
+    return stats.compare_to_baseline(cases, REPORTED_SCORES, baseline="paper", method="variant",
+                                     lower_is_better=[c for c in REPORTED_SCORES if "Hausdorff" in c])
+
+
+def read_report(profile: Profile, out_dir: Path | None = None) -> pd.DataFrame:
+    """:func:`study_report` of a finished study (its ``cases.csv``)."""
+    return study_report(pd.read_csv(Path(out_dir or beyond_dir(profile)) / "cases.csv"))
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

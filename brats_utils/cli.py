@@ -104,16 +104,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from brats_utils.pipeline import evaluate_folder, heldout_split, prediction_coverage, split_label
+    from brats_utils.lesion_metrics import get_protocol
+    from brats_utils.pipeline import (
+        evaluate_folder,
+        heldout_split,
+        metrics_protocol,
+        prediction_coverage,
+        split_label,
+    )
 
     profile = profile_from_args(args)
     split = args.split or args.folder or heldout_split(profile)
-    per_case, summary = evaluate_folder(profile, args.predictions, truth=args.truth, out_csv=args.out,
-                                        protocol=args.protocol, split=split, partial=args.partial)
-    cases, missing = prediction_coverage(profile, args.predictions, truth=args.truth, split=split)
+    truth = args.reference or args.truth
+    protocol = args.protocol or metrics_protocol(profile).name
+    per_case, summary = evaluate_folder(profile, args.predictions, truth=truth, out_csv=args.out,
+                                        protocol=protocol, split=split, partial=args.partial)
+    cases, missing = prediction_coverage(profile, args.predictions, truth=truth, split=split)
     partial = f" (partial: {len(missing)} without a prediction, not scored)" if missing else ""
     print(f"{args.predictions} on {len(per_case)} of the {len(cases)} {split_label(profile, split)}"
-          f"{partial}:")
+          f"{partial}, scored with {get_protocol(protocol).description}:")
     print(summary.T.to_string())
 
 
@@ -244,10 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict every case again (default: complete outputs of the same model are kept)")
     p = add("evaluate", _cmd_evaluate, "score predicted segmentations against the ground truth")
     p.add_argument("predictions", help="folder of <case_id>.nii.gz predictions")
+    p.add_argument("reference", nargs="?", help="dataset folder with the ground truth (same as --truth)")
     p.add_argument("--truth", help="dataset folder with the ground truth (default: the profile's dataset)")
     p.add_argument("--out", help="per-case CSV (default: <predictions>/metrics.csv)")
-    p.add_argument("--protocol", choices=["brats2020", "lesionwise"],
-                   help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023)")
+    p.add_argument("--protocol", choices=["brats2020", "lesionwise", "brats2025"],
+                   help="metrics protocol (default: the profile's, by dataset: lesionwise for brats2023); "
+                        "brats2025: the official brats-evaluation package if installed (extra 'official')")
     _add_cases_options(p, folders=("training",))
     p.add_argument("--partial", action="store_true",
                    help="score only the cases that have a prediction (default: a missing one is an error "

@@ -15,13 +15,21 @@ one table row per preset:
   profile's window settings on a random volume of the dataset's size: 240x240x155 for real data),
   and peak memory of each (see :func:`peak_memory` for what exactly is measured on GPU and CPU);
 - quality at the best epoch: the paper's metric (hard Dice over the four labels, background
-  included) and the BraTS region Dice WT, TC, ET on the validation cases.
+  included) and the BraTS region Dice WT, TC, ET on the validation cases (which chose that epoch, so
+  they only describe the run);
+- the result: the best checkpoint scored **once** on the held-out cases (``report_split``: the test
+  cases; the validation cases only for a profile without test cases), case by case, and the study's
+  conclusions drawn from those per-case scores by the protocol of :mod:`brats_utils.stats`: per preset
+  and score the mean with a 95 % bootstrap CI over cases, and a paired Wilcoxon test against the first
+  preset (:func:`study_report`).
 
 Files (``data/compare/<profile>/`` unless ``out_dir`` says otherwise)::
 
     <preset>/                 the training run of one preset (history, checkpoints)
-    <preset>/row.json         its finished table row and the settings that produced it
+    <preset>/row.json         its finished table row, per-case scores and the settings that produced it
     comparison.csv            the table, rewritten atomically
+    cases.csv                 every preset's Dice and HD95 per region on every held-out case
+    report.csv                the study's conclusions (:func:`study_report`)
 
 A preset whose ``row.json`` matches the current settings and device is reused as it is, so a second
 call (or a call after an interruption) neither retrains nor re-measures the finished presets; an
@@ -43,20 +51,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from brats_utils import stats
 from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import load_model
 from brats_utils.config import Profile, data_dir, fingerprint_fields
+from brats_utils.data import split_volumes
 from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
-from brats_utils.inference import sliding_window_predict
-from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS
+from brats_utils.inference import Predictor, sliding_window, sliding_window_predict
+from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS, to_file_labels
+from brats_utils.metrics import case_metrics
 from brats_utils.model import FULL_VOLUME, PRESETS, build_model
 from brats_utils.precision import grad_scaler, pick_device, resolve_precision
-from brats_utils.regions import loss_for, output_channels
+from brats_utils.regions import loss_for, output_channels, predictor_for, probs_to_labels
 from brats_utils.train import train, train_step
 from brats_utils.viz import preset_summary, save_figure
 
@@ -70,7 +82,7 @@ PAPER_NAMES: dict[str, str] = {
 }
 AS_RUN_SUFFIX = "_as_run"
 #: Columns of the paper's metric and the region Dice in the table, as named in the training history.
-DICE_COLUMNS = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
+DICE_COLUMNS = ("val_paper_dice", "val_dice_mean", "val_dice_WT", "val_dice_TC", "val_dice_ET")
 #: File names of the two figures in ``config.figures_dir()``.
 DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"
@@ -294,12 +306,48 @@ def measure_preset(preset: str, profile: Profile, cache_dir: Path, run_dir: Path
     return row
 
 
+#: Per-case scores of the held-out cases (BraTS rules): Dice and HD95 per region; HD95 lower is better.
+CASE_SCORES = tuple(f"{score}_{region}" for score in ("Dice", "Hausdorff95") for region in ("WT", "TC", "ET"))
+
+
+def predict_labels(predictor: Predictor, image: torch.Tensor, profile: Profile,
+                   device: torch.device) -> np.ndarray:
+    """File labels of one whole (cached) volume, through the profile's sliding window and target."""
+    with torch.inference_mode():
+        probs = sliding_window(predictor, image, patch_size=profile.sw_patch_size, overlap=profile.sw_overlap,
+                               sw_batch_size=profile.sw_batch_size, device=device)
+    return to_file_labels(probs_to_labels(probs, profile.target).numpy())
+
+
+def score_cases(checkpoint: Path, profile: Profile, volumes, device: torch.device) -> list[dict]:
+    """Dice and HD95 per region (:data:`CASE_SCORES`) of a finished run's best checkpoint on every volume,
+    one dict per case with its ``case`` id."""
+    model = load_model(checkpoint, device=device)
+    predictor = predictor_for(model, profile.target, precision=profile.requested_precision)
+    rows = []
+    for image, label, case_id in (volumes[i] for i in range(len(volumes))):
+        scores = case_metrics(predict_labels(predictor, image, profile, device),
+                              to_file_labels(label.numpy().astype(np.uint8)))
+        rows.append({"case": case_id, **{column: float(scores[column]) for column in CASE_SCORES}})
+    return rows
+
+
+def study_report(cases: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The study's conclusions (:func:`brats_utils.stats.compare_to_baseline`): per preset and score the mean
+    over the held-out cases with a 95 % bootstrap CI, and a paired Wilcoxon p-value and verdict against
+    ``baseline``."""
+    return stats.compare_to_baseline(cases, CASE_SCORES, baseline=baseline, method="preset",
+                                     lower_is_better=[c for c in CASE_SCORES if "Hausdorff" in c])
+
+
 def run_comparison(profile: Profile, cache_dir: str | Path, *, out_dir: Path | None = None,
-                   progress: bool = True, device: str | torch.device | None = None) -> pd.DataFrame:
+                   progress: bool = True, device: str | torch.device | None = None,
+                   report_split: str = "test") -> pd.DataFrame:
     """Train and measure every preset of ``profile.compare_presets`` on the cached cases of ``cache_dir``.
 
     Returns the table (also written as CSV); :func:`brats_utils.pipeline.run_comparison`
-    builds the cache first.
+    builds the cache first. Each finished preset is scored once on the ``report_split`` cases
+    (``cases.csv``) and the presets are compared with the first one (``report.csv``, :func:`study_report`).
 
     All presets share the profile's data, split, seed and training recipe; only the architecture
     changes, and the budget is ``compare_epochs`` epochs of ``compare_steps_per_epoch`` steps. Finished
@@ -315,17 +363,23 @@ def run_comparison(profile: Profile, cache_dir: str | Path, *, out_dir: Path | N
     out_dir = Path(out_dir) if out_dir is not None else comparison_dir(profile)
     device = torch.device(device) if device is not None else pick_device()
     static = architecture_table(presets).set_index("preset")
-    rows = []
+    rows, cases = [], []
     for preset in tqdm(presets, desc="architectures", unit="model", disable=not progress):
         run_dir = out_dir / preset
-        fingerprint = row_fingerprint(study_profile(profile, preset), device)
+        fingerprint = {**row_fingerprint(study_profile(profile, preset), device),
+                       "report_split": report_split}
         row = read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_preset(preset, profile, Path(cache_dir), run_dir, device, progress=progress)
+            row["cases"] = score_cases(run_dir / "checkpoints" / "best.pt", study_profile(profile, preset),
+                                       split_volumes(cache_dir, run_dir / "split.csv", report_split), device)
             write_json_atomic({"fingerprint": fingerprint, "row": row}, run_dir / "row.json")
+        cases += [{"preset": preset, **case} for case in row.pop("cases")]
         rows.append({"preset": preset, **static.loc[preset].to_dict(), **row})
         write_csv_atomic(pd.DataFrame(rows), comparison_csv_path(profile, out_dir))
     table = pd.DataFrame(rows)
+    write_csv_atomic(pd.DataFrame(cases), out_dir / "cases.csv")
+    write_csv_atomic(study_report(pd.DataFrame(cases), baseline=presets[0]), out_dir / "report.csv")
     save_figures(table)
     return table
 

@@ -202,13 +202,16 @@ class DataSettings(_Section):
     # which dataset (its layout, label scheme and metrics protocol: datasets.LAYOUTS); synthetic data is
     # written in its layout
     dataset: str = setting("brats2020", registry="datasets.LAYOUTS")
-    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; None: the dataset's own
+    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; "brats2025": the challenge's package
+    # (extra "official"; the project's lesion-wise without it); None: the dataset's own
     # (pipeline.metrics_protocol)
     metrics_protocol: str | None = setting(None, resumable=True, registry="lesion_metrics.PROTOCOLS")
     synthetic_train_cases: int = setting(20, range=AT_LEAST_1)
     synthetic_val_cases: int = setting(4, range=NOT_NEGATIVE)
     synthetic_shape: Shape3D = setting((240, 240, 155), range=AT_LEAST_1)
     seed: int = setting(42)
+    # seeds the patches, augmentation and order (None: seed); not the split
+    data_seed: int | None = setting(None)
     max_cases: int | None = setting(None, range=AT_LEAST_1)  # the first N training cases (None: all)
     # seconds a process waits for another that is building the shared synthetic dataset or cache
     lock_timeout: float = setting(3600.0, range=NOT_NEGATIVE, resumable=True, fingerprint=False)
@@ -304,6 +307,13 @@ class TrainingSettings(_Section):
     init_seed: int | None = setting(None)  # seeds initialisation and dropout (None: seed); not the split
     checkpoint_every: int = setting(5, range=AT_LEAST_1, resumable=True, fingerprint=False)
     max_val_cases: int | None = setting(None, range=AT_LEAST_1)  # validate on the first N (None: all)
+    # the validation score that picks best.pt: "val_dice_mean" (mean of WT, TC and ET Dice, what BraTS
+    # scores) or "val_paper_dice" (the paper's mean over the four labels, background included: the
+    # authors'); runs before this setting chose by the paper's metric
+    best_metric: Literal["val_dice_mean", "val_paper_dice"] = setting("val_dice_mean",
+                                                                      legacy="val_paper_dice")
+    # validate in fp32 whatever ``precision`` trains in (the authors did)
+    fp32_validation: bool = setting(False, resumable=True)
 
 
 @dataclass(frozen=True)
@@ -710,6 +720,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=2,
         augmentation="in_plane",
         dropout=0.3,
+        best_metric="val_paper_dice",  # "the best by validation Dice", the paper's Dice being its metric
         epochs=300,
         sw_patch_size=(240, 240, 160),
         sw_batch_size=1,
@@ -741,6 +752,8 @@ PROFILES: dict[str, Profile] = {
         lr_schedule="cosine",
         cosine_t_max=30,
         early_stop_rule="authors",
+        best_metric="val_paper_dice",
+        fp32_validation=True,
         epochs=300,
         sw_patch_size=(240, 240, 155),
         sw_batch_size=1,

@@ -333,6 +333,7 @@ class SplitSettings(Protocol):
     fold: int | None
     n_folds: int
     seed: int
+    data_seed: int | None  # seeds the patches, their augmentation and their order (None: seed)
 
 
 class PatchSettings(Protocol):
@@ -360,9 +361,12 @@ def make_loaders(cache_dir: str | Path, split: SplitSettings, patches: PatchSett
     per-rank ``batch_size``, default ``patches.batch_size``). The patches follow
     :class:`PatchDataset`'s arguments from ``patches``, with the transform that
     ``patches.augmentation`` names (:func:`brats_utils.augment.augmentation_for`); memory is pinned
-    only when CUDA is available. A run profile passes its ``data`` and ``loader`` sections.
+    only when CUDA is available. ``split.data_seed`` (default ``split.seed``) seeds the patches, their
+    augmentation and their order; the split always follows ``split.seed``. A run profile passes its
+    ``data`` and ``loader`` sections.
     """
     seed = split.seed
+    patch_seed = seed if split.data_seed is None else split.data_seed
     entries = cache_entries(cache_dir)[:split.max_cases]
     if not entries:
         raise CacheError("the cache holds no entries", path=cache_dir,
@@ -375,8 +379,8 @@ def make_loaders(cache_dir: str | Path, split: SplitSettings, patches: PatchSett
     dataset = PatchDataset([by_id[i] for i in train_ids], patch_size=patches.patch_size,
                            samples_per_volume=patches.samples_per_volume,
                            foreground_fraction=patches.foreground_fraction,
-                           augment=augmentation_for(patches.augmentation), seed=seed)
-    order = (sampler or EpochShuffleSampler)(len(dataset), seed=seed)
+                           augment=augmentation_for(patches.augmentation), seed=patch_seed)
+    order = (sampler or EpochShuffleSampler)(len(dataset), seed=patch_seed)
     loader = DataLoader(dataset, batch_size=batch_size or patches.batch_size, sampler=order,
                         num_workers=patches.num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=patches.num_workers > 0, collate_fn=pad_collate)

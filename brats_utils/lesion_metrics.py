@@ -53,6 +53,7 @@ from scipy import ndimage
 from brats_utils.errors import ProfileError, ShapeMismatchError
 from brats_utils.labels import BRATS2023, TRAIN_REGIONS
 from brats_utils.metrics import BRATS2020_PROTOCOL, MetricsProtocol, dice, hd95
+from brats_utils.official import official_train_scores, official_version
 
 #: BraTS 2023 regions in its labels (1 = NETC, 2 = SNFH/edema, 3 = ET), as its label scheme declares them.
 BRATS2023_REGIONS: dict[str, tuple[int, ...]] = dict(BRATS2023.regions)
@@ -243,12 +244,29 @@ LESIONWISE_PROTOCOL = MetricsProtocol(
     "lesion-wise Dice / HD95 with lesion counts (BraTS 2023 and later)")
 #: The metrics protocols by the name a profile's ``metrics_protocol`` gives.
 PROTOCOLS: dict[str, MetricsProtocol] = {p.name: p for p in (BRATS2020_PROTOCOL, LESIONWISE_PROTOCOL)}
+#: The challenge's own evaluation (:mod:`brats_utils.official`), chosen when asked for, by what is installed.
+BRATS2025 = "brats2025"
+
+
+def brats2025_protocol() -> MetricsProtocol:
+    """BraTS 2025's evaluation: the official ``brats-evaluation`` package when the extra ``official`` is
+    installed, else this module's lesion-wise implementation of the 2023 rules; the description says which."""
+    version = official_version()
+    if version is not None:
+        return MetricsProtocol(BRATS2025, official_train_scores,
+                               f"the official BraTS evaluation, brats-evaluation {version} (config gli)")
+    return MetricsProtocol(BRATS2025, lesion_wise_train_scores,
+                           "the project's own lesion-wise implementation of the BraTS 2023 rules "
+                           "(brats-evaluation is not installed: pip install -e \".[official]\")")
 
 
 def get_protocol(name: str) -> MetricsProtocol:
-    """The protocol called ``name`` (``"brats2020"`` or ``"lesionwise"``); :class:`ProfileError` otherwise."""
+    """The protocol called ``name`` (``"brats2020"``, ``"lesionwise"`` or ``"brats2025"``, see
+    :func:`brats2025_protocol`); :class:`ProfileError` otherwise."""
+    if name == BRATS2025:
+        return brats2025_protocol()
     try:
         return PROTOCOLS[name]
     except KeyError:
         raise ProfileError(f"unknown metrics protocol {name!r}",
-                           expected="one of " + ", ".join(PROTOCOLS)) from None
+                           expected="one of " + ", ".join([*PROTOCOLS, BRATS2025])) from None

@@ -31,6 +31,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -69,10 +70,12 @@ from brats_utils.inference import (
     prediction_fingerprint,
     with_flips,
 )
-from brats_utils.io import Case, load_case
-from brats_utils.lesion_metrics import PROTOCOLS, MetricsProtocol, get_protocol
+from brats_utils.io import Case, load_case, read_labels
+from brats_utils.labels import TRAIN_LABEL_NAMES, to_train_labels
+from brats_utils.lesion_metrics import BRATS2025, PROTOCOLS, MetricsProtocol, get_protocol
 from brats_utils.metrics import evaluate, prediction_path
 from brats_utils.model import ALL_PRESETS, build_model
+from brats_utils.postprocess import et_threshold_table, threshold_record
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
@@ -81,7 +84,7 @@ from brats_utils.synthetic_layouts import write_layout
 
 #: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
 REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
-                               "regions.LOSSES": LOSSES, "lesion_metrics.PROTOCOLS": PROTOCOLS,
+                               "regions.LOSSES": LOSSES, "lesion_metrics.PROTOCOLS": {*PROTOCOLS, BRATS2025},
                                "datasets.LAYOUTS": LAYOUTS, "model.PRESETS": ALL_PRESETS}
 
 
@@ -355,7 +358,8 @@ def run_comparison(profile: Profile, *, out_dir: Path | None = None, progress: b
     with interrupt_note(lambda: _finished_rows(folder, "*/row.json", "models"),
                         resume_command(profile, "compare")):
         return compare.run_comparison(profile, ensure_cache(profile, progress=progress), out_dir=out_dir,
-                                      progress=progress, device=device)
+                                      progress=progress, device=device,
+                                      report_split=heldout_split(profile))
 
 
 #: Seed offset of the foreign phantoms: other patients than every case of the profile's own dataset.
@@ -525,9 +529,9 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
 
     Every case of the split must have a prediction: a missing one raises :class:`BratsError`
     listing them, unless ``partial``, which scores only the cases predicted. ``protocol`` (default
-    :func:`metrics_protocol`: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"`` or
-    ``"lesionwise"``. The per-case table goes to ``out_csv`` (default ``<predictions>/metrics.csv``);
-    see :func:`brats_utils.metrics.evaluate`.
+    :func:`metrics_protocol`: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"``,
+    ``"lesionwise"`` or ``"brats2025"`` (the official package where installed). The per-case table
+    goes to ``out_csv`` (default ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
     """
     split = split or heldout_split(profile)
     cases, missing = prediction_coverage(profile, predictions, truth=truth, split=split)
@@ -593,8 +597,43 @@ def cross_validate(profile: Profile, *, out_dir: str | Path | None = None,
         predict_split(fold, checkpoint=ensure_trained(fold, progress=progress), split="val", out_dir=out_dir,
                       progress=progress)
         cases += _cases_of_split(fold, ensure_dataset(fold), "val", fold.dataset)
+    choose_et_threshold(out_dir, cases, chosen_on=f"out-of-fold predictions of {profile.n_folds}-fold "
+                                                  f"cross-validation")
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
                     protocol=metrics_protocol(profile))
+
+
+#: The enhancing tumour among the training labels (3).
+TRAIN_ET_LABEL = next(label for label, name in TRAIN_LABEL_NAMES.items() if name == "ET")
+#: Where :func:`choose_et_threshold` keeps its choice, in the folder of the predictions it was chosen on.
+ET_THRESHOLD_FILE = "et_threshold.json"
+
+
+def choose_et_threshold(predictions: str | Path, cases: list[Case], *, chosen_on: str) -> dict:
+    """The ET post-processing threshold (mm³, :mod:`brats_utils.postprocess`) chosen on a folder of
+    predictions of cases no model trained on, written to ``<predictions>/et_threshold.json``.
+
+    ``predictions``: the pooled out-of-fold predictions of a cross-validation (:func:`cross_validate`
+    does this) or, without one, a run's predictions of its validation cases; ``chosen_on`` says which.
+    Each case's voxel volume comes from its truth's header. Returns the record
+    (:func:`~brats_utils.postprocess.threshold_record`: value, ``chosen_on``, case ids, the curve).
+    """
+    predictions = Path(predictions)
+    labelled = [case for case in cases if case.seg is not None]
+    pairs, volumes, ids = [], [], []
+    for case in labelled:
+        truth, header = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
+        predicted, _ = read_labels(prediction_path(predictions, case.case_id), case_id=case.case_id,
+                                   scheme=case.scheme)
+        pairs.append((to_train_labels(predicted, scheme=case.scheme, case_id=case.case_id),
+                      to_train_labels(truth, scheme=case.scheme, case_id=case.case_id)))
+        volumes.append(float(np.prod(header.header.get_zooms()[:3])))
+        ids.append(case.case_id)
+    curve = et_threshold_table([p for p, _ in pairs], [t for _, t in pairs], voxel_volumes=volumes,
+                               et_label=TRAIN_ET_LABEL)
+    record = threshold_record(curve, chosen_on=chosen_on, case_ids=ids)
+    write_json_atomic(record, predictions / ET_THRESHOLD_FILE)
+    return record
 
 
 def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | Path | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -26,10 +27,15 @@ from brats_utils.rng import rng_state, seed_everything, set_rng_state
 from brats_utils.schedules import EarlyStopping, make_scheduler, make_stopper
 
 #: Columns of a run's history, one row per epoch.
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
-                   "val_dice_ET", "lr", "grad_norm", "seconds")
-#: Metric that picks the best checkpoint: the paper's 4-label mean Dice, as the authors did.
-BEST_METRIC = "val_paper_dice"
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_mean", "val_dice_WT",
+                   "val_dice_TC", "val_dice_ET", "lr", "grad_norm", "seconds")
+REGION_DICE_COLUMNS = ("val_dice_WT", "val_dice_TC", "val_dice_ET")
+
+
+def with_mean_dice(row: dict) -> dict:
+    """A history row with ``val_dice_mean`` (the mean of its WT, TC and ET Dice), as rows written before
+    that column existed lack it."""
+    return {**row, "val_dice_mean": float(np.mean([row[column] for column in REGION_DICE_COLUMNS]))}
 
 
 # --- the files of a run -------------------------------------------------------------
@@ -50,23 +56,25 @@ class TrainResult:
     run_dir: Path
     device: str
     stopped_early: bool
+    best_metric: str = "val_dice_mean"  # the profile's: the history column that chose best.pt
 
     @property
     def best_epoch(self) -> int:
-        """Epoch of the best checkpoint (highest validation paper Dice)."""
-        return int(self.history.loc[self.history[BEST_METRIC].idxmax(), "epoch"])
+        """Epoch of the best checkpoint (highest validation ``best_metric``)."""
+        return int(self.best["epoch"])
 
     @property
     def best(self) -> pd.Series:
-        """The history row of the best epoch."""
-        return self.history.loc[self.history[BEST_METRIC].idxmax()]
+        """The history row of the best epoch (the first of equal ones, as training kept it)."""
+        return self.history.loc[self.history[self.best_metric].idxmax()]
 
     def __repr__(self) -> str:
         best = self.best
         ending = "stopped early" if self.stopped_early else "finished"
         return (f"TrainResult: {len(self.history)} epochs on {self.device} ({ending}), "
                 f"{self.history['seconds'].sum() / 60:.1f} min\n"
-                f"  best epoch {self.best_epoch}: paper Dice {best['val_paper_dice']:.3f}, "
+                f"  best epoch {self.best_epoch} (by {self.best_metric}): mean region Dice "
+                f"{best['val_dice_mean']:.3f}, paper Dice {best['val_paper_dice']:.3f}, "
                 f"WT {best['val_dice_WT']:.3f}, TC {best['val_dice_TC']:.3f}, ET {best['val_dice_ET']:.3f}, "
                 f"val loss {best['val_loss']:.4f}\n"
                 f"  best checkpoint {self.best_checkpoint}\n"
@@ -130,7 +138,7 @@ class TrainingState:
         if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.stopper.load_state_dict(checkpoint["early_stopping"])
-        self.history = [dict(row) for row in checkpoint["history"]]
+        self.history = [with_mean_dice(dict(row)) for row in checkpoint["history"]]
         set_rng_state(checkpoint["rng_state"])
 
 
@@ -150,11 +158,11 @@ def save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best
     atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
 
 
-def agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict]) -> None:
+def agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict], best_metric: str) -> None:
     """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
     epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
     folder = checkpoint_dir(run_dir)
-    best_epoch = max(history, key=lambda row: row[BEST_METRIC])["epoch"]
+    best_epoch = max(history, key=lambda row: row[best_metric])["epoch"]
     best = None
     for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
         try:

@@ -23,16 +23,20 @@ folder. One process is the same code path with a world of one.
 
 Every epoch ends with a validation on whole validation volumes (sliding window when a
 volume is larger than the inference window) that reports the loss, the paper's metric
-(hard Dice averaged over the four labels, background included) and the BraTS region
-Dice (WT, TC, ET). The **best checkpoint is chosen by the paper's metric** on the
-validation cases, as the authors did, so our "best" is comparable with their 0.79. A
+(hard Dice averaged over the four labels, background included), the BraTS region
+Dice (WT, TC, ET) and their mean (``val_dice_mean``). The **best checkpoint is chosen by
+``profile.best_metric``** on the validation cases: by default the mean of WT, TC and ET Dice, what
+BraTS scores (the paper's metric is dominated by the background's Dice of about 1 and can pick the
+epoch with the worst ET); the ``authors`` profile keeps the paper's metric, as the authors did, so its
+"best" is comparable with their 0.79. Both are in the history. Validation runs in the training
+precision, or in fp32 with ``profile.fp32_validation`` (the authors' code validated in fp32). A
 profile's test cases (``profile.test_fraction``) never reach this module's loaders.
 
 Files of a run (``profile.run_dir`` unless told otherwise; locked while a process trains into it)::
 
     run_dir/history.csv              one row per epoch, rewritten atomically every epoch
     run_dir/checkpoints/last.pt      the resume point, written last at every epoch
-    run_dir/checkpoints/best.pt      highest validation paper Dice so far
+    run_dir/checkpoints/best.pt      highest validation ``best_metric`` so far
     run_dir/checkpoints/epoch_005.pt every ``checkpoint_every`` epochs
 
 Exact resume: a checkpoint holds the model, optimiser, scheduler, scaler, early-stopping
@@ -91,13 +95,13 @@ from brats_utils.precision import (
 from brats_utils.regions import loss_for, probs_to_labels, probs_to_logits
 from brats_utils.rng import seed_everything
 from brats_utils.run_state import (
-    BEST_METRIC,
     HISTORY_COLUMNS,
     TrainingState,
     TrainResult,
     agree_with_fallback,
     history_csv_path,
     save_epoch,
+    with_mean_dice,
 )
 from brats_utils.schedules import make_stopper, step_scheduler
 
@@ -130,6 +134,11 @@ def train_step(model: nn.Module, image: torch.Tensor, label: torch.Tensor, loss_
 
 
 VALIDATION_KEYS = ("val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
+
+
+def validation_precision(profile: Profile, training_precision: str) -> str:
+    """The precision validation runs in: fp32 with ``profile.fp32_validation``, else the training one."""
+    return "fp32" if profile.fp32_validation else training_precision
 
 
 @torch.inference_mode()
@@ -266,7 +275,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
             write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                              history_csv_path(run_dir))
         if last_path.name != "last.pt" and is_main:
-            agree_with_fallback(run_dir, checkpoint, state.history)
+            agree_with_fallback(run_dir, checkpoint, state.history, profile.best_metric)
         trained_by = checkpoint["config"].get("world_size", 1)
         to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
         if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
@@ -336,7 +345,8 @@ def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = Non
     return TrainResult(history=pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                        best_checkpoint=checkpoint_dir(run_dir) / "best.pt",
                        last_checkpoint=checkpoint_dir(run_dir) / "last.pt", run_dir=run_dir,
-                       device=str(device), stopped_early=state.stopper.should_stop)
+                       device=str(device), stopped_early=state.stopper.should_stop,
+                       best_metric=profile.best_metric)
 
 
 def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run_dir: Path,
@@ -357,15 +367,16 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
                       total=epochs, disable=not progress or not remaining):
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch,
+        row = with_mean_dice({"epoch": epoch,
                **train_epoch(state, loader, loss_fn, profile, device, epoch, precision=precision,
                              progress=progress, **ranks),
-               **validate(state.model, val_volumes, loss_fn, profile, device, precision=precision,
-                          progress=progress, **ranks),
-               "lr": lr, "seconds": time.perf_counter() - started}
+               **validate(state.model, val_volumes, loss_fn, profile, device,
+                          precision=validation_precision(profile, precision), progress=progress, **ranks),
+               "lr": lr, "seconds": time.perf_counter() - started})
         step_scheduler(state.scheduler, row["val_loss"])
         state.stopper.step(row["val_loss"])
-        is_best = all(row[BEST_METRIC] > earlier[BEST_METRIC] for earlier in state.history)
+        metric = profile.best_metric
+        is_best = all(row[metric] > earlier[metric] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
         if info.is_main:
             save_epoch(state, profile, run_dir, is_best=is_best, run=run)
@@ -380,7 +391,8 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
 
 def _epoch_line(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
-            f"paper Dice {row['val_paper_dice']:.3f}  WT {row['val_dice_WT']:.3f}  "
+            f"paper Dice {row['val_paper_dice']:.3f}  mean {row['val_dice_mean']:.3f}  "
+            f"WT {row['val_dice_WT']:.3f}  "
             f"TC {row['val_dice_TC']:.3f}  ET {row['val_dice_ET']:.3f}  lr {row['lr']:.1e}  "
             f"{row['seconds']:.0f} s")
 

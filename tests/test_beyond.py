@@ -92,6 +92,8 @@ def test_the_seeds_give_different_models_on_one_split(study, data_dir):
     folder = data_dir / "data" / "beyond" / "beyond-test" / "paper"
     splits = [pd.read_csv(folder / f"seed{s}" / "split.csv") for s in (42, 43)]
     assert splits[0].equals(splits[1])
+    configs = [load_checkpoint(folder / f"seed{s}" / "checkpoints" / "last.pt")["config"] for s in (42, 43)]
+    assert [(c["init_seed"], c["data_seed"], c["seed"]) for c in configs] == [(42, 42, 42), (43, 43, 42)]
     weights = [load_checkpoint(folder / f"seed{s}" / "checkpoints" / "best.pt")["model_state_dict"]
                for s in (42, 43)]
     assert not torch.equal(weights[0]["enc1.0.weight"], weights[1]["enc1.0.weight"])
@@ -181,13 +183,52 @@ def test_the_et_threshold_is_chosen_on_the_validation_cases_and_applied_everywhe
                                      precision=study_profile.requested_precision)
     cpu = torch.device("cpu")
     validation = beyond.split_volumes(profile.cache_dir, run_dir / "split.csv", "val")
-    threshold = choose_et_threshold(*beyond.predict_volumes(predictor, validation, study_profile, cpu)[:2])
+    spacing = beyond.voxel_volumes(validation)
+    assert spacing == [1.0] * len(validation)  # the phantoms' affine: 1 mm voxels, as BraTS
+    threshold = choose_et_threshold(*beyond.predict_volumes(predictor, validation, study_profile, cpu)[:2],
+                                    voxel_volumes=spacing)
     rows = runs[runs["seed"] == 42].set_index("variant")
-    assert rows.loc[beyond.POSTPROCESSED, "ET threshold"] == threshold
+    assert rows.loc[beyond.POSTPROCESSED, "ET threshold (mm³)"] == threshold
+    ids = " ".join(entry.name for entry in validation.entries)
+    assert rows.loc[beyond.POSTPROCESSED, "ET threshold chosen on"] == f"validation cases: {ids}"
     test = beyond.split_volumes(profile.cache_dir, run_dir / "split.csv", "test")
     predictions, truths, _ = beyond.predict_volumes(predictor, test, study_profile, cpu, shifted=True)
-    expected = beyond.mean_scores([suppress_small_et(p, threshold) for p in predictions], truths, "shifted ")
+    expected = beyond.mean_scores([suppress_small_et(p, threshold, voxel_volume_mm3=v)
+                                   for p, v in zip(predictions, beyond.voxel_volumes(test), strict=True)],
+                                  truths, "shifted ")
     assert rows.loc[beyond.POSTPROCESSED, "shifted Dice_ET"] == pytest.approx(expected["shifted Dice_ET"])
+
+
+def test_the_seeds_draw_other_patches_in_another_order(study, data_dir):
+    from brats_utils.data import make_loaders
+
+    def first_batch(patch_seed):
+        loader, _ = make_loaders(tiny_profile().cache_dir, split_csv=None, seed=42, test_fraction=0.2,
+                                 patch_seed=patch_seed, patch_size=(8, 8, 8), samples_per_volume=4,
+                                 batch_size=2, num_workers=0, augmentation="none")
+        return next(iter(loader))[0]
+
+    assert torch.equal(first_batch(None), first_batch(42))  # the default is the split's seed
+    assert not torch.equal(first_batch(42), first_batch(43))
+
+
+def test_the_report_tests_every_variant_against_the_paper_model_case_by_case(study, data_dir):
+    runs, _ = study
+    folder = data_dir / "data" / "beyond" / "beyond-test"
+    cases = pd.read_csv(folder / "cases.csv")
+    n_test = len(pipeline.split_of(tiny_profile())["test"])
+    assert len(cases[(cases["variant"] == "paper")]) == 2 * n_test  # two seeds x the test cases
+    mean_of_run = cases[(cases["variant"] == "regions") & (cases["seed"] == 43)]["Dice_TC"].mean()
+    run = runs[(runs["variant"] == "regions") & (runs["seed"] == 43)].iloc[0]
+    assert mean_of_run == pytest.approx(run["Dice_TC"])
+    report = pd.read_csv(folder / "report.csv").fillna({"verdict": ""})
+    assert set(report["variant"]) == {"paper", beyond.POSTPROCESSED, "regions", beyond.ENSEMBLE}
+    assert (report["n cases"] == n_test).all()
+    tested = report[report["variant"] != "paper"]
+    # one test case: no interval, no test, and so no verdict but "no difference"
+    assert n_test == 1 and tested["p"].isna().all() and tested["CI low"].isna().all()
+    assert set(tested["verdict"]) == {"no difference"}
+    assert (report.loc[report["variant"] == "paper", "verdict"] == "").all()
 
 
 def test_study_figure_draws_one_dot_per_seed_and_never_leaves_0_to_1():

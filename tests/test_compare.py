@@ -55,7 +55,7 @@ def test_parameter_columns_match_the_model(study):
 def test_dice_columns_are_the_best_epoch_of_each_run(study, data_dir):
     for _, row in study.iterrows():
         history = pd.read_csv(compare.comparison_dir(tiny_profile()) / row["preset"] / "history.csv")
-        best = history.loc[history["val_paper_dice"].idxmax()]
+        best = history.loc[history["val_dice_mean"].idxmax()]  # the default best_metric
         assert row["best epoch"] == best["epoch"]
         for column in compare.DICE_COLUMNS:
             assert row[column] == pytest.approx(best[column])
@@ -102,6 +102,41 @@ def test_changed_budget_trains_again_with_a_warning(study, data_dir):
     assert len(table) == 1
     checkpoint = load_checkpoint(out_dir / "paper" / "checkpoints" / "last.pt")
     assert checkpoint["config"]["steps_per_epoch"] == 2
+
+
+def test_every_preset_is_scored_once_on_the_test_cases_and_compared_with_the_first(study, data_dir):
+    import numpy as np
+
+    from brats_utils.data import split_volumes
+    from brats_utils.inference import sliding_window_predict
+    from brats_utils.labels import to_file_labels
+    from brats_utils.metrics import case_metrics
+    from brats_utils.model import build_model as build
+
+    folder = compare.comparison_dir(tiny_profile())
+    # the whole study ran first in this module; the subset call of the reuse test wrote its own files
+    pipeline.run_comparison(tiny_profile(), progress=False, device="cpu")
+    cases = pd.read_csv(folder / "cases.csv")
+    split = pd.read_csv(folder / "paper" / "split.csv")
+    test_ids = sorted(split.loc[split["split"] == "test", "case_id"])
+    for preset in PRESETS:
+        assert sorted(cases.loc[cases["preset"] == preset, "case"]) == test_ids
+    # the paper preset's scores, again by another path: the checkpoint's weights in a fresh model
+    checkpoint = load_checkpoint(folder / "paper" / "checkpoints" / "best.pt")
+    model = build("paper")
+    model.load_state_dict(checkpoint["model_state_dict"])
+    volumes = split_volumes(tiny_profile().cache_dir, folder / "paper" / "split.csv", "test")
+    image, label, case_id = volumes[0]
+    probs = sliding_window_predict(model.eval(), image, patch_size=(16, 16, 16), overlap=0.5)
+    expected = case_metrics(to_file_labels(probs.argmax(0).numpy().astype(np.uint8)),
+                            to_file_labels(label.numpy().astype(np.uint8)))
+    row = cases[(cases["preset"] == "paper") & (cases["case"] == case_id)].iloc[0]
+    for column in compare.CASE_SCORES:
+        assert row[column] == pytest.approx(expected[column], abs=1e-6)
+    report = pd.read_csv(folder / "report.csv").fillna({"verdict": ""})
+    assert list(dict.fromkeys(report["preset"])) == list(PRESETS)
+    assert (report.loc[report["preset"] == "paper", "verdict"] == "").all()
+    assert set(report.loc[report["preset"] != "paper", "verdict"]) <= {"better", "worse", "no difference"}
 
 
 def test_the_built_cross_is_drawn_above_a_dot_it_lands_on():

@@ -148,6 +148,37 @@ def test_only_checked_cells_carry_outputs(path):
             assert (cell.get("execution_count") is not None) == checked, _source(cell)[:80]
 
 
+#: Tag of a code cell that scores finished methods on the test cases (and chooses nothing): the only cells
+#: of the studies' notebook that may read the test split. Every design choice (budget, start, threshold,
+#: variant) is made on validation or out-of-fold predictions.
+FINAL_SCORING_TAG = "final-scoring"
+#: What reads the test split in a cell: the split's name as a string, the held-out split of a profile, or
+#: the test volumes an earlier final-scoring cell loaded.
+READS_TEST_SPLIT = re.compile(r"""["']test["']|heldout_split\(|\btest_volumes\b""")
+
+
+def _cells_reading_the_test_split(cells: list[dict]) -> list[tuple[str, bool]]:
+    return [(cell.get("id", "?"), FINAL_SCORING_TAG in _tags(cell)) for cell in cells
+            if cell["cell_type"] == "code" and READS_TEST_SPLIT.search(_source(cell))]
+
+
+def test_the_studies_notebook_reads_the_test_split_only_in_final_scoring_cells():
+    cells = _cells(NOTEBOOK_DIR / "08_beyond_the_paper.ipynb")
+    reading = _cells_reading_the_test_split(cells)
+    assert reading, "the notebook scores its methods on the test cases somewhere"
+    assert [cell_id for cell_id, tagged in reading if not tagged] == []
+    exercise_4 = next(c for c in cells if c.get("id") == "solution-4")  # a design choice: validation
+    assert 'report_split="val"' in _source(exercise_4) and FINAL_SCORING_TAG not in _tags(exercise_4)
+
+
+def test_the_final_scoring_check_catches_an_untagged_cell():
+    untagged = {"cell_type": "code", "metadata": {}, "source": ['split_volumes(cache, csv, split="test")\n']}
+    tagged = {"cell_type": "code", "metadata": {"tags": [FINAL_SCORING_TAG]}, "id": "t",
+              "source": ["report = heldout_split(profile)\n"]}
+    validation = {"cell_type": "code", "metadata": {}, "source": ['split_volumes(cache, csv, "val")\n']}
+    assert _cells_reading_the_test_split([untagged, tagged, validation]) == [("?", False), ("t", True)]
+
+
 # --- issue 23: further research, references, computed answers, from-scratch cells -------------------
 
 #: The works every notebook's reference list links (arXiv or DOI), as the issue names them.

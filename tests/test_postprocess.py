@@ -11,6 +11,8 @@ from brats_utils.postprocess import (
     choose_et_threshold,
     et_threshold_table,
     suppress_small_et,
+    threshold_record,
+    voxel_volume_mm3,
 )
 
 
@@ -86,3 +88,23 @@ def test_the_relabelled_labels_follow_the_label_scheme():
     assert et_and_ncr_labels(MSD_TASK01) == (3, 2)  # MSD: 2 non-enhancing tumour, 3 enhancing tumour
     et, ncr = et_and_ncr_labels(MSD_TASK01)
     assert suppress_small_et(np.array([0, et, 1]), 2, et_label=et, replacement=ncr).tolist() == [0, ncr, 1]
+def test_the_threshold_is_a_volume_in_mm3_whatever_the_spacing():
+    # 5 ET voxels of 2 mm³ are 10 mm³: dropped below 11 mm³, kept at 10 mm³
+    assert voxel_volume_mm3(np.diag([1.0, 2.0, -1.0, 1.0])) == 2.0  # a flipped axis is still 2 mm³
+    assert np.count_nonzero(suppress_small_et(case(5), 11, voxel_volume_mm3=2.0) == 4) == 0
+    assert np.array_equal(suppress_small_et(case(5), 10, voxel_volume_mm3=2.0), case(5))
+    # the hand-made cases of the test above, case A with 3 false ET voxels of 2 mm³ (6 mm³): below 8 mm³
+    # it is dropped, while case C's true 8 mm³ (8 voxels of 1 mm³) is kept
+    predictions, truths = [case(3), case(30), case(8)], [case(0), case(30), case(8)]
+    volumes = [2.0, 1.0, 1.0]
+    assert candidate_thresholds(predictions, volumes) == [0, 8, 9, 31]
+    assert choose_et_threshold(predictions, truths, voxel_volumes=volumes) == 8
+
+
+def test_the_record_keeps_the_value_the_cases_and_the_curve_it_came_from():
+    predictions, truths = [case(4), case(30), case(8)], [case(0), case(30), case(8)]
+    table = et_threshold_table(predictions, truths)
+    record = threshold_record(table, chosen_on="validation cases", case_ids=["a", "b", "c"])
+    assert record["min_volume_mm3"] == 5.0
+    assert record["chosen_on"] == "validation cases" and record["case_ids"] == ["a", "b", "c"]
+    assert [row["threshold"] for row in record["curve"]] == [0, 5, 9, 31]

@@ -6,6 +6,7 @@ folder: ``$BRATS_DATA_DIR`` is redirected for this module.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -54,12 +55,13 @@ def test_the_authors_profile_is_their_final_run():
     assert (p.val_fraction, p.test_fraction, p.seed, p.exclude_from_training) == \
         (0.2, 0.0, 42, ("BraTS20_Training_355",))
     assert p.sw_patch_size == (240, 240, 155) and not p.tta  # one full-volume pass
-    assert train_module.BEST_METRIC == "val_paper_dice"
+    assert p.best_metric == "val_paper_dice" and p.fp32_validation  # chosen and validated as they did
 
 
 def test_the_paper_profile_says_what_it_does():
     p = PROFILES["paper"]
     assert p.crop and p.normalisation == "brain" and p.patch_size is None
+    assert p.best_metric == "val_paper_dice" and not p.fp32_validation  # "the best by validation Dice"
     assert "cropped to the brain" in p.description and "whole 240x240x155 volumes" not in p.description
 
 
@@ -217,7 +219,7 @@ def test_test_cases_never_reach_training_validation_or_the_best_epoch(data_dir, 
     split = pd.read_csv(tmp_path / "run" / "split.csv").set_index("case_id")["split"]
     assert {case for case, name in split.items() if name == "test"} == test
     # the best epoch is the history's argmax of the validation metric, and nothing else decides it
-    assert result.best_epoch == int(result.history.loc[result.history["val_paper_dice"].idxmax(), "epoch"])
+    assert result.best_epoch == int(result.history.loc[result.history[profile.best_metric].idxmax(), "epoch"])
     # the final report predicts exactly the test cases
     assert pipeline.heldout_split(profile) == "test"
     paths = pipeline.predict_split(profile, checkpoint=result.best_checkpoint, split="test",
@@ -312,6 +314,15 @@ def test_cross_validation_pools_out_of_fold_scores_and_averages_the_folds_on_tes
     per_case, _ = pipeline.cross_validate(profile, out_dir=tmp_path / "oof", progress=False)
     parts = pipeline.split_of(profile)
     assert sorted(per_case.index) == sorted(parts["train"] + parts["val"])  # all non-test cases, once
+    # the ET threshold: chosen on the pooled out-of-fold predictions, in mm³, with the cases it came from
+    chosen = json.loads((tmp_path / "oof" / pipeline.ET_THRESHOLD_FILE).read_text())
+    assert chosen["chosen_on"] == "out-of-fold predictions of 2-fold cross-validation"
+    assert sorted(chosen["case_ids"]) == sorted(per_case.index)
+    curve = pd.DataFrame(chosen["curve"])
+    best = curve.loc[curve["mean ET Dice"] == curve["mean ET Dice"].max(), "threshold"].min()
+    assert chosen["min_volume_mm3"] == best and curve.loc[0, "threshold"] == 0
+    # at threshold 0 nothing changes: the curve starts at the pooled ET Dice of the evaluation itself
+    assert curve.loc[0, "mean ET Dice"] == pytest.approx(per_case["Dice_ET"].mean())
     for k in range(2):
         split = pd.read_csv(profile.run_dir / f"fold{k}" / "split.csv").set_index("case_id")["split"]
         assert {c for c, s in split.items() if s == "test"} == set(parts["test"])

@@ -106,7 +106,9 @@ def test_files_of_a_run_best_periodic_last_and_history(two_epochs):
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
     best = load_checkpoint(two_epochs.best_checkpoint)
     history = two_epochs.history
-    best_epoch = int(history.loc[history["val_paper_dice"].idxmax(), "epoch"])
+    best_epoch = int(history.loc[history["val_dice_mean"].idxmax(), "epoch"])  # the default best_metric
+    assert history["val_dice_mean"].tolist() == pytest.approx(
+        history[["val_dice_WT", "val_dice_TC", "val_dice_ET"]].mean(axis=1).tolist())
     assert best["epoch"] == best_epoch == two_epochs.best_epoch
     on_disk = pd.read_csv(history_csv_path(two_epochs.run_dir))
     pd.testing.assert_frame_equal(on_disk, history, check_dtype=False)
@@ -230,7 +232,7 @@ def test_plateau_schedule_and_early_stop_follow_a_scripted_validation_loss(profi
     assert result.stopped_early
     assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert result.history["lr"].tolist() == pytest.approx([5e-4] * 5 + [3e-4])
-    assert load_checkpoint(result.best_checkpoint)["epoch"] == 4  # highest paper Dice, not lowest loss
+    assert load_checkpoint(result.best_checkpoint)["epoch"] == 4  # highest mean Dice, not lowest loss
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert files == ["best.pt", "epoch_005.pt", "last.pt"]
     again = train(scripted, run_dir=tmp_path, progress=False, device="cpu")  # a stopped run stays stopped
@@ -295,6 +297,60 @@ def test_plot_history_draws_loss_dice_and_learning_rate(two_epochs):
     loss, dice, lr = fig.axes[:3]
     assert len(loss.lines) >= 2 and lr.get_yscale() == "log"
     np.testing.assert_allclose(dice.lines[0].get_ydata(), two_epochs.history["val_paper_dice"])
+
+
+def test_the_best_checkpoint_is_chosen_by_the_profile_metric(profile, tmp_path, monkeypatch):
+    """Mean region Dice by default; the paper's 4-label mean for the authors' setting. Epoch 2 has the
+    higher paper Dice (background and a good WT) but a missed ET; epoch 3 the higher mean of WT, TC, ET."""
+    scores = [{"val_paper_dice": 0.50, "val_dice_WT": 0.5, "val_dice_TC": 0.5, "val_dice_ET": 0.5},
+              {"val_paper_dice": 0.80, "val_dice_WT": 0.9, "val_dice_TC": 0.6, "val_dice_ET": 0.0},
+              {"val_paper_dice": 0.70, "val_dice_WT": 0.8, "val_dice_TC": 0.7, "val_dice_ET": 0.6}]
+
+    def best_epoch(settings, folder):
+        calls = iter(scores)
+        monkeypatch.setattr(train_module, "validate", lambda *a, **k: {"val_loss": 1.0, **next(calls)})
+        result = train(settings, run_dir=folder, progress=False, device="cpu")
+        assert result.history["val_dice_mean"].tolist() == pytest.approx([0.5, 0.5, 0.7])
+        assert load_checkpoint(result.best_checkpoint)["epoch"] == result.best_epoch
+        return result.best_epoch
+
+    short = profile.with_overrides(epochs=3, steps_per_epoch=1)
+    assert best_epoch(short, tmp_path / "mean") == 3
+    assert best_epoch(short.with_overrides(best_metric="val_paper_dice"), tmp_path / "paper") == 2
+
+
+def test_runs_from_before_best_metric_resume_with_the_paper_metric(profile, two_epochs):
+    """A checkpoint saved before ``best_metric`` existed chose its best epoch by the paper's metric: it
+    resumes as that, and its history rows get the mean region Dice."""
+    from brats_utils.checkpoints import check_compatible
+
+    checkpoint = load_checkpoint(two_epochs.last_checkpoint)
+    checkpoint["config"].pop("best_metric")
+    checkpoint["history"] = [{k: v for k, v in row.items() if k != "val_dice_mean"}
+                             for row in checkpoint["history"]]
+    with pytest.raises(CheckpointError, match="best_metric: 'val_paper_dice' -> 'val_dice_mean'"):
+        check_compatible(checkpoint, profile, two_epochs.last_checkpoint)
+    legacy = profile.with_overrides(best_metric="val_paper_dice")
+    check_compatible(checkpoint, legacy, two_epochs.last_checkpoint)
+    state = train_module.TrainingState.create(legacy, torch.device("cpu"))
+    state.restore(checkpoint)
+    assert [row["val_dice_mean"] for row in state.history] == pytest.approx(
+        two_epochs.history["val_dice_mean"].tolist())
+
+
+def test_fp32_validation_overrides_the_training_precision(profile, tmp_path, monkeypatch):
+    from brats_utils.precision import resolve_precision
+
+    assert train_module.validation_precision(profile, "bf16") == "bf16"
+    assert train_module.validation_precision(profile.with_overrides(fp32_validation=True), "fp16") == "fp32"
+    seen = []
+    dice_columns = ("val_paper_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET")
+    scores = {"val_loss": 1.0, **dict.fromkeys(dice_columns, 0.5)}
+    monkeypatch.setattr(train_module, "validate", lambda *a, precision, **k: seen.append(precision) or scores)
+    short = profile.with_overrides(epochs=1, steps_per_epoch=1, precision="bf16")
+    train(short, run_dir=tmp_path / "as trained", progress=False, device="cpu")
+    train(short.with_overrides(fp32_validation=True), run_dir=tmp_path / "fp32", progress=False, device="cpu")
+    assert seen == [resolve_precision("bf16", torch.device("cpu")), "fp32"]
 
 
 # --- several processes: the global batch -----------------------------------------------------

@@ -169,8 +169,9 @@ def test_seam_figure_changes_with_overlap_and_sigma():
 
 def test_relabel_rule_on_a_hand_made_case():
     labels = np.array([0, 4, 4, 2, 1])
-    assert widgets._relabel_small_et(labels, 3).tolist() == [0, 1, 1, 2, 1]  # 2 ET voxels < 3
-    assert widgets._relabel_small_et(labels, 2).tolist() == [0, 4, 4, 2, 1]  # 2 is not fewer than 2
+    prediction, truth = labels, np.array([0, 0, 0, 2, 1])  # 2 predicted ET voxels, none true
+    assert widgets.et_case_scores(prediction, truth) == (2, 0.0, 1.0)
+    assert widgets.et_case_scores(prediction, labels) == (2, 1.0, 0.0)
 
 
 def test_et_case_scores_by_hand():

@@ -24,7 +24,7 @@ widget                      what changes                                        
 The sliding window lives in :mod:`brats_utils.inference`, a layer above this one, so the seam widget
 repeats its two rules (window starts, Gaussian weights) with σ free; the tests check that they agree
 with ``inference.window_starts`` and ``inference.importance_map`` at σ = patch / 8. The ET relabelling
-rule is :func:`_relabel_small_et`, a stand-in until a post-processing module takes it over.
+rule is :func:`brats_utils.postprocess.suppress_small_et`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 from brats_utils.data import choose_patch_start
 from brats_utils.losses import CombinedLoss
 from brats_utils.metrics import dice
+from brats_utils.postprocess import ET_LABEL, suppress_small_et
 from brats_utils.viz.volumes import _in_widget_kernel
 
 __all__ = [
@@ -316,17 +317,8 @@ def seam_widget(overlap: float = 0.5, sigma_fraction: float = 0.125, *, static: 
 
 # --- 06: the ET post-processing threshold ----------------------------------------------------
 
-#: File label of the enhancing tumour and of the necrotic core it becomes when relabelled.
-_ET, _NCR = 4, 1
-
-
-def _relabel_small_et(labels: np.ndarray, threshold: float) -> np.ndarray:
-    """The post-processing rule (a local stand-in for a post-processing module): a case with fewer
-    than ``threshold`` predicted ET voxels (file label 4) has them relabelled necrotic core (1)."""
-    labels = np.asarray(labels)
-    if np.count_nonzero(labels == _ET) < threshold:
-        return np.where(labels == _ET, _NCR, labels).astype(labels.dtype)
-    return labels
+#: File label of the enhancing tumour.
+_ET = ET_LABEL
 
 
 def et_case_scores(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, float, float]:
@@ -336,7 +328,7 @@ def et_case_scores(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, floa
     """
     size = int(np.count_nonzero(np.asarray(prediction) == _ET))
     kept = dice(np.asarray(prediction) == _ET, np.asarray(truth) == _ET)
-    relabelled = dice(_relabel_small_et(prediction, math.inf) == _ET, np.asarray(truth) == _ET)
+    relabelled = dice(suppress_small_et(prediction, math.inf) == _ET, np.asarray(truth) == _ET)
     return size, kept, relabelled
 
 

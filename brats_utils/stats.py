@@ -1,0 +1,132 @@
+"""How the studies draw conclusions: a mean with a 95 % confidence interval over cases, a paired test.
+
+The studies (:mod:`brats_utils.compare`, :mod:`brats_utils.beyond`) follow one protocol:
+
+1. **Design choices on cases that are not reported.** Checkpoint selection, early stopping and
+   post-processing thresholds are chosen on the validation cases (or on pooled out-of-fold predictions
+   of a cross-validation); the test cases are scored **once per finished method** and choose nothing.
+2. **Seeds vary the data as well as the network**: a study's seed ``k`` is the run's ``init_seed``
+   (initialisation, dropout) *and* its ``data_seed`` (patch positions, augmentation, patch order); the
+   patient split keeps the profile's ``seed``, so every method is scored on the same test cases.
+3. **The case is the unit.** A method's score of a case is the mean over its seeds; per method and
+   region the table gives the mean over cases with a **95 % bootstrap confidence interval over cases**
+   (:func:`bootstrap_ci`, ``scipy.stats.bootstrap``, percentile method), and against the baseline a
+   **paired Wilcoxon signed-rank test** over the same cases (:func:`paired_test`,
+   ``scipy.stats.wilcoxon``, two-sided).
+4. **A verdict only where the test says so**: "better" or "worse" when ``p < alpha`` (default
+   :data:`ALPHA` = 0.05), otherwise "no difference", which means *no difference shown at this
+   alpha*, not "equal". With ``n`` paired cases the smallest two-sided p the exact test can give is
+   ``2 / 2**n``: five test cases can never show a difference at 0.05 (0.0625), six can.
+
+Nothing here is computed by hand: the interval and the test are scipy's; this module only says which
+numbers go in and names the outcome.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+#: Significance level of the verdicts.
+ALPHA = 0.05
+#: Confidence level of the intervals.
+CONFIDENCE = 0.95
+#: Bootstrap resamples (scipy's default).
+N_RESAMPLES = 9999
+#: The three verdict words.
+BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference"
+
+
+def bootstrap_ci(values: Sequence[float], *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                 seed: int = 0) -> tuple[float, float]:
+    """The ``confidence`` bootstrap interval of the mean of ``values`` (cases resampled with replacement).
+
+    ``scipy.stats.bootstrap`` with the percentile method, seeded by ``seed`` so a table is reproducible.
+    (The percentile method, not scipy's default BCa: BCa is undefined for a constant sample, e.g. ET Dice
+    1 on every case, where the percentile interval is that constant.) Fewer than two values: NaN, NaN.
+    """
+    data = np.asarray(values, dtype=float)
+    if data.size < 2:
+        return float("nan"), float("nan")
+    result = scipy_stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                                   method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def paired_test(method: Sequence[float], baseline: Sequence[float]) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test of ``method - baseline``, paired by position.
+
+    ``scipy.stats.wilcoxon`` with its defaults (exact distribution for small samples without ties or
+    zeros, zero differences dropped); every difference zero gives 1.0. Fewer than two pairs: NaN (no test).
+    """
+    a, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
+    if a.size < 2:
+        return float("nan")
+    with warnings.catch_warnings():  # all differences zero: scipy warns, and answers p = 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(scipy_stats.wilcoxon(a, b).pvalue)
+
+
+def verdict(difference: float, p_value: float, *, higher_is_better: bool = True, alpha: float = ALPHA) -> str:
+    """"better" / "worse" when ``p_value < alpha`` (by the sign of ``difference``), else "no difference"."""
+    if not p_value < alpha or difference == 0:
+        return NO_DIFFERENCE
+    return BETTER if (difference > 0) == higher_is_better else WORSE
+
+
+def compare_to_baseline(per_case: pd.DataFrame, columns: Sequence[str], *, baseline: str,
+                        method: str = "method", case: str = "case", alpha: float = ALPHA,
+                        lower_is_better: Sequence[str] = ()) -> pd.DataFrame:
+    """Per method and column: mean over cases, 95 % bootstrap CI, paired p-value and verdict vs ``baseline``.
+
+    ``per_case``: one row per method, case (and seed, if any): the seeds of a method are averaged per case
+    first, so a case counts once. Every method must have scored the baseline's cases (else ``ValueError``
+    naming the missing ones). Returns one row per (method, column) in the order the methods first appear,
+    with ``n cases``, ``mean``, ``CI low``, ``CI high``, ``difference`` (mean of the paired differences),
+    ``p`` and ``verdict`` (NaN and "" for the baseline itself). Columns in ``lower_is_better`` (HD95)
+    call a negative difference "better".
+    """
+    by_case = per_case.groupby([method, case], sort=False)[list(columns)].mean()
+    methods = list(dict.fromkeys(per_case[method]))
+    if baseline not in methods:
+        raise ValueError(f"the baseline {baseline!r} is not among the methods {methods}")
+    reference = by_case.loc[baseline]
+    rows = []
+    for name in methods:
+        scores = by_case.loc[name]
+        missing = sorted(set(reference.index) - set(scores.index))
+        if missing:
+            raise ValueError(f"method {name!r} has no scores for the cases {missing} that the baseline has")
+        for column in columns:
+            values = scores.loc[reference.index, column].to_numpy()
+            low, high = bootstrap_ci(values)
+            row = {method: name, "score": column, "n cases": len(values), "mean": float(values.mean()),
+                   "CI low": low, "CI high": high, "difference": np.nan, "p": np.nan, "verdict": ""}
+            if name != baseline:
+                base = reference[column].to_numpy()
+                p = paired_test(values, base)
+                difference = float(np.mean(values - base))
+                row.update(difference=difference, p=p,
+                           verdict=verdict(difference, p, higher_is_better=column not in lower_is_better,
+                                           alpha=alpha))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_report(report: pd.DataFrame, *, method: str = "method") -> pd.DataFrame:
+    """:func:`compare_to_baseline` as strings ``mean [low, high]`` and ``p (verdict)``, one row per method."""
+    digits = {True: 3, False: 1}
+    cells: dict[str, dict[str, str]] = {}
+    for row in report.to_dict("records"):
+        d = digits["Dice" in row["score"]]
+        text = f"{row['mean']:.{d}f} [{row['CI low']:.{d}f}, {row['CI high']:.{d}f}]"
+        if row["verdict"]:
+            text += f", p={row['p']:.3g} ({row['verdict']})"
+        cells.setdefault(row[method], {})[row["score"]] = text
+    return pd.DataFrame.from_dict(cells, orient="index")
