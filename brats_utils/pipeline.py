@@ -79,6 +79,7 @@ from brats_utils.postprocess import et_threshold_table, threshold_record
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
+from brats_utils.run_state import is_finished
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
 
@@ -346,7 +347,7 @@ def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
             checkpoint = None
         if checkpoint is not None:
             check_compatible(checkpoint, profile, last_path)
-            if training.is_finished(checkpoint, profile):
+            if is_finished(checkpoint, profile):
                 return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint
 

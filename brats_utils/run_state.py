@@ -173,3 +173,10 @@ def agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict], be
             best = candidate
             break
     atomic_torch_save(best if best is not None else checkpoint, folder / "best.pt")
+
+
+def is_finished(checkpoint: dict, profile: Profile) -> bool:
+    """Whether a run's last checkpoint marks it complete (all epochs done, or stopped early)."""
+    stopper = make_stopper(profile)
+    stopper.load_state_dict(checkpoint["early_stopping"])
+    return checkpoint["epoch"] >= profile.epochs or stopper.should_stop

@@ -103,7 +103,7 @@ from brats_utils.run_state import (
     save_epoch,
     with_mean_dice,
 )
-from brats_utils.schedules import make_stopper, step_scheduler
+from brats_utils.schedules import step_scheduler
 
 # --- one step, one validation ----------------------------------------------------------
 
@@ -395,10 +395,3 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"WT {row['val_dice_WT']:.3f}  "
             f"TC {row['val_dice_TC']:.3f}  ET {row['val_dice_ET']:.3f}  lr {row['lr']:.1e}  "
             f"{row['seconds']:.0f} s")
-
-
-def is_finished(checkpoint: dict, profile: Profile) -> bool:
-    """Whether a run's last checkpoint marks it complete (all epochs done, or stopped early)."""
-    stopper = make_stopper(profile)
-    stopper.load_state_dict(checkpoint["early_stopping"])
-    return checkpoint["epoch"] >= profile.epochs or stopper.should_stop
