@@ -26,8 +26,10 @@ def tiny_preset(monkeypatch):
 
 
 def fixture_profile():
+    """The settings the fixture was trained with; its best checkpoint was chosen by the paper's metric, the
+    only one there was then (best_metric's legacy value)."""
     return get_profile("ci").with_overrides(epochs=1, steps_per_epoch=1, model_preset="fixture_tiny",
-                                            max_val_cases=1)
+                                            max_val_cases=1, best_metric="val_paper_dice")
 
 
 def test_the_old_checkpoint_fits_its_profile_and_refuses_other_settings(tiny_preset):
@@ -36,6 +38,9 @@ def test_the_old_checkpoint_fits_its_profile_and_refuses_other_settings(tiny_pre
     check_compatible(checkpoint, fixture_profile().with_overrides(epochs=3), BEFORE_SECTIONS)
     with pytest.raises(CheckpointError, match=r"lr: 0\.0005 -> 0\.001"):
         check_compatible(checkpoint, fixture_profile().with_overrides(lr=1e-3), BEFORE_SECTIONS)
+    with pytest.raises(CheckpointError, match="best_metric: 'val_paper_dice' -> 'val_dice_mean'"):
+        check_compatible(checkpoint, fixture_profile().with_overrides(best_metric="val_dice_mean"),
+                         BEFORE_SECTIONS)
 
 
 def test_a_checkpoint_saved_before_the_settings_sections_resumes(tiny_preset, tmp_path, monkeypatch):
