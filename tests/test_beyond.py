@@ -202,10 +202,11 @@ def test_the_et_threshold_is_chosen_on_the_validation_cases_and_applied_everywhe
 def test_the_seeds_draw_other_patches_in_another_order(study, data_dir):
     from brats_utils.data import make_loaders
 
-    def first_batch(patch_seed):
-        loader, _ = make_loaders(tiny_profile().cache_dir, split_csv=None, seed=42, test_fraction=0.2,
-                                 patch_seed=patch_seed, patch_size=(8, 8, 8), samples_per_volume=4,
-                                 batch_size=2, num_workers=0, augmentation="none")
+    def first_batch(data_seed):
+        profile = tiny_profile().with_overrides(seed=42, test_fraction=0.2, data_seed=data_seed,
+                                                patch_size=(8, 8, 8), samples_per_volume=4, batch_size=2,
+                                                num_workers=0, augmentation="none")
+        loader, _ = make_loaders(profile.cache_dir, profile.data, profile.loader, split_csv=None)
         return next(iter(loader))[0]
 
     assert torch.equal(first_batch(None), first_batch(42))  # the default is the split's seed
