@@ -22,7 +22,7 @@ TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_AL
 NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
 VENV_HELP := could not create $(VENV) with $(PYTHON) -m venv; on Debian/Ubuntu: sudo apt-get install python3-venv
 
-.PHONY: demo publish test test-browser lint unit notebooks notebook-outputs lab bench gpu-check setup torch clean
+.PHONY: demo publish test test-browser lint unit unit-fast notebooks notebook-outputs lab bench gpu-check setup torch clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,10 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/unit $(BIN)/pytest tests -q
+
+## make unit-fast: the unit tests without the slow ones (torchrun, full-size volumes, trained models)
+unit-fast: $(STAMP)
+	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/unit $(BIN)/pytest tests -q -m 'not slow and not browser'
 
 notebooks: $(STAMP)
 	rm -rf $(NOTEBOOK_DATA)

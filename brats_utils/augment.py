@@ -59,10 +59,12 @@ strong pipeline (:class:`StrongAugmentation` defaults) ran at 2.5 patches/s per 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from brats_utils.errors import ProfileError
 
 SPATIAL_AXES = (0, 1, 2)  # x, y, z of the labels; the image's are these + 1
 
@@ -402,25 +404,27 @@ def make_strong_augmentation(*, mirror_all: bool = False,
         additive=tuple(additive), p_noise=p_noise, noise_std=tuple(noise_std))
 
 
-#: The training augmentations a run profile names (``Profile.augmentation``).
-AUGMENTATIONS: tuple[str, ...] = ("none", "in_plane", "mirror", "strong")
+#: The training augmentations by the name a profile's ``augmentation`` gives: each entry builds the
+#: transform (None: no augmentation). ``"none"``: the authors' final run; ``"in_plane"``: the paper's
+#: flips of x and y and quarter turns in the axial plane (:data:`IN_PLANE`); ``"mirror"``: flips along
+#: all three axes as well (:data:`MIRROR_ALL`), consistent with 8-flip test-time augmentation;
+#: ``"strong"``: :func:`make_strong_augmentation` on top of ``"mirror"``. Adding one is one entry here.
+AUGMENTATIONS: dict[str, Callable[[], Dihedral | StrongAugmentation | None]] = {
+    "none": lambda: None,
+    "in_plane": lambda: IN_PLANE,
+    "mirror": lambda: MIRROR_ALL,
+    "strong": lambda: make_strong_augmentation(mirror_all=True),
+}
 
 
 def augmentation_for(name: str) -> Dihedral | StrongAugmentation | None:
-    """The transform a profile's ``augmentation`` names.
-
-    ``"none"``: no augmentation (the authors' final run); ``"in_plane"``: the paper's flips of
-    x and y and quarter turns in the axial plane (:data:`IN_PLANE`); ``"mirror"``: flips along
-    all three axes as well (:data:`MIRROR_ALL`), consistent with 8-flip test-time
-    augmentation; ``"strong"``: :func:`make_strong_augmentation` on top of ``"mirror"``.
-    Pair test-time flips with :func:`tta_flips` of the result.
+    """The transform a profile's ``augmentation`` names (:data:`AUGMENTATIONS`); pair test-time flips
+    with :func:`tta_flips` of the result. Raises :class:`~brats_utils.errors.ProfileError` naming the
+    known augmentations for an unknown name.
     """
-    if name == "none":
-        return None
-    if name == "in_plane":
-        return IN_PLANE
-    if name == "mirror":
-        return MIRROR_ALL
-    if name == "strong":
-        return make_strong_augmentation(mirror_all=True)
-    raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+    try:
+        build = AUGMENTATIONS[name]
+    except KeyError:
+        raise ProfileError(f"unknown augmentation {name!r}",
+                           expected="one of " + ", ".join(AUGMENTATIONS)) from None
+    return build()

@@ -12,7 +12,7 @@ Two more rows need no training of their own, they reuse the paper model's runs:
   *validation* volumes (as nnU-Net chose it on predictions of cases the model did not train on),
   reported on the test cases, the foreign dataset and the shifted copy;
 - ``paper ensemble``: the average of the paper runs' probabilities (all seeds), through the same
-  sliding window (:func:`ensemble_predictor`); one ensemble, so no standard deviation.
+  sliding window (:func:`brats_utils.inference.average_predictors`); one ensemble, so no standard deviation.
 
 Every run is scored with the BraTS rules (:func:`brats_utils.metrics.case_metrics`: Dice and HD95
 per region) on the **test cases** of the profile's split (``report_split``; they took no part in
@@ -65,9 +65,9 @@ from brats_utils.labels import REGION_COLORS, to_file_labels
 from brats_utils.metrics import case_metrics
 from brats_utils.model import build_model, model_costs
 from brats_utils.postprocess import et_threshold_table, suppress_small_et, threshold_record, voxel_volume_mm3
+from brats_utils.precision import pick_device
 from brats_utils.preprocess import load_cached
 from brats_utils.regions import output_channels, predictor_for
-from brats_utils.train import pick_device
 from brats_utils.viz import save_figure
 
 #: What each trained variant changes in the paper's recipe (profile overrides).
@@ -130,14 +130,6 @@ def variant_profile(profile: Profile, variant: str, seed: int) -> Profile:
 # --- ensembles and the shifted copy ------------------------------------------------------------
 
 
-def ensemble_predictor(models: Sequence[nn.Module], target: str = "labels", *,
-                       precision: str = "auto") -> Predictor:
-    """The mean of the models' softmax (or, for ``target="regions"``, sigmoid) probabilities."""
-    if not models:
-        raise ValueError("an ensemble needs at least one model")
-    return average_predictors([predictor_for(model, target, precision=precision) for model in models])
-
-
 def ensemble_predict(models: Sequence[nn.Module], image: np.ndarray | torch.Tensor, profile: Profile,
                      device: str | torch.device = "cpu") -> torch.Tensor:
     """Probabilities ``[K, h, w, d]`` of an ensemble over a whole image, with the profile's window settings.
@@ -146,7 +138,8 @@ def ensemble_predict(models: Sequence[nn.Module], image: np.ndarray | torch.Tens
     """
     for model in models:
         model.to(device).eval()
-    predictor = ensemble_predictor(models, profile.target, precision=profile.requested_precision)
+    target, precision = profile.target, profile.requested_precision
+    predictor = average_predictors([predictor_for(model, target, precision=precision) for model in models])
     return sliding_window(predictor, image, patch_size=profile.sw_patch_size, overlap=profile.sw_overlap,
                           sw_batch_size=profile.sw_batch_size, device=device)
 
@@ -302,9 +295,9 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     for variant, seed in tqdm(jobs, desc="variants x seeds", unit="run", disable=not progress):
         run_dir = out_dir / variant.replace(" ", "_") / f"seed{seed}"
         study = variant_profile(profile, variant, seed)
-        fingerprint = {**compare._fingerprint(compare.study_profile(study, study.model_preset), device),
+        fingerprint = {**compare.row_fingerprint(compare.study_profile(study, study.model_preset), device),
                        "report_split": report_split, "foreign": foreign_names, "scoring": SCORING_VERSION}
-        row = compare._read_row(run_dir / "row.json", fingerprint)
+        row = compare.read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_run(variant, seed, profile, cache_dir, run_dir, device, report_split=report_split,
                               foreign=foreign, progress=progress)
@@ -341,7 +334,8 @@ def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torc
     models = [load_model(run_dir / "checkpoints" / "best.pt", device=device) for run_dir in run_dirs]
     study = compare.study_profile(variant_profile(profile, "paper", profile.seed), "paper")
     reported = split_volumes(cache_dir, run_dirs[0] / "split.csv", report_split)
-    predictor = ensemble_predictor(models, precision=study.requested_precision)
+    predictor = average_predictors([predictor_for(model, precision=study.requested_precision)
+                                    for model in models])
     scores, sets = _score(predictor, study, reported, foreign, device)
     static = static_costs("paper")
     return {"variant": ENSEMBLE, "seed": -1, "parameters": static["parameters"] * len(models),

@@ -18,7 +18,6 @@ architecture study and the notebooks load models without importing the trainer.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import warnings
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brats_utils.config import Profile, acting_settings
+from brats_utils.config import Profile, acting_settings, resumable_fields, saved_settings
 from brats_utils.errors import CheckpointError, CheckpointFallbackWarning
 from brats_utils.files import atomic_path, disk_full_error, interrupts_held, is_disk_full
 from brats_utils.model import UNet3D
@@ -36,20 +35,6 @@ from brats_utils.unpickle import read_pickled_state_dict
 
 CHECKPOINT_KEYS = ("model_state_dict", "model_config", "optimizer_state_dict", "scheduler_state_dict",
                    "scaler_state_dict", "early_stopping", "epoch", "rng_state", "config", "history")
-#: Profile fields that may change between a run and its resumption (they do not alter
-#: what the epochs already trained would have computed).
-RESUMABLE_CHANGES = frozenset({"name", "description", "epochs", "early_stop_patience", "checkpoint_every",
-                               "num_workers", "tta", "compare_presets", "compare_epochs",
-                               "compare_steps_per_epoch", "metrics_protocol", "precision", "amp", "compile",
-                               "sw_batch_size", "lock_timeout", "fp32_validation"})
-
-
-#: What a field added later meant in checkpoints written before it existed, where that is not its default
-#: today: region models trained before ``region_prior`` started their sigmoids at bias 0 (None); runs
-#: before ``best_metric`` chose their best checkpoint by the paper's metric.
-LEGACY_VALUES: dict[str, object] = {"region_prior": None, "best_metric": "val_paper_dice"}
-
-
 def checkpoint_dir(run_dir: Path) -> Path:
     """Folder of a run's checkpoints."""
     return Path(run_dir) / "checkpoints"
@@ -172,19 +157,19 @@ def newest_readable_checkpoint(run_dir: Path) -> tuple[dict, Path] | None:
 def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.Module | None = None) -> None:
     """Raise :class:`CheckpointError` if the checkpoint belongs to other settings (or to another ``model``).
 
-    Only the fields in :data:`RESUMABLE_CHANGES` (epochs, patience, ...) may differ.
+    Only the settings declared resumable (:func:`brats_utils.config.resumable_fields`: epochs, patience,
+    ...) may differ. A checkpoint written before a setting existed counts as its default there, or as
+    what it meant then (:func:`brats_utils.config.saved_settings`); settings that do not act are left out.
     """
     if model is not None and dict(checkpoint["model_config"]) != dict(model.config):
         differing = sorted(k for k in set(checkpoint["model_config"]) | set(model.config)
                            if checkpoint["model_config"].get(k) != model.config.get(k))
         raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
                               path=path, expected=f"model config {model.config}")
-    # a field added after the checkpoint was written (e.g. dataset) counts as its default there, or as
-    # what it meant then where that differs (LEGACY_VALUES); settings that do not act are left out
-    saved = acting_settings({**{f.name: f.default for f in dataclasses.fields(Profile)}, **LEGACY_VALUES,
-                             **checkpoint["config"]})
+    saved = acting_settings(saved_settings(checkpoint["config"]))
     current = profile.acting_settings()
-    differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    resumable = resumable_fields()
+    differing = sorted(k for k in current if k not in resumable and saved.get(k) != current[k])
     if differing:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
         raise CheckpointError(f"checkpoint comes from a run with other settings ({changes})", path=path,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from brats_utils import __version__, config
 from brats_utils.config import PROFILES, Profile, get_profile
+from brats_utils.datasets import LAYOUTS
 from brats_utils.errors import BratsError, BratsWarning
 
 
@@ -31,8 +32,11 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
-    """The named profile (else ``$BRATS_PROFILE``, else demo) with ``--dataset`` and ``--set`` applied."""
-    return get_profile(args.profile).with_overrides(**dict(_overrides(args)))
+    """The named profile (else ``$BRATS_PROFILE``, else demo) with ``--dataset`` and ``--set`` applied,
+    its registry names checked (:func:`brats_utils.pipeline.check_registered`)."""
+    from brats_utils.pipeline import check_registered
+
+    return check_registered(get_profile(args.profile).with_overrides(**dict(_overrides(args))))
 
 
 def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -101,12 +105,18 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from brats_utils.lesion_metrics import get_protocol
-    from brats_utils.pipeline import evaluate_folder, heldout_split, prediction_coverage, split_label
+    from brats_utils.pipeline import (
+        evaluate_folder,
+        heldout_split,
+        metrics_protocol,
+        prediction_coverage,
+        split_label,
+    )
 
     profile = profile_from_args(args)
     split = args.split or args.folder or heldout_split(profile)
     truth = args.reference or args.truth
-    protocol = args.protocol or profile.protocol
+    protocol = args.protocol or metrics_protocol(profile).name
     per_case, summary = evaluate_folder(profile, args.predictions, truth=truth, out_csv=args.out,
                                         protocol=protocol, split=split, partial=args.partial)
     cases, missing = prediction_coverage(profile, args.predictions, truth=truth, split=split)
@@ -212,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
             return p
         p.add_argument("--profile", choices=list(PROFILES),
                        help="run profile (default: $BRATS_PROFILE or demo)")
-        p.add_argument("--dataset", choices=list(config.DATASETS),
+        p.add_argument("--dataset", choices=list(LAYOUTS),
                        help="dataset layout and label scheme (default: the profile's, brats2020)")
         p.add_argument("--set", dest="overrides", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="override one profile field, e.g. --set epochs=3 (repeatable; the value must "
@@ -222,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("download", _cmd_download,
             "download BraTS 2020 (or 2021) from Kaggle with kagglehub (or find a local copy)", profile=False)
     p.add_argument("--force", action="store_true", help="download again even if cached (BraTS 2020)")
-    p.add_argument("--dataset", choices=list(config.DATASETS), default="brats2020",
+    p.add_argument("--dataset", choices=list(LAYOUTS), default="brats2020",
                    help="which dataset (brats2021 via kagglehub too; brats2023, msd: where to get them)")
     p = add("synth", _cmd_synth, "write the synthetic stand-in dataset in the Kaggle layout")
     p.add_argument("--out", help="target folder (default: the profile's data/synthetic/...)")

@@ -59,7 +59,7 @@ from matplotlib.figure import Figure
 from brats_utils import stats
 from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import load_model
-from brats_utils.config import Profile, data_dir
+from brats_utils.config import Profile, data_dir, fingerprint_fields
 from brats_utils.data import split_volumes
 from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
@@ -67,9 +67,9 @@ from brats_utils.inference import Predictor, sliding_window, sliding_window_pred
 from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS, to_file_labels
 from brats_utils.metrics import case_metrics
 from brats_utils.model import FULL_VOLUME, PRESETS, build_model
-from brats_utils.precision import grad_scaler, resolve_precision
+from brats_utils.precision import grad_scaler, pick_device, resolve_precision
 from brats_utils.regions import loss_for, output_channels, predictor_for, probs_to_labels
-from brats_utils.train import pick_device, train, train_step
+from brats_utils.train import train, train_step
 from brats_utils.viz import preset_summary, save_figure
 
 #: The names the paper gives its five models (section 5.1).
@@ -86,9 +86,6 @@ DICE_COLUMNS = ("val_paper_dice", "val_dice_mean", "val_dice_WT", "val_dice_TC",
 #: File names of the two figures in ``config.figures_dir()``.
 DICE_FIGURE = "07_dice_vs_parameters.png"
 COST_FIGURE = "07_cost_vs_parameters.png"
-#: Profile fields that do not change a preset's row (the study's budget is already in epochs/steps_per_epoch).
-NOT_IN_FINGERPRINT = frozenset({"name", "description", "num_workers", "checkpoint_every", "compare_presets",
-                                "compare_epochs", "compare_steps_per_epoch", "lock_timeout"})
 _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -201,8 +198,9 @@ def measure_training_step(preset: str, profile: Profile, device: torch.device, *
     with peak_memory(device) as memory:
         model = build_model(preset, dropout=profile.dropout, num_classes=output_channels(profile.target))
         model = model.to(device).train()
-        loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
-                           batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
+        loss_fn = loss_for(profile.target, loss=profile.loss, ce_weight=profile.ce_weight,
+                           dice_weight=profile.dice_weight, batch_dice=profile.batch_dice,
+                           include_background=profile.dice_include_background)
         optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
         scaler = grad_scaler(precision, device)
         image, label = image.to(device), label.to(device)
@@ -265,13 +263,16 @@ def architecture_table(presets: tuple[str, ...] | list[str]) -> pd.DataFrame:
     return table
 
 
-def _fingerprint(profile: Profile, device: torch.device) -> dict:
-    """What a finished row depends on (acting settings but :data:`NOT_IN_FINGERPRINT`), as JSON reads it."""
-    settings = {k: v for k, v in profile.acting_settings().items() if k not in NOT_IN_FINGERPRINT}
+def row_fingerprint(profile: Profile, device: torch.device) -> dict:
+    """What a finished row depends on (the acting settings of :func:`~brats_utils.config.fingerprint_fields`),
+    as JSON reads it."""
+    enters = fingerprint_fields()
+    settings = {k: v for k, v in profile.acting_settings().items() if k in enters}
     return json.loads(json.dumps({"profile": settings, "device": device.type}))
 
 
-def _read_row(path: Path, fingerprint: dict) -> dict | None:
+def read_row(path: Path, fingerprint: dict) -> dict | None:
+    """The row saved in ``path`` (a ``row.json``) if it was measured with ``fingerprint``, else None."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -365,8 +366,9 @@ def run_comparison(profile: Profile, cache_dir: str | Path, *, out_dir: Path | N
     rows, cases = [], []
     for preset in tqdm(presets, desc="architectures", unit="model", disable=not progress):
         run_dir = out_dir / preset
-        fingerprint = {**_fingerprint(study_profile(profile, preset), device), "report_split": report_split}
-        row = _read_row(run_dir / "row.json", fingerprint)
+        fingerprint = {**row_fingerprint(study_profile(profile, preset), device),
+                       "report_split": report_split}
+        row = read_row(run_dir / "row.json", fingerprint)
         if row is None:
             row = measure_preset(preset, profile, Path(cache_dir), run_dir, device, progress=progress)
             row["cases"] = score_cases(run_dir / "checkpoints" / "best.pt", study_profile(profile, preset),

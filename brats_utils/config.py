@@ -1,4 +1,4 @@
-"""Run profiles as plain data, the model presets they name, and the folders everything goes to.
+"""Run profiles as plain data, and the folders everything goes to.
 
 Every notebook's first code cell (tagged ``parameters``) calls :func:`get_profile`,
 which reads ``BRATS_PROFILE`` from the environment, so one variable switches the
@@ -7,11 +7,23 @@ whole series between a seconds-long CI run, a CPU demo and real GPU training.
 line) changes single fields of it, which is how ``brats demo --set epochs=3`` reaches
 the notebooks' kernels.
 
-Profiles are frozen dataclasses written as differences from the defaults, checked when
-they are built (fractions in range, positive sizes, known presets, every field of its
-declared type): derive a variant with ``profile.with_overrides(epochs=3)``, never by
-mutating one. Nothing here reads the environment at import: :func:`data_dir`, :func:`cache_dir`,
-:func:`runs_dir` and :func:`figures_dir` resolve the folders when they are asked.
+A profile is a few small frozen dataclasses by concern (:data:`SECTIONS`: data, preprocessing,
+loader, model, training, inference, study), written as differences from the defaults
+(:func:`make_profile`) and checked when built (every field of its declared type and in its
+range, known presets). Each field declares its metadata with :func:`setting` (:class:`Meta`:
+range, may change on resume, enters a study fingerprint, acts only with another setting,
+legacy value), and every list of setting names is derived from it (:func:`resumable_fields`,
+:func:`fingerprint_fields`, :func:`acts_only_with`, :func:`legacy_values`).
+
+Names, one mechanism: every setting has one *flat name* (its field name, or the ``flat`` it
+declares: ``sw_patch_size`` for ``inference.patch_size``). ``profile.epochs`` reads
+``profile.training.epochs``; ``profile.with_overrides(epochs=3)``, ``--set epochs=3`` and
+``--set training.epochs=3`` change it; checkpoints and study fingerprints store the flat form
+(:meth:`Profile.as_dict`), so files written before the sections still read. ``amp`` is a
+deprecated alias of ``precision`` (``amp=False`` is ``precision="fp32"``, with a FutureWarning).
+Derive a variant, never mutate one. Nothing here reads the environment at import:
+:func:`data_dir`, :func:`cache_dir`, :func:`runs_dir` and :func:`figures_dir` resolve the folders
+when they are asked.
 """
 
 from __future__ import annotations
@@ -22,11 +34,13 @@ import functools
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from brats_utils.errors import ProfileError
+from brats_utils.labels import Shape3D
 
 # --- where the data comes from --------------------------------------------------------
 
@@ -35,32 +49,6 @@ KAGGLE_HANDLE = "awsaf49/brats20-dataset-training-validation/versions/1"
 TRAINING_DIR_NAME = "MICCAI_BraTS2020_TrainingData"
 VALIDATION_DIR_NAME = "MICCAI_BraTS2020_ValidationData"
 
-#: The datasets a profile can name (their layouts and label schemes: ``brats_utils.datasets.LAYOUTS``).
-DATASETS: tuple[str, ...] = ("brats2020", "brats2021", "brats2023", "msd")
-Dataset = Literal["brats2020", "brats2021", "brats2023", "msd"]
-#: The metrics protocol each dataset's challenge reports: per-region scores up to 2021, lesion-wise from 2023.
-DATASET_PROTOCOLS: dict[str, str] = {"brats2020": "brats2020", "brats2021": "brats2020",
-                                     "brats2023": "lesionwise", "msd": "brats2020"}
-
-#: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
-#: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
-#: wired into the forward pass. That is what the authors' code trained for the 4-level f = 16 model
-#: (shown by their code) and, inferred from its checkpoint sizes, the 5-level f = 32 one; for the other
-#: two nothing survives and the pattern is an assumption (docs/reproduction.md, "The deeper models").
-#: :func:`brats_utils.model.build_model` builds them; a profile names one as ``model_preset``.
-PRESETS: dict[str, dict] = {
-    "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
-    "l4_f16": {"base_filters": 16, "levels": 4, "units_per_block": 4},  # 2,867,956
-    "l4_f32": {"base_filters": 32, "levels": 4, "units_per_block": 4},  # 11,465,188
-    "l5_f16": {"base_filters": 16, "levels": 5, "units_per_block": 4},  # 11,536,756
-    "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
-}
-PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
-#: Presets beyond the paper (notebook 08), kept out of PRESETS so that the paper's tables list its models:
-#: attention gates (Oktay et al., 2018) on the paper model's skip connections.
-EXTRA_PRESETS: dict[str, dict] = {"paper_attention": {**PRESETS["paper"], "attention_gates": True}}  # +1,330
-#: The five models of the paper, smallest first.
-PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
 
 #: Where the notebooks live on GitHub: the one place of the address. The badges, the glossary links and
 #: the Colab/Kaggle setup cell (``notebooks/_setup_cell.py``) are generated from it
@@ -110,163 +98,445 @@ def runs_dir() -> Path:
     return Path(os.environ.get("BRATS_RUNS_DIR") or data_dir() / "runs").expanduser()
 
 
-# --- run profiles ------------------------------------------------------------------
+# --- run profiles: settings in sections, metadata on every field -----------------------
 
-Shape3D = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number (or every number of a shape) may take; ``None`` always passes."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: object) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, tuple):
+            return all(self.holds(v) for v in value)
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'above' if self.low_open else 'at least'} {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+AT_LEAST_1 = Range(low=1)
+NOT_NEGATIVE = Range(low=0)
+ABOVE_0 = Range(low=0, low_open=True)
+UNIT_OPEN = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+UNIT_HALF_OPEN = Range(0, 1, high_open=True)  # [0, 1)
+UNIT_CLOSED = Range(0, 1)  # [0, 1]
+
+
+#: ``Meta.legacy`` of a field whose default is also what checkpoints written before it meant.
+NO_LEGACY = type("NoLegacy", (), {"__repr__": lambda self: "NO_LEGACY"})()
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a profile field declares besides its type and default (read with :func:`field_meta`).
+
+    - ``range``: the values it may take (:class:`Range`), checked when a profile is built.
+    - ``resumable``: it may change between a run and its resumption (it does not alter what the
+      epochs already trained computed): :func:`resumable_fields`.
+    - ``fingerprint``: it enters a study row's fingerprint (a changed value trains the row again):
+      :func:`fingerprint_fields`.
+    - ``acts_only_with``: ``(flat name, value)`` of the setting it acts with (``region_prior`` only
+      with ``target="regions"``); otherwise it is left out of comparisons: :func:`acts_only_with`.
+    - ``legacy``: what a checkpoint written before the field existed meant, where that is not the
+      default today: :func:`legacy_values`.
+    - ``registry``: the registry (``module.NAME``) whose entries are its values; checked where the
+      entries are looked up (:func:`brats_utils.pipeline.check_registered`), as config sits below them.
+    - ``flat``: its name in the flat form (checkpoints, ``--set`` and ``profile.<flat>``) where that
+      differs from the field's own name in its section.
+    """
+
+    range: Range | None = None
+    resumable: bool = False
+    fingerprint: bool = True
+    acts_only_with: tuple[str, object] | None = None
+    legacy: object = NO_LEGACY
+    registry: str | None = None
+    flat: str | None = None
+
+
+def setting(default: object, **meta: object) -> dataclasses.Field:
+    """A section field with its default and its :class:`Meta` (``range``, ``resumable``, ...)."""
+    return dataclasses.field(default=default, metadata={"meta": Meta(**meta)})
+
+
+class _Section:
+    """Type and range checks every section runs when it is built."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            flat = flat_name(type(self), field)
+            _check_type(flat, value, _hints(type(self))[field.name])
+            meta = field_meta(field)
+            if meta.range is not None and not meta.range.holds(value):
+                problems.append(f"{flat}={value} is not {meta.range}")
+        problems += self._problems()
+        if problems:
+            raise ProfileError(f"{SECTION_NAMES[type(self)]} settings: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        """Checks across fields of the section (none by default)."""
+        return []
+
+
+@dataclass(frozen=True)
+class DataSettings(_Section):
+    """Which cases: the data source and dataset, the synthetic stand-in, the patient split."""
+
+    # "synthetic" generates the Kaggle layout; "real" needs BraTS 2020 (kagglehub/BRATS_ROOT)
+    data_source: Literal["synthetic", "real"] = setting("synthetic")
+    # which dataset (its layout, label scheme and metrics protocol: datasets.LAYOUTS); synthetic data is
+    # written in its layout
+    dataset: str = setting("brats2020", registry="datasets.LAYOUTS")
+    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; "brats2025": the challenge's package
+    # (extra "official"; the project's lesion-wise without it); None: the dataset's own
+    # (pipeline.metrics_protocol)
+    metrics_protocol: str | None = setting(None, resumable=True, registry="lesion_metrics.PROTOCOLS")
+    synthetic_train_cases: int = setting(20, range=AT_LEAST_1)
+    synthetic_val_cases: int = setting(4, range=NOT_NEGATIVE)
+    synthetic_shape: Shape3D = setting((240, 240, 155), range=AT_LEAST_1)
+    seed: int = setting(42)
+    # seeds the patches, augmentation and order (None: seed); not the split
+    data_seed: int | None = setting(None)
+    max_cases: int | None = setting(None, range=AT_LEAST_1)  # the first N training cases (None: all)
+    # seconds a process waits for another that is building the shared synthetic dataset or cache
+    lock_timeout: float = setting(3600.0, range=NOT_NEGATIVE, resumable=True, fingerprint=False)
+    val_fraction: float = setting(0.2, range=UNIT_OPEN)  # patient-level split, as the authors (80/20)
+    # share of the patients held out as a test set before the train/validation split (0: none)
+    test_fraction: float = setting(0.0, range=UNIT_HALF_OPEN)
+    # case ids removed from the training cases after the split (the authors dropped case 355)
+    exclude_from_training: tuple[str, ...] = setting(())
+    # case ids of one stratum (e.g. the low-grade cases): test and validation cases are drawn
+    # proportionally from them and from the others (data.split_patients); () draws from all alike
+    stratify_split: tuple[str, ...] = setting(())
+    # k-fold cross-validation (nnU-Net's practice): with fold=k the non-test patients are cut into n_folds
+    # seeded folds, fold k validates and the others train; each fold trains into run_dir/fold<k>
+    fold: int | None = setting(None, range=NOT_NEGATIVE)
+    n_folds: int = setting(5, range=Range(low=2))
+
+    def _problems(self) -> list[str]:
+        if self.fold is not None and self.fold >= self.n_folds:
+            return [f"fold={self.fold} is not in [0, n_folds={self.n_folds})"]
+        return []
+
+
+@dataclass(frozen=True)
+class PreprocessingSettings(_Section):
+    """How a case becomes network input, in training and prediction alike."""
+
+    # z-score "brain" (inside the brain mask) or "volume" (every voxel, background included: the authors)
+    normalisation: Literal["brain", "volume"] = setting("brain")
+    crop: bool = setting(True)  # crop to the brain's bounding box (+ margin)
+    margin: int = setting(2, range=NOT_NEGATIVE, flat="crop_margin")
+
+
+@dataclass(frozen=True)
+class LoaderSettings(_Section):
+    """Training patches and their augmentation (:func:`brats_utils.data.make_loaders` takes this)."""
+
+    patch_size: Shape3D | None = setting((128, 128, 128), range=AT_LEAST_1)  # None: whole cropped volumes
+    samples_per_volume: int = setting(2, range=AT_LEAST_1)
+    foreground_fraction: float = setting(0.5, range=UNIT_CLOSED)
+    # "none" | "in_plane" (the paper) | "mirror" (all three axes: pairs with 8-flip TTA) | "strong"
+    augmentation: str = setting("mirror", registry="augment.AUGMENTATIONS")
+    batch_size: int = setting(2, range=AT_LEAST_1)
+    num_workers: int = setting(2, range=NOT_NEGATIVE, resumable=True, fingerprint=False)
+
+
+@dataclass(frozen=True)
+class ModelSettings(_Section):
+    """The network and what it predicts."""
+
+    model_preset: str = setting("paper", registry="model.PRESETS")  # a preset of the model (model.PRESETS)
+    dropout: float = setting(0.1, range=UNIT_HALF_OPEN)
+    # "paper": Kaiming as the text states; "authors": their code's (model.init_weights_authors_)
+    init: Literal["paper", "authors"] = setting("paper")
+    # "labels": the paper's 4-class softmax; "regions": 3 sigmoids WT/TC/ET (nnU-Net)
+    target: str = setting("labels", registry="regions.TARGETS")
+    # regions: the sigmoids start at this probability of a voxel being in a region (their biases at
+    # logit(region_prior), Lin et al. 2017); None: bias 0, every voxel 50 % tumour at the start (nnU-Net);
+    # region models trained before this setting existed started at bias 0
+    region_prior: float | None = setting(0.01, range=UNIT_OPEN, acts_only_with=("target", "regions"),
+                                         legacy=None)
+
+
+@dataclass(frozen=True)
+class TrainingSettings(_Section):
+    """The optimisation (the paper's recipe by default), the loss, precision and checkpoints."""
+
+    epochs: int = setting(100, range=AT_LEAST_1, resumable=True)
+    steps_per_epoch: int | None = setting(None, range=AT_LEAST_1)  # None: one pass over the patches
+    lr: float = setting(5e-4, range=ABOVE_0)
+    weight_decay: float = setting(5e-4, range=NOT_NEGATIVE)
+    # "plateau": ReduceLROnPlateau on the validation loss; "cosine": CosineAnnealingLR(T_max=cosine_t_max,
+    # eta_min=min_lr) stepped once per epoch (the authors' final run)
+    lr_schedule: Literal["plateau", "cosine"] = setting("plateau")
+    cosine_t_max: int = setting(30, range=AT_LEAST_1)
+    plateau_factor: float = setting(0.5, range=UNIT_OPEN)
+    plateau_patience: int = setting(2, range=NOT_NEGATIVE)
+    min_lr: float = setting(1e-6, range=NOT_NEGATIVE)
+    early_stop_patience: int = setting(10, range=AT_LEAST_1, resumable=True)
+    early_stop_min_delta: float = setting(1e-3, range=NOT_NEGATIVE)
+    # "strict": improvement means loss < best - min_delta; "authors": any loss up to min_delta above
+    # the best becomes the best and resets the counter (schedules.EarlyStopping)
+    early_stop_rule: Literal["strict", "authors"] = setting("strict")
+    grad_clip_norm: float = setting(1.5, range=ABOVE_0)
+    # "auto": fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere (brats_utils.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", resumable=True)
+    compile: bool = setting(False, resumable=True)  # torch.compile the network for training and prediction
+    # the loss (regions.LOSSES): "ce_dice" is ce_weight x cross-entropy + dice_weight x soft Dice
+    loss: str = setting("ce_dice", registry="regions.LOSSES")
+    ce_weight: float = setting(0.3, range=NOT_NEGATIVE)
+    dice_weight: float = setting(0.7, range=NOT_NEGATIVE)
+    batch_dice: bool = setting(False)  # one Dice per class over the whole batch (the paper's wording)
+    dice_include_background: bool = setting(True)  # False: Dice over the tumour classes only
+    init_seed: int | None = setting(None)  # seeds initialisation and dropout (None: seed); not the split
+    checkpoint_every: int = setting(5, range=AT_LEAST_1, resumable=True, fingerprint=False)
+    max_val_cases: int | None = setting(None, range=AT_LEAST_1)  # validate on the first N (None: all)
+    # the validation score that picks best.pt: "val_dice_mean" (mean of WT, TC and ET Dice, what BraTS
+    # scores) or "val_paper_dice" (the paper's mean over the four labels, background included: the
+    # authors'); runs before this setting chose by the paper's metric
+    best_metric: Literal["val_dice_mean", "val_paper_dice"] = setting("val_dice_mean",
+                                                                      legacy="val_paper_dice")
+    # validate in fp32 whatever ``precision`` trains in (the authors did)
+    fp32_validation: bool = setting(False, resumable=True)
+
+
+@dataclass(frozen=True)
+class InferenceSettings(_Section):
+    """The sliding window and test-time augmentation (validation during training uses it too)."""
+
+    patch_size: Shape3D = setting((128, 128, 128), range=AT_LEAST_1, flat="sw_patch_size")
+    overlap: float = setting(0.5, range=UNIT_HALF_OPEN, flat="sw_overlap")
+    # windows per forward pass; None: 1 on a CPU, 2 on a GPU (the same numbers either way)
+    sw_batch_size: int | None = setting(None, range=AT_LEAST_1, resumable=True)
+    tta: bool = setting(False, resumable=True)
+
+
+@dataclass(frozen=True)
+class StudySettings(_Section):
+    """The architecture study (notebook 07) and the future-work study (notebook 08): never a run's result."""
+
+    compare_presets: tuple[str, ...] = setting((), resumable=True, fingerprint=False,
+                                               registry="model.PRESETS")
+    compare_epochs: int = setting(1, range=AT_LEAST_1, resumable=True, fingerprint=False)
+    compare_steps_per_epoch: int | None = setting(None, range=AT_LEAST_1, resumable=True, fingerprint=False)
+    beyond_variants: tuple[str, ...] = setting((), resumable=True)  # (): every variant of beyond.VARIANTS
+    beyond_seeds: int = setting(3, range=AT_LEAST_1, resumable=True)
+
+
+#: The sections of a profile, by attribute name, in the order of :meth:`Profile.as_dict`.
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataSettings, "preprocessing": PreprocessingSettings, "loader": LoaderSettings,
+    "model": ModelSettings, "training": TrainingSettings, "inference": InferenceSettings,
+    "study": StudySettings,
+}
+SECTION_NAMES: dict[type, str] = {cls: name for name, cls in SECTIONS.items()}
+#: Flat names that are no setting any more, with what replaced them (read and set with a FutureWarning).
+DEPRECATED = {"amp": "training.precision (amp=False is precision='fp32')"}
+
+
+def field_meta(field: dataclasses.Field) -> Meta:
+    """The :class:`Meta` a section field declares."""
+    return field.metadata.get("meta", Meta())
+
+
+def flat_name(section: type, field: dataclasses.Field) -> str:
+    """The field's name in the flat form: its own name unless it declares ``flat``."""
+    return field_meta(field).flat or field.name
+
+
+@functools.cache
+def _hints(section: type) -> dict[str, object]:
+    return typing.get_type_hints(section, globalns={**globals(), "Shape3D": Shape3D})
+
+
+@functools.cache
+def flat_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every setting by flat name: ``{flat name: (section, field)}`` (``epochs``, ``sw_patch_size``, ...)."""
+    found: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            name = flat_name(cls, field)
+            assert name not in found, f"two settings are called {name}"
+            found[name] = (section, field)
+    return found
+
+
+def _resolve(key: str) -> tuple[str, str]:
+    """``(section, field)`` of a flat name or a ``section.field`` name; :class:`ProfileError` otherwise."""
+    section, dot, name = key.partition(".")
+    if dot and section in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        return section, name
+    if key in flat_fields():
+        section, field = flat_fields()[key]
+        return section, field.name
+    raise ProfileError(f"unknown profile field {key!r}",
+                       expected=f"one of {', '.join(flat_fields())}, or section.field")
+
+
+def resumable_fields() -> frozenset[str]:
+    """Flat names that may change when a run is resumed (plus the profile's name and description)."""
+    return frozenset({"name", "description"} | {name for name, (_, field) in flat_fields().items()
+                                                 if field_meta(field).resumable})
+
+
+def fingerprint_fields() -> frozenset[str]:
+    """Flat names that enter a study row's fingerprint (every other setting leaves the row valid)."""
+    return frozenset(name for name, (_, field) in flat_fields().items() if field_meta(field).fingerprint)
+
+
+def acts_only_with() -> dict[str, tuple[str, object]]:
+    """``{flat name: (flat name, value)}``: settings that act only when another has that value."""
+    return {name: field_meta(field).acts_only_with for name, (_, field) in flat_fields().items()
+            if field_meta(field).acts_only_with is not None}
+
+
+def registered_fields() -> dict[str, str]:
+    """``{flat name: registry}``: settings whose value names an entry of a registry (``"regions.LOSSES"``)."""
+    return {name: field_meta(field).registry for name, (_, field) in flat_fields().items()
+            if field_meta(field).registry is not None}
+
+
+def legacy_values() -> dict[str, object]:
+    """``{flat name: value}``: what checkpoints written before a field existed meant, if not its default."""
+    return {name: field_meta(field).legacy for name, (_, field) in flat_fields().items()
+            if field_meta(field).legacy is not NO_LEGACY}
+
+
+def defaults() -> dict[str, object]:
+    """Every setting's default, by flat name."""
+    return {name: field.default for name, (_, field) in flat_fields().items()}
+
+
+def _deprecated(key: str) -> None:
+    warnings.warn(f"profile setting {key!r} is deprecated: use {DEPRECATED[key]}", FutureWarning,
+                  stacklevel=3)
+
+
+def _translate_deprecated(changes: dict[str, object]) -> dict[str, object]:
+    """``changes`` with deprecated names replaced by their settings (``amp=False``: ``precision="fp32"``)."""
+    if "amp" not in changes:
+        return changes
+    changes = dict(changes)
+    amp = changes.pop("amp")
+    if not isinstance(amp, bool):
+        raise ProfileError(f"profile field amp cannot be {amp!r}", expected="a value of type bool")
+    if not amp:
+        changes["precision"] = "fp32"
+    return changes
+
+
+def saved_settings(config: dict) -> dict:
+    """A checkpoint's saved flat ``config`` as today's flat settings: fields added since count as their
+    default, or their legacy meaning (:func:`legacy_values`); ``amp=False`` counts as ``precision="fp32"``."""
+    known = {key: value for key, value in config.items() if key in flat_fields() or key in DEPRECATED
+             or key in ("name", "description")}
+    return {**defaults(), **legacy_values(), **_translate_deprecated(known)}
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Every setting of one run, from the data source to the architecture study."""
+    """Every setting of one run, in sections by concern (:data:`SECTIONS`).
+
+    Read a setting as ``profile.training.epochs`` or, the flat alias every earlier notebook used,
+    ``profile.epochs`` (:func:`flat_fields` lists the flat names; ``sw_patch_size`` is
+    ``inference.patch_size``, ``sw_overlap`` is ``inference.overlap``, ``crop_margin`` is
+    ``preprocessing.margin``). Change one with :meth:`with_overrides`, by flat or ``section.field`` name.
+    """
 
     name: str
     description: str
-
-    # data: "synthetic" generates the Kaggle layout; "real" needs BraTS 2020 (kagglehub/BRATS_ROOT)
-    data_source: Literal["synthetic", "real"] = "synthetic"
-    # which dataset (layout and label scheme); synthetic data is written in its layout
-    dataset: Dataset = "brats2020"
-    # "brats2020": Dice/HD95 per region; "lesionwise": BraTS 2023's; "brats2025": the challenge's package
-    # (extra "official"; the project's lesion-wise without it); None: the dataset's own (see .protocol)
-    metrics_protocol: Literal["brats2020", "lesionwise", "brats2025"] | None = None
-    synthetic_train_cases: int = 20
-    synthetic_val_cases: int = 4
-    synthetic_shape: Shape3D = (240, 240, 155)
-    seed: int = 42
-    max_cases: int | None = None  # use only the first N training cases (None: all)
-    # seconds a process waits for another that is building the shared synthetic dataset or cache
-    # NEW (h27): section=data, resumable=yes, fingerprint=no
-    lock_timeout: float = 3600.0
-    val_fraction: float = 0.2  # patient-level split, as the authors (80/20, seed 42)
-    # share of the patients held out as a test set before the train/validation split (0: none)
-    test_fraction: float = 0.0
-    # case ids removed from the training cases after the split (the authors dropped case 355)
-    exclude_from_training: tuple[str, ...] = ()
-    # case ids of one stratum (e.g. the low-grade cases): test and validation cases are drawn
-    # proportionally from them and from the others (data.split_patients); () draws from all alike
-    # NEW (h23): section=data, resumable=no, fingerprint=yes
-    stratify_split: tuple[str, ...] = ()
-    # k-fold cross-validation (nnU-Net's practice): with fold=k the non-test patients are cut into n_folds
-    # seeded folds, fold k validates and the others train; each fold trains into run_dir/fold<k>
-    fold: int | None = None
-    n_folds: int = 5
-
-    # preprocessing: z-score "brain" (inside the brain mask) or "volume" (every voxel, background
-    # zeros included, as the authors); crop to the brain's bounding box (+ crop_margin) or not
-    normalisation: Literal["brain", "volume"] = "brain"
-    crop: bool = True
-    crop_margin: int = 2
-
-    # patches and augmentation; patch_size None trains on whole cropped volumes
-    patch_size: Shape3D | None = (128, 128, 128)
-    samples_per_volume: int = 2
-    foreground_fraction: float = 0.5
-    # "none" | "in_plane" (the paper) | "mirror" (all three axes: pairs with 8-flip TTA) | "strong"
-    augmentation: Literal["none", "in_plane", "mirror", "strong"] = "mirror"
-    batch_size: int = 2
-    num_workers: int = 2
-
-    # model
-    model_preset: str = "paper"
-    dropout: float = 0.1
-    # "paper": Kaiming as the text states; "authors": their code's (model.init_weights_authors_)
-    init: Literal["paper", "authors"] = "paper"
-
-    # optimisation (the paper's recipe)
-    epochs: int = 100
-    steps_per_epoch: int | None = None  # None: one pass over the patch dataset
-    lr: float = 5e-4
-    weight_decay: float = 5e-4
-    # "plateau": ReduceLROnPlateau on the validation loss; "cosine": CosineAnnealingLR(T_max=cosine_t_max,
-    # eta_min=min_lr) stepped once per epoch (the authors' final run)
-    lr_schedule: Literal["plateau", "cosine"] = "plateau"
-    cosine_t_max: int = 30
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    min_lr: float = 1e-6
-    early_stop_patience: int = 10
-    early_stop_min_delta: float = 1e-3
-    # "strict": improvement means loss < best - min_delta; "authors": any loss up to min_delta above
-    # the best becomes the best and resets the counter (train.EarlyStopping)
-    early_stop_rule: Literal["strict", "authors"] = "strict"
-    grad_clip_norm: float = 1.5
-    # "auto": fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere (brats_utils.precision)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    amp: bool = True  # the older switch: False means precision fp32 whatever ``precision`` says
-    compile: bool = False  # torch.compile the network for training and prediction
-    ce_weight: float = 0.3
-    dice_weight: float = 0.7
-    checkpoint_every: int = 5
-    max_val_cases: int | None = None  # validate on the first N validation cases (None: all)
-    # NEW (h25): section=training, resumable=no, fingerprint=yes
-    # the validation score that picks best.pt: "val_dice_mean" (mean of WT, TC and ET Dice, what BraTS
-    # scores) or "val_paper_dice" (the paper's mean over the four labels, background included: the authors')
-    best_metric: Literal["val_dice_mean", "val_paper_dice"] = "val_dice_mean"
-    # NEW (h25): section=training, resumable=yes, fingerprint=yes
-    fp32_validation: bool = False  # validate in fp32 whatever ``precision`` trains in (the authors did)
-
-    # inference
-    sw_patch_size: Shape3D = (128, 128, 128)
-    sw_overlap: float = 0.5
-    sw_batch_size: int | None = None  # windows per forward pass; None: 1 on a CPU, 2 on a GPU
-    tta: bool = False
-
-    # architecture study
-    compare_presets: tuple[str, ...] = ()
-    compare_epochs: int = 1
-    compare_steps_per_epoch: int | None = None
-
-    # beyond the paper (notebook 08, brats_utils.regions and brats_utils.beyond)
-    target: Literal["labels", "regions"] = "labels"  # "regions": 3 sigmoids WT/TC/ET (nnU-Net's BraTS)
-    # regions: the sigmoids start at this probability of a voxel being in a region (their biases at
-    # logit(region_prior), Lin et al. 2017); None: bias 0, every voxel 50 % tumour at the start (nnU-Net)
-    region_prior: float | None = 0.01
-    batch_dice: bool = False  # one Dice per class over the whole batch (the paper's wording)
-    dice_include_background: bool = True  # False: Dice over the tumour classes only
-    init_seed: int | None = None  # seeds initialisation and dropout (None: seed); the split keeps seed
-    # NEW (h25): section=data, resumable=no, fingerprint=yes
-    data_seed: int | None = None  # seeds the patches, augmentation and order (None: seed); not the split
-    beyond_variants: tuple[str, ...] = ()  # () : every variant of brats_utils.beyond.VARIANTS
-    beyond_seeds: int = 3
+    data: DataSettings = dataclasses.field(default_factory=DataSettings)
+    preprocessing: PreprocessingSettings = dataclasses.field(default_factory=PreprocessingSettings)
+    loader: LoaderSettings = dataclasses.field(default_factory=LoaderSettings)
+    model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    training: TrainingSettings = dataclasses.field(default_factory=TrainingSettings)
+    inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
+    study: StudySettings = dataclasses.field(default_factory=StudySettings)
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            check_field(field.name, getattr(self, field.name))
-        _check_ranges(self)
+        for key in ("name", "description"):
+            if not isinstance(getattr(self, key), str):
+                raise ProfileError(f"profile field {key} cannot be {getattr(self, key)!r}", expected="a str")
+        for section, cls in SECTIONS.items():
+            if not isinstance(getattr(self, section), cls):
+                raise ProfileError(f"profile section {section} cannot be {getattr(self, section)!r}",
+                                   expected=f"a {cls.__name__}")
+
+    def __getattr__(self, key: str) -> object:
+        """Flat read access: ``profile.epochs`` is ``profile.training.epochs`` (see the class docstring)."""
+        if key in DEPRECATED:  # amp: the older switch, on unless precision is fp32
+            _deprecated(key)
+            return self.training.precision != "fp32"
+        entry = flat_fields().get(key)
+        if entry is None or key.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        section, field = entry
+        return getattr(object.__getattribute__(self, section), field.name)
 
     def with_overrides(self, **changes: object) -> Profile:
-        """A copy with some fields changed (checked again); unknown names raise ``TypeError``."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings changed (checked again): by flat name (``epochs=3``) or
+        ``section.field`` (``**{"inference.tta": True}``), or whole sections (``training=...``).
+        Unknown names raise ``TypeError``; ``amp`` is read as ``precision`` with a ``FutureWarning``."""
+        if any(key in DEPRECATED for key in changes):
+            for key in DEPRECATED.keys() & changes.keys():
+                _deprecated(key)
+            changes = _translate_deprecated(changes)
+        top = {key: changes.pop(key) for key in list(changes) if key in ("name", "description", *SECTIONS)}
+        by_section: dict[str, dict[str, object]] = {}
+        for key, value in changes.items():
+            try:
+                section, name = _resolve(key)
+            except ProfileError as error:
+                raise TypeError(str(error)) from None
+            by_section.setdefault(section, {})[name] = value
+        for section, fields in by_section.items():
+            top[section] = dataclasses.replace(top.get(section, getattr(self, section)), **fields)
+        return dataclasses.replace(self, **top)
 
     @property
     def requested_precision(self) -> str:
-        """``precision``, or ``"fp32"`` when the older switch ``amp`` is off (resolved per device by
-        :func:`brats_utils.precision.resolve_precision`)."""
-        return self.precision if self.amp else "fp32"
+        """``training.precision`` (resolved per device by :func:`brats_utils.precision.resolve_precision`)."""
+        return self.training.precision
 
     def as_dict(self) -> dict:
-        """Plain-dict form (for checkpoints and JSON)."""
-        return dataclasses.asdict(self)
+        """Flat plain-dict form, by flat names (checkpoints, study fingerprints, JSON)."""
+        flat = {"name": self.name, "description": self.description}
+        for section in SECTIONS:
+            values = getattr(self, section)
+            flat.update({flat_name(type(values), field): getattr(values, field.name)
+                         for field in dataclasses.fields(values)})
+        return flat
 
     def acting_settings(self) -> dict:
         """:meth:`as_dict` without the settings that do nothing in this run (:func:`acting_settings`)."""
         return acting_settings(self.as_dict())
 
     @property
-    def protocol(self) -> str:
-        """The metrics protocol reported: ``metrics_protocol``, else the dataset's own (DATASET_PROTOCOLS)."""
-        return self.metrics_protocol or DATASET_PROTOCOLS[self.dataset]
-
-    @property
     def _folder_name(self) -> str:
         """The profile's name, with the dataset when it is not BraTS 2020 (caches and runs never mix)."""
-        return self.name if self.dataset == "brats2020" else f"{self.name}-{self.dataset}"
+        return self.name if self.data.dataset == "brats2020" else f"{self.name}-{self.data.dataset}"
 
     @property
     def synthetic_dir(self) -> Path:
         """Where this profile's synthetic dataset is generated."""
-        shape = "x".join(map(str, self.synthetic_shape))
-        return data_dir() / "synthetic" / f"{self.name}-{shape}-seed{self.seed}"
+        shape = "x".join(map(str, self.data.synthetic_shape))
+        return data_dir() / "synthetic" / f"{self.name}-{shape}-seed{self.data.seed}"
 
     @property
     def cache_dir(self) -> Path:
@@ -277,31 +547,34 @@ class Profile:
     def run_dir(self) -> Path:
         """Checkpoints, history and predictions of this profile's run (``.../fold<k>`` for one fold)."""
         base = runs_dir() / self._folder_name
-        return base if self.fold is None else base / f"fold{self.fold}"
+        return base if self.data.fold is None else base / f"fold{self.data.fold}"
+
+
+def make_profile(name: str, description: str, base: Profile | None = None, **changes: object) -> Profile:
+    """A profile written as its differences from ``base`` (default: every setting's default)."""
+    base = base or Profile(name=name, description=description)
+    return base.with_overrides(name=name, description=description, **changes)
 
 
 # --- checking fields ---------------------------------------------------------------------
 
 
-#: Settings that act only with another setting's value: ``region_prior`` only on a region model.
-ACTS_ONLY_WITH: dict[str, tuple[str, object]] = {"region_prior": ("target", "regions")}
-
-
 def acting_settings(settings: dict) -> dict:
-    """``settings`` (a profile's :meth:`Profile.as_dict`, or a checkpoint's saved copy) without the fields
-    of :data:`ACTS_ONLY_WITH` whose condition does not hold, so that two runs that compute the same thing
+    """``settings`` (a profile's :meth:`Profile.as_dict`, or a checkpoint's saved copy) without the settings
+    whose :func:`acts_only_with` condition does not hold, so that two runs that compute the same thing
     compare equal (a softmax run is the same run whatever its ``region_prior``)."""
+    conditions = acts_only_with()
     return {key: value for key, value in settings.items()
-            if key not in ACTS_ONLY_WITH
-            or settings.get(ACTS_ONLY_WITH[key][0]) == ACTS_ONLY_WITH[key][1]}
+            if key not in conditions or settings.get(conditions[key][0]) == conditions[key][1]}
 
 
 def parse_override(text: str) -> tuple[str, object]:
     """``key=value`` as a checked ``(field, value)``: the value is read as a Python literal when it is one.
 
     ``epochs=3`` gives ``("epochs", 3)``, ``patch_size=(64,64,64)`` a tuple,
-    ``model_preset=l4_f16`` the plain string. The value must fit the field's declared type
-    (``amp=yes`` is refused, not taken as a truthy string); raises :class:`ProfileError`.
+    ``model_preset=l4_f16`` the plain string, ``training.lr=1e-3`` names the section. The value
+    must fit the field's declared type (``amp=yes`` is refused, not taken as a truthy string);
+    raises :class:`ProfileError`.
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -314,13 +587,8 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, check_field(key, value)
 
 
-@functools.cache
-def _field_types() -> dict[str, object]:
-    return typing.get_type_hints(Profile, globalns={**globals(), "Shape3D": Shape3D})
-
-
 def _fits(value: object, hint: object) -> bool:
-    """Whether ``value`` is of the type ``hint`` (the few kinds of type a Profile field has)."""
+    """Whether ``value`` is of the type ``hint`` (the few kinds of type a setting has)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, arg) for arg in args)
@@ -341,65 +609,36 @@ def _fits(value: object, hint: object) -> bool:
     return isinstance(value, hint)
 
 
-def check_field(name: str, value: object) -> object:
-    """``value`` if it fits the declared type of the Profile field ``name``, else :class:`ProfileError`."""
-    hints = _field_types()
-    if name not in hints:
-        raise ProfileError(f"unknown profile field {name!r}", expected=f"one of {', '.join(hints)}")
-    hint = hints[name]
+def _check_type(name: str, value: object, hint: object) -> None:
     if not _fits(value, hint):
         shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
         raise ProfileError(f"profile field {name} cannot be {value!r}", expected=f"a value of type {shown}")
+
+
+def check_field(name: str, value: object) -> object:
+    """``value`` if it fits the declared type of the setting ``name`` (flat or ``section.field``), else
+    :class:`ProfileError`. ``amp`` (deprecated) must be a bool."""
+    if name in DEPRECATED:
+        _check_type(name, value, bool)
+        return value
+    if name in ("name", "description"):
+        _check_type(name, value, str)
+        return value
+    section, field = _resolve(name)
+    _check_type(name, value, _hints(SECTIONS[section])[field])
     return value
-
-
-def _check_ranges(p: Profile) -> None:
-    """Raise :class:`ProfileError` for a fraction out of range, a size below 1 or an unknown preset."""
-    fractions = {"val_fraction": (0 < p.val_fraction < 1, "in (0, 1)"),
-                 "test_fraction": (0 <= p.test_fraction < 1, "in [0, 1)"),
-                 "foreground_fraction": (0 <= p.foreground_fraction <= 1, "in [0, 1]"),
-                 "sw_overlap": (0 <= p.sw_overlap < 1, "in [0, 1)"),
-                 "dropout": (0 <= p.dropout < 1, "in [0, 1)"),
-                 "region_prior": (p.region_prior is None or 0 < p.region_prior < 1, "in (0, 1) or None")}
-    problems = [f"{name}={getattr(p, name)} is not {interval}" for name, (ok, interval) in fractions.items()
-                if not ok]
-    sizes = {"synthetic_train_cases": p.synthetic_train_cases, "samples_per_volume": p.samples_per_volume,
-             "batch_size": p.batch_size, "epochs": p.epochs, "checkpoint_every": p.checkpoint_every,
-             "sw_batch_size": p.sw_batch_size, "compare_epochs": p.compare_epochs,
-             "steps_per_epoch": p.steps_per_epoch, "max_cases": p.max_cases, "max_val_cases": p.max_val_cases,
-             "compare_steps_per_epoch": p.compare_steps_per_epoch, "cosine_t_max": p.cosine_t_max,
-             "beyond_seeds": p.beyond_seeds}
-    shapes = {"synthetic_shape": p.synthetic_shape, "patch_size": p.patch_size,
-              "sw_patch_size": p.sw_patch_size}
-    problems += [f"{name}={value} is not positive" for name, value in sizes.items()
-                 if value is not None and value < 1]
-    problems += [f"{name}={value} is not positive" for name, value in shapes.items()
-                 if value is not None and min(value) < 1]
-    problems += [f"{name}={getattr(p, name)} is negative" for name in ("synthetic_val_cases", "crop_margin",
-                                                                       "num_workers", "lock_timeout")
-                 if getattr(p, name) < 0]
-    if p.lr <= 0:
-        problems.append(f"lr={p.lr} is not positive")
-    if p.n_folds < 2:
-        problems.append(f"n_folds={p.n_folds} is below 2")
-    if p.fold is not None and not 0 <= p.fold < p.n_folds:
-        problems.append(f"fold={p.fold} is not in [0, n_folds={p.n_folds})")
-    known = PRESETS | EXTRA_PRESETS
-    unknown = [preset for preset in (p.model_preset, *p.compare_presets) if preset not in known]
-    if unknown:
-        problems.append(f"unknown model preset(s) {', '.join(unknown)} (known: {', '.join(known)})")
-    if problems:
-        raise ProfileError(f"profile {p.name!r}: " + "; ".join(problems))
 
 
 # --- the named profiles ------------------------------------------------------------------
 
-_ALL_PRESETS = tuple(name for base in PAPER_PRESETS for name in (base, f"{base}_as_run") if name in PRESETS)
+#: The paper's five models and the four deeper ones as the authors ran them (model.PAPER_PRESETS, as_run).
+_ALL_PRESETS = ("paper", "l4_f16", "l4_f16_as_run", "l4_f32", "l4_f32_as_run", "l5_f16", "l5_f16_as_run",
+                "l5_f32", "l5_f32_as_run")
 
 PROFILES: dict[str, Profile] = {
-    "ci": Profile(
-        name="ci",
-        description="Tiny synthetic volumes and a few steps: every notebook in seconds on a CPU.",
+    "ci": make_profile(
+        "ci",
+        "Tiny synthetic volumes and a few steps: every notebook in seconds on a CPU.",
         # 8 labelled cases: 2 test, 2 validation, 4 training (the split of demo and gpu, in small)
         synthetic_train_cases=8,
         test_fraction=0.2,
@@ -420,9 +659,9 @@ PROFILES: dict[str, Profile] = {
         compare_steps_per_epoch=2,
         beyond_seeds=1,
     ),
-    "demo": Profile(
-        name="demo",
-        description="Synthetic cases at CPU-friendly size: a few minutes on 2 cores, still learns.",
+    "demo": make_profile(
+        "demo",
+        "Synthetic cases at CPU-friendly size: a few minutes on 2 cores, still learns.",
         # 25 labelled cases: 5 test, 4 validation, 16 training; the split stratified by grade so
         # that validation and test each hold one of the five low-grade cases (018-022, as
         # synthetic.is_low_grade places them on the real numbering)
@@ -450,9 +689,9 @@ PROFILES: dict[str, Profile] = {
         compare_epochs=4,
         compare_steps_per_epoch=12,
     ),
-    "gpu": Profile(
-        name="gpu",
-        description=("Real BraTS 2020 on a 16 GB GPU (Colab/Kaggle T4): AMP, 128^3 patches; "
+    "gpu": make_profile(
+        "gpu",
+        ("Real BraTS 2020 on a 16 GB GPU (Colab/Kaggle T4): AMP, 128^3 patches; "
                      "train / validation / test at patient level."),
         data_source="real",
         test_fraction=0.2,
@@ -464,9 +703,9 @@ PROFILES: dict[str, Profile] = {
         compare_presets=_ALL_PRESETS,
         compare_epochs=10,
     ),
-    "paper": Profile(
-        name="paper",
-        description=(
+    "paper": make_profile(
+        "paper",
+        (
             "The paper's text where it is unambiguous: whole volumes cropped to the brain's bounding box "
             "(the text's 240x240x155 input read together with its 'within the brain region'; see "
             "docs/reproduction.md), z-score inside the brain, batch 2, in-plane flips and rot90, "
@@ -488,9 +727,9 @@ PROFILES: dict[str, Profile] = {
         compare_presets=_ALL_PRESETS,
         compare_epochs=90,
     ),
-    "authors": Profile(
-        name="authors",
-        description=(
+    "authors": make_profile(
+        "authors",
+        (
             "The authors' final run as their code did it: whole uncropped 240x240x155 volumes, z-score over "
             "the whole volume (background included), batch 2, no augmentation, dropout 0.1, their init, "
             "AdamW 5e-4/5e-3, cosine T_max 30, their early stopping; 294/74 with the best epoch chosen on "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from brats_utils.augment import augmentation_for
 from brats_utils.errors import CacheError
 from brats_utils.files import write_csv_atomic
+from brats_utils.labels import Shape3D
 from brats_utils.preprocess import PreprocessedCase, cache_entries, load_cached, load_foreground
-
-Shape3D = tuple[int, int, int]
-
 
 # --- patient-level split -------------------------------------------------------------
 
@@ -323,42 +322,66 @@ def split_volumes(cache_dir: str | Path, split_csv: str | Path, split: str) -> V
     return VolumeDataset([Path(cache_dir) / case_id for case_id in case_ids])
 
 
-def make_loaders(cache_dir: str | Path, *, split_csv: str | Path | None, max_cases: int | None = None,
-                 val_fraction: float = 0.2, test_fraction: float = 0.0,
-                 exclude_from_training: Sequence[str] = (), fold: int | None = None, n_folds: int = 5,
-                 stratum: Sequence[str] = (), seed: int = 42, patch_size: Shape3D | None = (128, 128, 128),
-                 samples_per_volume: int = 2, foreground_fraction: float = 0.5, augmentation: str = "mirror",
-                 batch_size: int = 2, num_workers: int = 2,
-                 sampler: Callable[..., Sampler[int]] | None = None,
-                 patch_seed: int | None = None) -> tuple[DataLoader, VolumeDataset]:
+class SplitSettings(Protocol):
+    """The patient split :func:`make_loaders` draws (a profile's ``data`` section has these fields)."""
+
+    max_cases: int | None
+    val_fraction: float
+    test_fraction: float
+    exclude_from_training: Sequence[str]
+    stratify_split: Sequence[str]
+    fold: int | None
+    n_folds: int
+    seed: int
+    data_seed: int | None  # seeds the patches, their augmentation and their order (None: seed)
+
+
+class PatchSettings(Protocol):
+    """The patches and batches :func:`make_loaders` draws (a profile's ``loader`` section has these)."""
+
+    patch_size: Shape3D | None
+    samples_per_volume: int
+    foreground_fraction: float
+    augmentation: str
+    batch_size: int
+    num_workers: int
+
+
+def make_loaders(cache_dir: str | Path, split: SplitSettings, patches: PatchSettings, *,
+                 split_csv: str | Path | None, batch_size: int | None = None,
+                 sampler: Callable[..., Sampler[int]] | None = None) -> tuple[DataLoader, VolumeDataset]:
     """Training patches (a DataLoader) and validation volumes of the cached cases in ``cache_dir``.
 
-    The cached cases (the first ``max_cases`` if set) are split with :func:`split_patients`
-    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of
-    ``n_folds``, ``stratum``); the split is saved to ``split_csv`` (None: not saved, e.g. on the ranks of a
-    distributed run other than 0). The test cases reach neither loader: nothing in training sees
-    them. ``sampler(size, seed)`` builds the patch order (default :class:`EpochShuffleSampler`; a
-    distributed run passes its ``ShardedEpochSampler``). The patches follow
-    :class:`PatchDataset`'s arguments, with the transform that ``augmentation`` names
-    (:func:`brats_utils.augment.augmentation_for`); memory is pinned only when CUDA is available.
-    ``patch_seed`` (default ``seed``) seeds the patches, their augmentation and their order; the split
-    always follows ``seed``. (:func:`brats_utils.train.loaders_for` fills every argument from a run profile.)
+    The cached cases (the first ``split.max_cases`` if set) are split with :func:`split_patients`
+    (``val_fraction``, ``test_fraction``, ``seed``, ``exclude_from_training``, ``fold`` of ``n_folds``,
+    ``stratify_split`` as the stratum); the split is saved to ``split_csv`` (None: not saved, e.g. on
+    the ranks of a distributed run other than 0). The test cases reach neither loader: nothing in
+    training sees them. ``sampler(size, seed)`` builds the patch order (default
+    :class:`EpochShuffleSampler`; a distributed run passes its ``ShardedEpochSampler`` and its
+    per-rank ``batch_size``, default ``patches.batch_size``). The patches follow
+    :class:`PatchDataset`'s arguments from ``patches``, with the transform that
+    ``patches.augmentation`` names (:func:`brats_utils.augment.augmentation_for`); memory is pinned
+    only when CUDA is available. ``split.data_seed`` (default ``split.seed``) seeds the patches, their
+    augmentation and their order; the split always follows ``split.seed``. A run profile passes its
+    ``data`` and ``loader`` sections.
     """
-    entries = cache_entries(cache_dir)[:max_cases]
+    seed = split.seed
+    patch_seed = seed if split.data_seed is None else split.data_seed
+    entries = cache_entries(cache_dir)[:split.max_cases]
     if not entries:
         raise CacheError("the cache holds no entries", path=cache_dir,
                          expected="a cache built by build_cache")
     by_id = {entry.name: entry for entry in entries}
-    parts = split_patients(list(by_id), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           exclude_from_training=exclude_from_training, fold=fold, n_folds=n_folds,
-                           stratum=stratum, csv_path=split_csv)
+    parts = split_patients(list(by_id), val_fraction=split.val_fraction, test_fraction=split.test_fraction,
+                           seed=seed, exclude_from_training=split.exclude_from_training, fold=split.fold,
+                           n_folds=split.n_folds, stratum=split.stratify_split, csv_path=split_csv)
     train_ids, val_ids = parts["train"], parts["val"]
-    patch_seed = seed if patch_seed is None else patch_seed
-    patches = PatchDataset([by_id[i] for i in train_ids], patch_size=patch_size,
-                           samples_per_volume=samples_per_volume, foreground_fraction=foreground_fraction,
-                           augment=augmentation_for(augmentation), seed=patch_seed)
-    order = (sampler or EpochShuffleSampler)(len(patches), seed=patch_seed)
-    loader = DataLoader(patches, batch_size=batch_size, sampler=order,
-                        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=num_workers > 0, collate_fn=pad_collate)
+    dataset = PatchDataset([by_id[i] for i in train_ids], patch_size=patches.patch_size,
+                           samples_per_volume=patches.samples_per_volume,
+                           foreground_fraction=patches.foreground_fraction,
+                           augment=augmentation_for(patches.augmentation), seed=patch_seed)
+    order = (sampler or EpochShuffleSampler)(len(dataset), seed=patch_seed)
+    loader = DataLoader(dataset, batch_size=batch_size or patches.batch_size, sampler=order,
+                        num_workers=patches.num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=patches.num_workers > 0, collate_fn=pad_collate)
     return loader, VolumeDataset([by_id[i] for i in val_ids])

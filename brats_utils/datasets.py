@@ -29,18 +29,16 @@ from __future__ import annotations
 
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
-from brats_utils.download import case_from_folder, find_split_dirs
-from brats_utils.download import find_dataset as find_brats2020
+from brats_utils.download import SEARCH_DEPTH, case_from_folder, find_brats2020, find_split_dirs
 from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
-from brats_utils.io import Case
+from brats_utils.io import Case, is_nifti, nifti_stem
 from brats_utils.labels import BRATS2020, BRATS2023, MODALITIES, MSD_TASK01, LabelScheme
 
-#: How deep below a given folder a dataset's folders are searched for.
-SEARCH_DEPTH = 8
 #: The Kaggle copy of BraTS 2021 (Task 1, 1251 training cases, packed as one tar inside the dataset).
 BRATS2021_KAGGLE_HANDLE = "dschettler8845/brats-2021-task1"
 SPLITS = ("training", "validation")
@@ -57,6 +55,14 @@ class DatasetLayout:
         case_pattern: regular expression a case folder (or, for MSD, an image file stem) matches.
         file_names: modality -> the file-name part that marks it, in ``MODALITIES`` order.
         how_to_get: where the data comes from, in one paragraph.
+        protocol: the metrics protocol its challenge reports (``brats_utils.lesion_metrics.PROTOCOLS``):
+            per-region scores up to 2021, lesion-wise from 2023.
+        separator, suffix: how a file name joins the case id and the modality part, and its extension
+            (``<id><separator><part><suffix>``).
+        image_4d: one 4D image per case (MSD) instead of one file per modality.
+        find_cases: ``find_cases(layout, root, split)`` lists the cases of one split below ``root``;
+            None: case folders named by ``case_pattern``, their files paired by the modality part
+            (:func:`brats_utils.download.case_from_folder`).
     """
 
     name: str
@@ -65,6 +71,11 @@ class DatasetLayout:
     case_pattern: str
     file_names: dict[str, str]
     how_to_get: str
+    protocol: str = "brats2020"
+    separator: str = "_"
+    suffix: str = ".nii.gz"
+    image_4d: bool = False
+    find_cases: Callable[[DatasetLayout, Path, str], list[Case]] | None = None
 
     def is_case_name(self, name: str) -> bool:
         """Whether a folder name (MSD: a file stem) is one of this layout's case ids."""
@@ -75,11 +86,13 @@ class DatasetLayout:
         return f"{case_id}.nii.gz"
 
     def _file_name(self, case_id: str, part: str) -> str:
-        if self.name == "msd":  # one 4D image in imagesTr, the labels under the same name in labelsTr
-            return f"{case_id}.nii.gz"
-        sep = "-" if self.name == "brats2023" else "_"
-        suffix = ".nii" if self.name == "brats2020" else ".nii.gz"
-        return f"{case_id}{sep}{part}{suffix}"
+        if self.image_4d:  # one 4D image in imagesTr, the labels under the same name in labelsTr
+            return f"{case_id}{self.suffix}"
+        return f"{case_id}{self.separator}{part}{self.suffix}"
+
+    def cases(self, root: Path, split: str) -> list[Case]:
+        """The cases of one split below ``root`` (unsorted; empty when there are none)."""
+        return (self.find_cases or _folder_cases)(self, root, split)
 
     def image_name(self, case_id: str, modality: str) -> str:
         """The file name of one modality of a case (MSD: the 4D file, whatever ``modality``)."""
@@ -96,7 +109,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
     DatasetLayout(
         "brats2020", "BraTS 2020", BRATS2020, r"BraTS20_(Training|Validation)_\d+", _OWN_NAMES,
         "Kaggle copy awsaf49/brats20-dataset-training-validation, downloaded by kagglehub "
-        "(`python -m brats_utils download`), or your own unzip under $BRATS_ROOT.",
+        "(`python -m brats_utils download`), or your own unzip under $BRATS_ROOT.", suffix=".nii",
+        find_cases=lambda layout, root, split: _brats2020_cases(root, split),
     ),
     DatasetLayout(
         "brats2021", "BraTS 2021", BRATS2020, r"BraTS2021_\d{5}", _OWN_NAMES,
@@ -107,7 +121,9 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
         "brats2023", "BraTS 2023 glioma", BRATS2023, r"BraTS-GLI-\d{5}-\d{3}",
         {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
         "Synapse (project BraTS 2023, syn51156910) after registering and accepting the data terms; "
-        "unzip it and set $BRATS_ROOT. It cannot be downloaded from here.",
+        "unzip it and set $BRATS_ROOT. It cannot be downloaded from here.", protocol="lesionwise",
+        separator="-", find_cases=lambda layout, root, split: _folder_cases(layout, root, split,
+                                                                             case_from_brats2023_folder),
     ),
     DatasetLayout(
         "msd", "MSD Task01_BrainTumour", MSD_TASK01, r"BRATS_\d{3}",
@@ -115,22 +131,12 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
         "The Medical Segmentation Decathlon's own download (Task01_BrainTumour.tar from "
         "medicaldecathlon.com, or MONAI's DecathlonDataset(task='Task01_BrainTumour', download=True)); "
         "set $BRATS_ROOT to the folder holding imagesTr/. It is not downloaded from here.",
+        image_4d=True, find_cases=lambda layout, root, split: _msd_cases(layout, root, split),
     ),
 )}
 
 
 # --- finding the folders --------------------------------------------------------------------
-
-
-def _is_nifti(path: Path) -> bool:
-    name = path.name.lower()
-    return (path.is_file() and not path.name.startswith("._")  # macOS resource forks in the MSD tar
-            and (name.endswith(".nii") or name.endswith(".nii.gz")))
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -142,13 +148,15 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _layout_of_folder(folder: Path) -> str | None:
     """The layout a single folder reveals by its name, without looking inside case folders."""
-    if folder.name in ("imagesTr", "imagesTs") and any(
-            LAYOUTS["msd"].is_case_name(_stem(p)) for p in folder.iterdir() if _is_nifti(p)):
-        return "msd"
+    if folder.name in ("imagesTr", "imagesTs"):  # a 4D layout names its image files, not folders
+        stems = [nifti_stem(p) for p in folder.iterdir() if is_nifti(p)]
+        for name, layout in LAYOUTS.items():
+            if layout.image_4d and any(layout.is_case_name(stem) for stem in stems):
+                return name
     if folder.name in (TRAINING_DIR_NAME, VALIDATION_DIR_NAME):
         return "brats2020"
-    for name in ("brats2020", "brats2021", "brats2023"):
-        if LAYOUTS[name].is_case_name(folder.name):
+    for name, layout in LAYOUTS.items():
+        if not layout.image_4d and layout.is_case_name(folder.name):
             return name
     return None
 
@@ -202,7 +210,7 @@ def detect_layout(root: str | Path) -> DatasetLayout:
 # --- listing the cases ----------------------------------------------------------------------
 
 
-def _case_folders(root: Path, layout: DatasetLayout) -> list[Path]:
+def _layout_case_folders(root: Path, layout: DatasetLayout) -> list[Path]:
     return [folder for _, folder, name in _walk(root) if name == layout.name]
 
 
@@ -220,7 +228,7 @@ def case_from_brats2023_folder(folder: str | Path) -> Case:
     folder = Path(folder)
     layout = LAYOUTS["brats2023"]
     case_id = folder.name
-    files = {_stem(p).lower(): p for p in folder.iterdir() if _is_nifti(p)}
+    files = {nifti_stem(p).lower(): p for p in folder.iterdir() if is_nifti(p)}
     modalities = {}
     for modality, part in layout.file_names.items():
         path = files.get(f"{case_id}-{part}".lower())
@@ -235,18 +243,30 @@ def _with_scheme(case: Case, scheme: LabelScheme) -> Case:
     return Case(case.case_id, case.modalities, case.seg, case.folder, scheme=scheme, image_4d=case.image_4d)
 
 
-def _msd_cases(root: Path, split: str) -> list[Case]:
+def _brats2020_cases(root: Path, split: str) -> list[Case]:
+    """The Kaggle layout's split folders, paired by :func:`brats_utils.download.find_brats2020`."""
+    return find_brats2020(root, split) if find_split_dirs(root).get(split) else []
+
+
+def _folder_cases(layout: DatasetLayout, root: Path, split: str,
+                  pair: Callable[[Path], Case] = case_from_folder) -> list[Case]:
+    """Case folders of ``layout`` in ``split``, each paired by ``pair`` and given the layout's scheme."""
+    return [_with_scheme(pair(folder), layout.scheme) for folder in _layout_case_folders(root, layout)
+            if _split_of(folder, root) == split]
+
+
+def _msd_cases(layout: DatasetLayout, root: Path, split: str) -> list[Case]:
     folder_name = "imagesTr" if split == "training" else "imagesTs"
-    layout = LAYOUTS["msd"]
     cases = []
     for _, folder, name in _walk(root):
-        if name != "msd" or folder.name != folder_name:
+        if name != layout.name or folder.name != folder_name:
             continue
         labels_dir = folder.parent / "labelsTr"
-        for image in sorted(p for p in folder.iterdir() if _is_nifti(p) and layout.is_case_name(_stem(p))):
-            case_id = _stem(image)
-            seg = next((p for p in (labels_dir / image.name, labels_dir / f"{case_id}.nii") if _is_nifti(p)),
-                       None)
+        images = sorted(p for p in folder.iterdir() if is_nifti(p) and layout.is_case_name(nifti_stem(p)))
+        for image in images:
+            case_id = nifti_stem(image)
+            labelled = (labels_dir / image.name, labels_dir / f"{case_id}.nii")
+            seg = next((p for p in labelled if is_nifti(p)), None)
             cases.append(Case(case_id, dict.fromkeys(MODALITIES, image), seg, folder, scheme=layout.scheme,
                               image_4d=image))
     return cases
@@ -266,16 +286,7 @@ def find_dataset(root: str | Path, split: str = "training", *, dataset: str | No
     if dataset is not None and dataset not in LAYOUTS:
         raise DatasetNotFoundError(f"unknown dataset {dataset!r}", expected="one of " + ", ".join(LAYOUTS))
     layout = LAYOUTS[dataset] if dataset is not None else detect_layout(root)
-    if layout.name == "brats2020":
-        if not find_split_dirs(root).get(split):
-            _not_found(root, layout, split)
-        return find_brats2020(root, split)
-    if layout.name == "msd":
-        cases = _msd_cases(root, split)
-    else:
-        pair = case_from_brats2023_folder if layout.name == "brats2023" else case_from_folder
-        cases = [_with_scheme(pair(folder), layout.scheme) for folder in _case_folders(root, layout)
-                 if _split_of(folder, root) == split]
+    cases = layout.cases(root, split)
     if not cases:
         _not_found(root, layout, split)
     return sorted(cases, key=lambda case: case.case_id)
@@ -298,7 +309,7 @@ def _not_found(root: Path, layout: DatasetLayout, split: str) -> None:
 #: How the files of a scan set may be named: as a layout's case files (the modality part after the
 #: separator, e.g. ``<id>_flair.nii.gz`` as BraTS 2020/2021, ``<id>-t2f.nii.gz`` as BraTS 2023), or
 #: the modality part alone (``flair.nii.gz``: the case is named after its folder).
-SCAN_NAMINGS: tuple[tuple[str, str], ...] = (("brats2020", "_"), ("brats2023", "-"))
+SCAN_NAMINGS: tuple[str, ...] = ("brats2020", "brats2023")  # their file names and separators
 
 
 def scan_file_role(path: Path) -> tuple[str, str, str] | None:
@@ -309,11 +320,12 @@ def scan_file_role(path: Path) -> tuple[str, str, str] | None:
     (:func:`brats_utils.download.case_from_folder`); ``_t1`` never matches ``_t1ce``. ``None`` for
     any other file.
     """
-    if not _is_nifti(path):
+    if not is_nifti(path):
         return None
-    stem = _stem(path)
+    stem = nifti_stem(path)
     lower = stem.lower()
-    for layout_name, separator in SCAN_NAMINGS:
+    for layout_name in SCAN_NAMINGS:
+        separator = LAYOUTS[layout_name].separator
         for role, part in {**LAYOUTS[layout_name].file_names, "seg": "seg"}.items():
             if lower == part:
                 return "", role, layout_name
@@ -366,7 +378,7 @@ def scan_sets(folder: str | Path) -> list[Case]:
         layout = LAYOUTS[namings[key].pop()]
         missing = [modality for modality in MODALITIES if modality not in roles]
         if missing:
-            separator = dict(SCAN_NAMINGS)[layout.name] if prefixes[key] else ""
+            separator = layout.separator if prefixes[key] else ""
             wanted = ", ".join(f"{prefixes[key]}{separator}{layout.file_names[m]}.nii.gz" for m in missing)
             raise MissingModalityError(f"incomplete scan set: only {files}", case_id=case_id, path=folder,
                                        expected=f"also {wanted} (co-registered FLAIR, T1, T1ce, T2)")

@@ -45,14 +45,19 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
+
+from brats_utils.errors import FolderLockedError
+from brats_utils.files import folder_lock
+from brats_utils.precision import pick_device
 
 #: The variables torchrun sets for every process it starts.
 TORCHRUN_VARIABLES: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -322,3 +327,42 @@ def cleanup() -> None:
     """Leave the process group (at the end of training; nothing without one)."""
     if _active():
         dist.destroy_process_group()
+
+
+# --- who this process is, and the run folder it writes ----------------------------------------------
+
+
+def distributed_info(device: str | torch.device | None = None) -> DistInfo:
+    """Who this process is (:func:`~brats_utils.distributed.init_distributed`) and where it computes.
+
+    Under torchrun: the rank's device (its GPU ``LOCAL_RANK``, or the CPU with gloo). One process:
+    ``device``, else :func:`pick_device`.
+    """
+    requested = torch.device(device) if device is not None else pick_device()
+    info = init_distributed(requested)
+    return info if info.is_distributed else DistInfo(device=requested)
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path, info: DistInfo) -> Iterator[None]:
+    """The run folder's lock (:func:`~brats_utils.files.folder_lock`), taken by rank 0 for all ranks of a run.
+
+    The ranks of one run share it; another run (one process or several) still gets
+    :class:`~brats_utils.errors.FolderLockedError`, on every one of its ranks.
+    """
+    if not info.is_distributed:
+        with folder_lock(run_dir):
+            yield
+        return
+    with ExitStack() as stack:
+        error = None
+        if info.is_main:
+            try:
+                stack.enter_context(folder_lock(run_dir))
+            except FolderLockedError as locked:
+                error = locked
+        if all_reduce_sum(0.0 if error is None else 1.0) > 0:  # every rank learns whether rank 0 got it
+            raise error if error is not None else FolderLockedError(
+                "rank 0 of this run found the folder held by another process", path=run_dir,
+                expected="one training per folder at a time")
+        yield

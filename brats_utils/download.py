@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from brats_utils.config import KAGGLE_HANDLE, TRAINING_DIR_NAME, VALIDATION_DIR_NAME
 from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
-from brats_utils.io import Case, open_volume, read_labels
+from brats_utils.io import Case, is_nifti, nifti_stem, open_volume, read_labels
 from brats_utils.labels import MODALITIES
 
 #: Environment variable naming a local copy of the dataset.
@@ -55,20 +55,9 @@ _HOW_TO_PROCEED = (
 )
 
 
-def _is_nifti(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and (name.endswith(".nii") or name.endswith(".nii.gz"))
-
-
-def _stem(path: Path) -> str:
-    """File name without ``.nii`` / ``.nii.gz``, lower case."""
-    name = path.name.lower()
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-
-
 def _files_ending(files: list[Path], role: str) -> list[Path]:
     """The NIfTI files whose name (without extension) ends in ``_<role>``, e.g. ``_t1`` but not ``_t1ce``."""
-    return [p for p in files if _stem(p).endswith(f"_{role}")]
+    return [p for p in files if nifti_stem(p).lower().endswith(f"_{role}")]
 
 
 def find_split_dirs(root: str | Path, *, max_depth: int = SEARCH_DEPTH) -> dict[str, Path]:
@@ -112,7 +101,7 @@ def case_from_folder(folder: str | Path) -> Case:
     """
     folder = Path(folder)
     case_id = folder.name
-    files = sorted(p for p in folder.iterdir() if _is_nifti(p))
+    files = sorted(p for p in folder.iterdir() if is_nifti(p))
     modalities: dict[str, Path] = {}
     for modality in MODALITIES:
         matches = _files_ending(files, modality)
@@ -132,12 +121,12 @@ def case_from_folder(folder: str | Path) -> Case:
     return Case(case_id, modalities, candidates[0] if candidates else None, folder)
 
 
-def _case_folders(split_dir: Path) -> list[Path]:
+def _nifti_folders(split_dir: Path) -> list[Path]:
     """Sub-folders holding at least one NIfTI file, sorted by name (= case id)."""
-    return sorted(d for d in split_dir.iterdir() if d.is_dir() and any(_is_nifti(p) for p in d.iterdir()))
+    return sorted(d for d in split_dir.iterdir() if d.is_dir() and any(is_nifti(p) for p in d.iterdir()))
 
 
-def find_dataset(root: str | Path, split: str = "training") -> list[Case]:
+def find_brats2020(root: str | Path, split: str = "training") -> list[Case]:
     """All cases of one split (``"training"`` or ``"validation"``) below ``root``, sorted by id.
 
     Raises :class:`DatasetNotFoundError` when the split folder is not found and the errors of
@@ -150,7 +139,7 @@ def find_dataset(root: str | Path, split: str = "training") -> list[Case]:
         raise DatasetNotFoundError(f"no {split} folder found", path=root,
                                    expected=f"a folder named {SPLIT_DIR_NAMES[split]} at most "
                                             f"{SEARCH_DEPTH} levels below")
-    return [case_from_folder(folder) for folder in _case_folders(split_dir)]
+    return [case_from_folder(folder) for folder in _nifti_folders(split_dir)]
 
 
 # --- where the real data is --------------------------------------------------------------
@@ -239,7 +228,7 @@ def download_brats2020(*, force: bool = False) -> Path:
 def _check_case(folder: Path, split: str, read_label_values: bool) -> dict:
     """One verification row: files present, shape, data types, label values, problems."""
     row: dict = {"split": split, "case_id": folder.name}
-    names = [p for p in folder.iterdir() if _is_nifti(p)]
+    names = [p for p in folder.iterdir() if is_nifti(p)]
     for modality in MODALITIES:
         row[modality] = bool(_files_ending(names, modality))
     row.update(seg="", shape="", image_dtype="", seg_dtype="", labels="", notes="", problems="")
@@ -340,7 +329,7 @@ def verify_dataset(
                                    expected=f"{TRAINING_DIR_NAME} and/or {VALIDATION_DIR_NAME} below it")
     rows, summaries = [], {}
     for split, split_dir in split_dirs.items():
-        folders = _case_folders(split_dir)
+        folders = _nifti_folders(split_dir)
         split_rows = [_check_case(folder, split, read_label_values)
                       for folder in tqdm(folders, desc=f"checking {split}", disable=not progress)]
         split_table = pd.DataFrame(split_rows, columns=TABLE_COLUMNS)

@@ -19,9 +19,10 @@ The stages, each usable alone (as in MONAI and nnU-Net):
    label scheme, and :func:`brats_utils.io.save_segmentation` writes a uint8 NIfTI with
    the input's affine and header.
 
-:func:`sliding_window_predict` chains stages 1-3 for one model; :func:`predict_case` runs
-them all on one case, cropping and normalising exactly as for training
-(``preprocess.preprocess_case``). Loading a trained network is :mod:`brats_utils.checkpoints`'
+:func:`sliding_window_predict` chains stages 1-3 for one model; :func:`predict_case` and
+:func:`predict_folder` take any predictor and run stages 2-4 on a case, cropping and normalising
+exactly as for training (``preprocess.preprocess_case``) with a profile's ``preprocessing`` and
+``inference`` sections. Loading a trained network is :mod:`brats_utils.checkpoints`'
 job (:func:`~brats_utils.checkpoints.load_model`).
 """
 
@@ -33,7 +34,6 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -43,14 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.files import write_text_atomic
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, PreprocessedCase, preprocess_case, uncrop
 from brats_utils.regions import predictor_for, probs_to_labels
-
-Shape3D = tuple[int, int, int]
 
 #: All 8 combinations of flipping the three spatial axes (the empty one is the identity).
 ALL_FLIPS: tuple[tuple[int, ...], ...] = tuple(
@@ -144,25 +143,23 @@ def _choose_stitch_device(device: torch.device, num_classes: int, shape: Sequenc
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _requested(precision: str, amp: bool | None) -> str:
-    """``precision``, or ``"fp32"`` when the older switch ``amp`` is given as False."""
-    return "fp32" if amp is False else precision
-
-
-def softmax_predictor(model: nn.Module, *, precision: str = "auto", amp: bool | None = None) -> Predictor:
+def softmax_predictor(model: nn.Module, *, precision: str = "auto") -> Predictor:
     """The predictor of one network: its softmax, the network run in ``precision``.
 
     ``precision`` is one of :data:`brats_utils.precision.PRECISIONS`, resolved for the batch's device
     (``"auto"``: fp16 autocast on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere). Where
     :func:`~brats_utils.precision.use_channels_last` says so, the batch is handed to the network as
     ``channels_last_3d`` (convert the model once with :func:`~brats_utils.precision.to_channels_last`).
-    ``amp=False`` is the older spelling of ``precision="fp32"``.
     """
-    return predictor_for(model, "labels", precision=_requested(precision, amp))
+    return predictor_for(model, "labels", precision=precision)
 
 
 def average_predictors(predictors: Sequence[Predictor]) -> Predictor:
-    """An ensemble: the mean of several predictors' probabilities."""
+    """An ensemble: the mean of several predictors' probabilities (the one place models are averaged:
+    fold ensembles, seed ensembles). Each member keeps its own activation, so an ensemble of region
+    models averages sigmoids and one of label models averages softmaxes."""
+    if not predictors:
+        raise ValueError("an ensemble needs at least one predictor")
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         total = predictors[0](batch)
@@ -260,7 +257,6 @@ def sliding_window_predict(
     sw_batch_size: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    amp: bool | None = None,
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = ALL_FLIPS,
     stitch_device: str | torch.device | None = None,
@@ -269,7 +265,7 @@ def sliding_window_predict(
     """Softmax probabilities ``[C, h, w, d]`` (float32, CPU) of ``model`` over a whole image.
 
     The three stages in one call: :func:`softmax_predictor` (the network in ``precision``,
-    ``"auto"`` by default; ``amp=False`` is the older spelling of ``"fp32"``), wrapped in
+    ``"auto"`` by default), wrapped in
     :func:`with_flips` when ``tta`` (one pass per flip of ``tta_flips``,
     by default all 8: pair them with the training augmentation, ``augment.tta_flips``), slid
     over the image by :func:`sliding_window` (see there for the other arguments). The
@@ -280,10 +276,9 @@ def sliding_window_predict(
     ``target="regions"`` (a region model, :mod:`brats_utils.regions`) gives sigmoid WT/TC/ET instead.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    requested = _requested(precision, amp)
-    if use_channels_last(requested, device):
+    if use_channels_last(precision, device):
         to_channels_last(model)
-    predictor = predictor_for(model, target, precision=requested)
+    predictor = predictor_for(model, target, precision=precision)
     if tta:
         predictor = with_flips(predictor, tta_flips)
     was_training = model.training
@@ -298,25 +293,6 @@ def sliding_window_predict(
 # --- stage 4: back onto the original grid, and to NIfTI ----------------------------------------
 
 
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How one case is predicted: the preprocessing (margin, normalisation, crop) and the sliding window.
-
-    :func:`brats_utils.pipeline.inference_settings` fills them from a run profile.
-    """
-
-    patch_size: tuple[int, int, int]
-    overlap: float = 0.5
-    sw_batch_size: int | None = None  # None: windows_per_pass(device)
-    precision: str = "auto"
-    tta: bool = False
-    tta_flips: tuple[tuple[int, ...], ...] = ALL_FLIPS
-    margin: int = 2
-    normalisation: str = "brain"
-    crop: bool = True
-    target: str = "labels"  # "regions": sigmoid WT/TC/ET, converted by brats_utils.regions
-
-
 def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = BRATS2020,
                      target: str = "labels") -> np.ndarray:
     """Argmax of cropped probabilities ``[K, h, w, d]``, on the original grid, in ``scheme``'s file labels.
@@ -329,42 +305,44 @@ def to_original_grid(probs: torch.Tensor, meta: CropMeta, scheme: LabelScheme = 
 
 
 def predict_case(
-    model: nn.Module,
+    predictor: Predictor,
     case: Case,
     settings: InferenceSettings,
+    preprocessing: PreprocessingSettings,
     *,
+    target: str = "labels",
     out_path: str | Path | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Segment one :class:`~brats_utils.io.Case`: file labels (uint8) on its original grid.
 
-    Loads the case, crops and normalises it as for training (``settings.margin``, ``normalisation``,
-    ``crop``), slides
-    the window (``settings``), puts the argmax back on the original grid in the case's
-    label scheme. With ``out_path`` the labels are also saved as a NIfTI file with the
-    input's affine and header.
+    Loads the case, crops and normalises it as for training (``preprocessing``: a profile's
+    ``preprocessing`` section), slides ``predictor`` (a callable from a batch of windows to
+    probabilities: :func:`brats_utils.regions.predictor_for` of a model, :func:`average_predictors`
+    of several, :func:`with_flips` for test-time flips) over it with ``settings`` (a profile's
+    ``inference`` section: window, overlap, windows per pass) on ``device``, and turns the
+    probabilities of ``target`` into labels on the original grid in the case's label scheme.
+    With ``out_path`` the labels are also saved as a NIfTI file with the input's affine and header.
+    :func:`brats_utils.pipeline.predictor` builds the predictor a profile describes.
     """
-    return _predict_prepared(model, case, prepare_case(case, settings), settings, out_path=out_path,
-                             device=device)
+    return _predict_prepared(predictor, case, prepare_case(case, preprocessing), settings, target=target,
+                             out_path=out_path, device=device)
 
 
-def prepare_case(case: Case, settings: InferenceSettings) -> tuple[LoadedCase, PreprocessedCase]:
+def prepare_case(case: Case, preprocessing: PreprocessingSettings) -> tuple[LoadedCase, PreprocessedCase]:
     """The CPU half of :func:`predict_case`: the loaded case and its crop, normalised as for training."""
     loaded = load_case(case)
-    return loaded, preprocess_case(loaded, margin=settings.margin, normalisation=settings.normalisation,
-                                   crop=settings.crop)
+    return loaded, preprocess_case(loaded, margin=preprocessing.margin,
+                                   normalisation=preprocessing.normalisation, crop=preprocessing.crop)
 
 
-def _predict_prepared(model: nn.Module, case: Case, prepared: tuple[LoadedCase, PreprocessedCase],
-                      settings: InferenceSettings, *, out_path: str | Path | None,
-                      device: str | torch.device | None) -> np.ndarray:
+def _predict_prepared(predictor: Predictor, case: Case, prepared: tuple[LoadedCase, PreprocessedCase],
+                      settings: InferenceSettings, *, target: str, out_path: str | Path | None,
+                      device: str | torch.device) -> np.ndarray:
     loaded, cropped = prepared
-    probs = sliding_window_predict(
-        model, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
-        sw_batch_size=settings.sw_batch_size, device=device, precision=settings.precision, tta=settings.tta,
-        tta_flips=settings.tta_flips, target=settings.target,
-    )
-    labels = to_original_grid(probs, cropped.meta, case.scheme, settings.target)
+    probs = sliding_window(predictor, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
+                           sw_batch_size=settings.sw_batch_size, device=device)
+    labels = to_original_grid(probs, cropped.meta, case.scheme, target)
     if out_path is not None:
         save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header, scheme=case.scheme)
     return labels
@@ -383,16 +361,23 @@ class Predictions(list):
 PREDICTIONS_MARKER = ".predicted-by"
 
 
-def prediction_fingerprint(model: nn.Module, settings: InferenceSettings) -> str:
-    """SHA-256 of the network's weights and of the settings that change a segmentation.
+def prediction_fingerprint(models: Sequence[nn.Module], *settings: object) -> str:
+    """SHA-256 of the networks' weights and of the settings that change a segmentation (their ``repr``).
 
-    ``sw_batch_size`` is left out: it changes how many windows go through at once, not the result
-    (so lowering it after running out of memory keeps the finished cases).
+    An inference section's ``sw_batch_size`` is left out: it changes how many windows go through at
+    once, not the result (so lowering it after running out of memory keeps the finished cases).
+    :func:`brats_utils.pipeline.predict_cases` passes the profile's inference and preprocessing
+    sections, target, precision and test-time flips.
     """
-    digest = hashlib.sha256(repr(dataclasses.replace(settings, sw_batch_size=None)).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = hashlib.sha256()
+    for item in settings:
+        if isinstance(item, InferenceSettings):
+            item = dataclasses.replace(item, sw_batch_size=None)
+        digest.update(repr(item).encode())
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -412,16 +397,19 @@ def is_complete_prediction(path: Path, case: Case) -> bool:
         return False
 
 
-def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path, settings: InferenceSettings,
-                   *, device: str | torch.device | None = None, progress: bool = True,
-                   prefetch: bool = True, overwrite: bool = False) -> Predictions:
+def predict_folder(predictor: Predictor, cases: Sequence[Case], out_dir: str | Path,
+                   settings: InferenceSettings, preprocessing: PreprocessingSettings, *,
+                   target: str = "labels", device: str | torch.device = "cpu", progress: bool = True,
+                   prefetch: bool = True, overwrite: bool = False,
+                   fingerprint: str | None = None) -> Predictions:
     """Segment every case into ``<out_dir>/<case_id>.nii.gz`` (the BraTS submission layout).
 
-    A case whose output is already complete (:func:`is_complete_prediction`) and was written by the
-    same network and settings (:func:`prediction_fingerprint`, kept in ``out_dir/.predicted-by``) is
-    skipped, so an interrupted prediction continues where it stopped; ``overwrite``, another model or
-    other settings predict every case again.
-    Returns every case's path (:class:`Predictions`, with the number skipped).
+    The arguments are :func:`predict_case`'s. ``fingerprint`` names what computes the segmentations
+    (:func:`prediction_fingerprint` of the networks and settings behind ``predictor``; a predictor
+    alone cannot tell): a case whose output is already complete (:func:`is_complete_prediction`) and
+    was written under the same fingerprint (kept in ``out_dir/.predicted-by``) is skipped, so an
+    interrupted prediction continues where it stopped; ``overwrite``, another fingerprint or none
+    predict every case again. Returns every case's path (:class:`Predictions`, with the number skipped).
 
     With ``prefetch`` (default) one helper thread prepares the next case (load, crop, normalise:
     :func:`prepare_case`, mostly NumPy and file reading, which release the GIL) while the current
@@ -432,31 +420,34 @@ def predict_folder(model: nn.Module, cases: Sequence[Case], out_dir: str | Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{case.case_id}.nii.gz" for case in cases]
-    fingerprint = prediction_fingerprint(model, settings)
     marker = out_dir / PREDICTIONS_MARKER
-    if not marker.is_file() or marker.read_text().strip() != fingerprint:
+    if fingerprint is None:
+        marker.unlink(missing_ok=True)  # what follows is no known network's: a later run never keeps it
+    elif not marker.is_file() or marker.read_text().strip() != fingerprint:
         for path in paths:  # another model's outputs: never to be taken for this one's if it is interrupted
             path.unlink(missing_ok=True)
         write_text_atomic(fingerprint, marker)
-    done = [not overwrite and is_complete_prediction(path, case)
+    done = [fingerprint is not None and not overwrite and is_complete_prediction(path, case)
             for path, case in zip(paths, cases, strict=True)]
-    cases = [case for case, complete in zip(cases, done, strict=True) if not complete]
-    if cases:
-        _predict_cases(model, cases, out_dir, settings, device=device, progress=progress, prefetch=prefetch)
+    todo = [case for case, complete in zip(cases, done, strict=True) if not complete]
+    if todo:
+        _predict_cases(predictor, todo, out_dir, settings, preprocessing, target=target, device=device,
+                       progress=progress, prefetch=prefetch)
     return Predictions(paths, skipped=sum(done))
 
 
-def _predict_cases(model: nn.Module, cases: Sequence[Case], out_dir: Path, settings: InferenceSettings, *,
-                   device: str | torch.device | None, progress: bool, prefetch: bool) -> None:
+def _predict_cases(predictor: Predictor, cases: Sequence[Case], out_dir: Path, settings: InferenceSettings,
+                   preprocessing: PreprocessingSettings, *, target: str, device: str | torch.device,
+                   progress: bool, prefetch: bool) -> None:
     """Predict ``cases`` one after the other into ``out_dir``, preparing the next one meanwhile."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        upcoming = pool.submit(prepare_case, cases[0], settings) if prefetch else None
+        upcoming = pool.submit(prepare_case, cases[0], preprocessing) if prefetch else None
         for index, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
             if prefetch:
                 prepared = upcoming.result()
                 if index + 1 < len(cases):
-                    upcoming = pool.submit(prepare_case, cases[index + 1], settings)
+                    upcoming = pool.submit(prepare_case, cases[index + 1], preprocessing)
             else:
-                prepared = prepare_case(case, settings)
-            _predict_prepared(model, case, prepared, settings, out_path=out_dir / f"{case.case_id}.nii.gz",
-                              device=device)
+                prepared = prepare_case(case, preprocessing)
+            _predict_prepared(predictor, case, prepared, settings, target=target,
+                              out_path=out_dir / f"{case.case_id}.nii.gz", device=device)

@@ -37,6 +37,20 @@ KAGGLE_AXCODES = ("L", "P", "S")
 AFFINE_TOLERANCE = 1e-3
 
 
+def is_nifti(path: Path) -> bool:
+    """Whether ``path`` is a file named ``*.nii`` or ``*.nii.gz`` (any case), not a macOS ``._`` fork
+    (as the MSD tar holds)."""
+    name = path.name.lower()
+    return (path.is_file() and not path.name.startswith("._")
+            and (name.endswith(".nii") or name.endswith(".nii.gz")))
+
+
+def nifti_stem(path: Path) -> str:
+    """A NIfTI file's name without ``.nii`` / ``.nii.gz`` (its case kept)."""
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
+
+
 @dataclass(frozen=True)
 class Case:
     """The files of one case: four modality paths (``MODALITIES`` order) and the segmentation.

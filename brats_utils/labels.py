@@ -24,6 +24,9 @@ from brats_utils.errors import LabelValueError
 
 #: Channel order of every image tensor: the authors' order, needed to load their weights.
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+#: A 3D shape or size (x, y, z), in voxels: the one definition (volumes, patches, windows).
+Shape3D = tuple[int, int, int]
+
 #: The internal training labels: 0 background, 1 NCR/NET, 2 ED, 3 ET.
 TRAIN_LABELS: tuple[int, ...] = (0, 1, 2, 3)
 #: Names of the training labels.

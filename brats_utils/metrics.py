@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from brats_utils.datasets import find_dataset
 from brats_utils.errors import BratsError, ShapeMismatchError
 from brats_utils.files import write_csv_atomic
 from brats_utils.io import read_labels
@@ -308,13 +307,13 @@ def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | Path | None = None, *,
+def evaluate(pred_dir: str | Path, cases: Sequence, out_csv: str | Path | None = None, *,
              progress: bool = True,
              protocol: MetricsProtocol = BRATS2020_PROTOCOL) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every prediction ``<pred_dir>/<case_id>.nii.gz`` against its ground truth.
 
-    ``cases`` is a list of ``io.Case`` records or a dataset folder (any layout of
-    :mod:`brats_utils.datasets`; its training split is used). Prediction and truth are read
+    ``cases`` is a list of ``io.Case`` records (a dataset folder's: ``datasets.find_dataset``;
+    ``pipeline.evaluate_folder`` takes a profile's split). Prediction and truth are read
     in the case's own label scheme and scored as training labels by ``protocol``
     (:data:`BRATS2020_PROTOCOL`, or ``lesion_metrics.LESIONWISE_PROTOCOL`` for BraTS 2023's
     lesion-wise scores). Cases without a prediction file or without a segmentation are
@@ -326,8 +325,6 @@ def evaluate(pred_dir: str | Path, cases: Sequence | str | Path, out_csv: str | 
     from tqdm.auto import tqdm
 
     pred_dir = Path(pred_dir)
-    if isinstance(cases, (str, Path)):
-        cases = find_dataset(Path(cases), split="training")
     pairs = [(case, prediction_path(pred_dir, case.case_id)) for case in cases if case.seg is not None]
     pairs = [(case, path) for case, path in pairs if path is not None]
     if not pairs:

@@ -39,15 +39,16 @@ loading weights in :mod:`brats_utils.checkpoints`.
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brats_utils.attention import AttentionGate
-from brats_utils.config import EXTRA_PRESETS, PAPER_PRESETS, PRESETS
 
-__all__ = ["FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D", "build_model", "conv_block",
+__all__ = ["ALL_PRESETS", "EXTRA_PRESETS", "FULL_VOLUME", "PAPER_PRESETS", "PATCH_128", "PRESETS", "UNet3D",
+           "build_model", "conv_block",
            "count_parameters", "count_trained_parameters", "init_weights_", "init_weights_authors_",
            "model_costs", "pad_and_concat", "pad_like", "receptive_field", "trace_layers", "used_parameters"]
 
@@ -58,10 +59,28 @@ FULL_VOLUME: tuple[int, int, int] = (240, 240, 155)
 #: The usual training patch (nnU-Net, MONAI and the ``gpu`` profile).
 PATCH_128: tuple[int, int, int] = (128, 128, 128)
 
-#: The presets (:data:`brats_utils.config.PRESETS`, defined with the profiles that name them):
-#: the paper's five architectures and, for the four deeper ones, ``<name>_as_run``.
-
-
+#: The paper's five architectures (parameter counts as the paper reports them, i.e. every built weight)
+#: and, for the four deeper ones, ``<name>_as_run``: the same modules with only the top three levels
+#: wired into the forward pass. That is what the authors' code trained for the 4-level f = 16 model
+#: (shown by their code) and, inferred from its checkpoint sizes, the 5-level f = 32 one; for the other
+#: two nothing survives and the pattern is an assumption (docs/reproduction.md, "The deeper models").
+#: :func:`build_model` builds them; a profile names one as ``model_preset`` (checked by
+#: :func:`brats_utils.pipeline.check_registered`).
+PRESETS: dict[str, dict] = {
+    "paper": {"base_filters": 16, "levels": 3, "units_per_block": 2},  # 340,596
+    "l4_f16": {"base_filters": 16, "levels": 4, "units_per_block": 4},  # 2,867,956
+    "l4_f32": {"base_filters": 32, "levels": 4, "units_per_block": 4},  # 11,465,188
+    "l5_f16": {"base_filters": 16, "levels": 5, "units_per_block": 4},  # 11,536,756
+    "l5_f32": {"base_filters": 32, "levels": 5, "units_per_block": 4},  # 46,137,060
+}
+PRESETS.update({f"{name}_as_run": {**PRESETS[name], "wired_levels": 3} for name in list(PRESETS)[1:]})
+#: Presets beyond the paper (notebook 08), kept out of PRESETS so that the paper's tables list its models:
+#: attention gates (Oktay et al., 2018) on the paper model's skip connections.
+EXTRA_PRESETS: dict[str, dict] = {"paper_attention": {**PRESETS["paper"], "attention_gates": True}}  # +1,330
+#: The five models of the paper, smallest first.
+PAPER_PRESETS: tuple[str, ...] = ("paper", "l4_f16", "l4_f32", "l5_f16", "l5_f32")
+#: Every preset a profile may name (a live view of both).
+ALL_PRESETS: ChainMap[str, dict] = ChainMap(PRESETS, EXTRA_PRESETS)
 
 # --- the network ----------------------------------------------------------------------------
 
@@ -248,9 +267,9 @@ def build_model(preset: str = "paper", **overrides: object) -> UNet3D:
     Raises ``KeyError`` naming the known presets when ``preset`` is unknown.
     """
     try:
-        config = (PRESETS | EXTRA_PRESETS)[preset]
+        config = ALL_PRESETS[preset]
     except KeyError:
-        known = ", ".join(PRESETS | EXTRA_PRESETS)
+        known = ", ".join(ALL_PRESETS)
         raise KeyError(f"Unknown model preset {preset!r}; known presets: {known}") from None
     return UNet3D(**{**config, **overrides})
 

@@ -12,7 +12,7 @@ The notebooks and the command line call these functions; nothing below calls the
 
     ensure_dataset -> training_cases -> ensure_cache -> make_loaders -> train -> ensure_trained
                                                                         \\-> run_comparison
-    inference_settings -> predict_split -> evaluate_folder
+    predictor -> predict_cases -> predict_split -> evaluate_folder
     split_of -> heldout_split                 evaluate_pretrained (the authors' weights)
     cross_validate (fold=0..k-1, pooled out-of-fold scores) -> predict_with_folds (their average)
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from brats_utils import beyond, compare
 from brats_utils import train as training
-from brats_utils.augment import augmentation_for, tta_flips
+from brats_utils.augment import AUGMENTATIONS, augmentation_for, tta_flips
 from brats_utils.checkpoints import (
     check_compatible,
     checkpoint_dir,
@@ -46,10 +46,11 @@ from brats_utils.checkpoints import (
     load_model,
     load_pretrained,
 )
-from brats_utils.config import Profile, data_dir
+from brats_utils.config import Profile, data_dir, registered_fields
 from brats_utils.data import VolumeDataset, split_patients
+from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
-from brats_utils.distributed import main_process_first
+from brats_utils.distributed import distributed_info, main_process_first
 from brats_utils.download import ROOT_ENV, download_brats2020
 from brats_utils.errors import (
     BratsError,
@@ -57,25 +58,54 @@ from brats_utils.errors import (
     CheckpointError,
     DatasetNotFoundError,
     NotCoregisteredError,
+    ProfileError,
 )
 from brats_utils.faults import interrupt_note, out_of_memory_explained, resume_command
 from brats_utils.files import write_json_atomic
 from brats_utils.inference import (
-    InferenceSettings,
     Predictions,
+    Predictor,
     average_predictors,
     predict_folder,
-    softmax_predictor,
+    prediction_fingerprint,
+    with_flips,
 )
 from brats_utils.io import Case, load_case, read_labels
 from brats_utils.labels import TRAIN_LABEL_NAMES, to_train_labels
-from brats_utils.lesion_metrics import get_protocol
+from brats_utils.lesion_metrics import BRATS2025, PROTOCOLS, MetricsProtocol, get_protocol
 from brats_utils.metrics import evaluate, prediction_path
-from brats_utils.model import build_model
+from brats_utils.model import ALL_PRESETS, build_model
 from brats_utils.postprocess import et_threshold_table, threshold_record
+from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
+from brats_utils.regions import LOSSES, TARGETS, predictor_for
+from brats_utils.run_state import is_finished
 from brats_utils.synthetic import write_synthetic_dataset
 from brats_utils.synthetic_layouts import write_layout
+
+#: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
+REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
+                               "regions.LOSSES": LOSSES, "lesion_metrics.PROTOCOLS": {*PROTOCOLS, BRATS2025},
+                               "datasets.LAYOUTS": LAYOUTS, "model.PRESETS": ALL_PRESETS}
+
+
+def metrics_protocol(profile: Profile) -> MetricsProtocol:
+    """The metrics protocol the profile reports: its ``metrics_protocol``, else its dataset's own
+    (``DatasetLayout.protocol``: region-wise up to BraTS 2021, lesion-wise from 2023)."""
+    return get_protocol(profile.metrics_protocol or LAYOUTS[profile.dataset].protocol)
+
+
+def check_registered(profile: Profile) -> Profile:
+    """``profile`` if every setting that names a registry entry (augmentation, target, loss, metrics
+    protocol) names a known one; :class:`~brats_utils.errors.ProfileError` naming the setting and the
+    known entries otherwise. (``config`` sits below the registries, so they are checked here.)"""
+    for name, registry in registered_fields().items():
+        value = getattr(profile, name)
+        for entry in value if isinstance(value, tuple) else (value,):  # compare_presets: a tuple of names
+            if entry is not None and entry not in REGISTRIES[registry]:
+                raise ProfileError(f"profile field {name} cannot be {value!r}: no entry {entry!r}",
+                                   expected="each one of " + ", ".join(REGISTRIES[registry]))
+    return profile
 
 
 def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Path:
@@ -120,8 +150,10 @@ def ensure_dataset(profile: Profile) -> Path:
 
     Real data when ``profile.data_source == "real"`` or ``$BRATS_ROOT`` is set (see
     :func:`brats_utils.download.download_brats2020`); otherwise the profile's synthetic
-    dataset (:func:`ensure_synthetic`). Synthetic profiles never touch the network.
+    dataset (:func:`ensure_synthetic`). Synthetic profiles never touch the network. The profile's
+    registry names are checked first (:func:`check_registered`).
     """
+    check_registered(profile)
     if profile.data_source == "real" or os.environ.get(ROOT_ENV):
         return real_dataset(profile)
     return ensure_synthetic(profile)
@@ -242,7 +274,7 @@ RUN_SPLITS = ("train", "val", "test")
 def split_of(profile: Profile, cases: list[Case] | None = None) -> dict[str, list[str]]:
     """The profile's patient split of its labelled cases (or of ``cases``): train, val, test, excluded.
 
-    The same split :func:`brats_utils.train.loaders_for` saves to ``<run_dir>/split.csv``
+    The same split :func:`make_loaders` saves to ``<run_dir>/split.csv``
     (:func:`brats_utils.data.split_patients` with the profile's fractions and seed).
     """
     ids = [case.case_id for case in (training_cases(profile) if cases is None else cases)]
@@ -279,7 +311,8 @@ def _cases_of_split(profile: Profile, root: Path, split: str, dataset: str | Non
 
 def make_loaders(profile: Profile, *, progress: bool = True) -> tuple[DataLoader, VolumeDataset]:
     """Training patches and validation volumes of the profile's cache (the split saved in its run folder)."""
-    return training.loaders_for(profile, ensure_cache(profile, progress=progress), profile.run_dir)
+    return make_patch_loaders(ensure_cache(profile, progress=progress), profile.data, profile.loader,
+                              split_csv=profile.run_dir / "split.csv")
 
 
 def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
@@ -289,7 +322,7 @@ def train(profile: Profile, *, run_dir: Path | None = None, resume: bool = True,
 
     Under torchrun every rank calls it: rank 0 builds the cache first, the others then find it ready.
     """
-    info = training.distributed_info(device)
+    info = distributed_info(device)
     run_dir = Path(run_dir) if run_dir is not None else profile.run_dir
     with interrupt_note(lambda: _epochs_so_far(run_dir), resume_command(profile, "train")):
         with main_process_first():
@@ -314,7 +347,7 @@ def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
             checkpoint = None
         if checkpoint is not None:
             check_compatible(checkpoint, profile, last_path)
-            if training.is_finished(checkpoint, profile):
+            if is_finished(checkpoint, profile):
                 return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint
 
@@ -388,19 +421,52 @@ def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_
                                 foreign_entries=foreign, out_dir=out_dir, progress=progress, device=device)
 
 
-def inference_settings(profile: Profile, *, tta: bool | None = None) -> InferenceSettings:
-    """The profile's preprocessing margin and sliding-window settings; ``tta`` overrides the profile's.
+def test_time_flips(profile: Profile) -> tuple[tuple[int, ...], ...]:
+    """The flips the profile's training augmentation produced (:func:`brats_utils.augment.tta_flips`):
+    all 8 after ``"mirror"``, the 4 in-plane ones after the paper's ``"in_plane"``, none after ``"none"``."""
+    return tta_flips(augmentation_for(profile.augmentation))
 
-    Test-time flips are the ones the profile's training augmentation produced
-    (:func:`brats_utils.augment.tta_flips`): all 8 after ``"mirror"``, the 4 in-plane ones
-    after the paper's ``"in_plane"``, none (TTA off) after ``"none"``.
+
+def predictor(profile: Profile, *models: torch.nn.Module, tta: bool | None = None) -> Predictor:
+    """The predictor the profile describes for ``models`` (one model, or several as an ensemble).
+
+    Each model gives its target's probabilities (:func:`~brats_utils.regions.predictor_for`: softmax
+    for ``target="labels"``, sigmoid for ``"regions"``) in the profile's precision; several are averaged
+    (:func:`~brats_utils.inference.average_predictors`); with ``tta`` (default: the profile's) the
+    test-time flips of :func:`test_time_flips` wrap the whole (when there is more than one flip).
+    The models are put in eval mode, and in ``channels_last_3d`` where the precision asks for it.
     """
-    flips = tta_flips(augmentation_for(profile.augmentation))
-    use_tta = (profile.tta if tta is None else tta) and len(flips) > 1
-    return InferenceSettings(patch_size=tuple(profile.sw_patch_size), overlap=profile.sw_overlap,
-                             sw_batch_size=profile.sw_batch_size, precision=profile.requested_precision,
-                             tta=use_tta, tta_flips=flips, margin=profile.crop_margin,
-                             normalisation=profile.normalisation, crop=profile.crop, target=profile.target)
+    members = []
+    for model in models:
+        model.eval()
+        if use_channels_last(profile.requested_precision, _device_of(model)):
+            to_channels_last(model)
+        members.append(predictor_for(model, profile.target, precision=profile.requested_precision))
+    combined = members[0] if len(members) == 1 else average_predictors(members)
+    flips = test_time_flips(profile)
+    if (profile.tta if tta is None else tta) and len(flips) > 1:
+        combined = with_flips(combined, flips)
+    return combined
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def predict_cases(profile: Profile, models: list[torch.nn.Module], cases: list[Case], out_dir: Path, *,
+                  tta: bool | None = None, progress: bool = True, overwrite: bool = False) -> Predictions:
+    """Segment ``cases`` into ``out_dir`` with the :func:`predictor` of ``models`` and the profile's
+    preprocessing and inference sections, where the first model's parameters are.
+
+    Cases already segmented there by the same networks and settings (their
+    :func:`~brats_utils.inference.prediction_fingerprint`) are kept unless ``overwrite``.
+    """
+    flips = test_time_flips(profile) if (profile.tta if tta is None else tta) else ()
+    fingerprint = prediction_fingerprint(models, profile.inference, profile.preprocessing, profile.target,
+                                         profile.requested_precision, flips if len(flips) > 1 else ())
+    return predict_folder(predictor(profile, *models, tta=tta), cases, out_dir, profile.inference,
+                          profile.preprocessing, target=profile.target, device=_device_of(models[0]),
+                          progress=progress, overwrite=overwrite, fingerprint=fingerprint)
 
 
 def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, root: str | Path | None = None,
@@ -437,8 +503,7 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
         if profile.compile:
             model = torch.compile(model)
         with out_of_memory_explained(profile, "prediction"):
-            return predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress,
-                                  overwrite=overwrite)
+            return predict_cases(profile, [model], cases, out_dir, progress=progress, overwrite=overwrite)
 
 
 def prediction_coverage(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
@@ -465,7 +530,7 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
 
     Every case of the split must have a prediction: a missing one raises :class:`BratsError`
     listing them, unless ``partial``, which scores only the cases predicted. ``protocol`` (default
-    ``profile.protocol``: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"``,
+    :func:`metrics_protocol`: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"``,
     ``"lesionwise"`` or ``"brats2025"`` (the official package where installed). The per-case table
     goes to ``out_csv`` (default ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
     """
@@ -478,7 +543,7 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
                                   "--split), or --partial to score only the cases predicted")
     out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
     return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress,
-                    protocol=get_protocol(protocol or profile.protocol))
+                    protocol=get_protocol(protocol) if protocol else metrics_protocol(profile))
 
 
 def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | None = None,
@@ -490,9 +555,10 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
     whole pickled ``DataParallel(ImprovedUNet3D)`` included, never executing the file) go into the
     profile's ``model_preset``; every case of ``split`` (default :func:`heldout_split`: the test
     cases, or for ``paper``/``authors`` the validation cases they selected on) is predicted with
-    :func:`inference_settings` (``authors``: whole-volume z-score, uncropped, one full-volume pass)
-    into ``out_dir`` (default ``<run_dir>/pretrained-<split>``) and scored: the per-case table and
-    its summary, with the paper's metric (``PaperDice``) next to the BraTS region Dice and HD95.
+    :func:`predictor` and the profile's sections (``authors``: whole-volume z-score, uncropped, one
+    full-volume pass) into ``out_dir`` (default ``<run_dir>/pretrained-<split>``) and scored: the
+    per-case table and its summary, with the paper's metric (``PaperDice``) next to the BraTS region
+    Dice and HD95.
     """
     split = split or heldout_split(profile)
     model = load_pretrained(build_model(profile.model_preset, dropout=profile.dropout), weights)
@@ -503,25 +569,12 @@ def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | N
         cases = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset)
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"pretrained-{split}"
     with out_of_memory_explained(profile, "prediction"):
-        predict_folder(model, cases, out_dir, inference_settings(profile), progress=progress)
+        predict_cases(profile, [model], cases, out_dir, progress=progress)
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
-                    protocol=get_protocol(profile.protocol))
+                    protocol=metrics_protocol(profile))
 
 
 # --- k-fold cross-validation -----------------------------------------------------------------
-
-
-class FoldAverage(torch.nn.Module):
-    """Several networks as one: ``log`` of the mean of their softmax (:func:`~brats_utils.inference.
-    average_predictors`), so that the softmax the inference code takes gives back that mean exactly."""
-
-    def __init__(self, models: list[torch.nn.Module]) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(models)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        mean = average_predictors([softmax_predictor(m, amp=False) for m in self.members])(batch)
-        return torch.log(mean.clamp_min(1e-8))
 
 
 def fold_profiles(profile: Profile) -> list[Profile]:
@@ -548,7 +601,7 @@ def cross_validate(profile: Profile, *, out_dir: str | Path | None = None,
     choose_et_threshold(out_dir, cases, chosen_on=f"out-of-fold predictions of {profile.n_folds}-fold "
                                                   f"cross-validation")
     return evaluate(out_dir, cases, out_csv=out_dir / "metrics.csv", progress=progress,
-                    protocol=get_protocol(profile.protocol))
+                    protocol=metrics_protocol(profile))
 
 
 #: The enhancing tumour among the training labels (3).
@@ -586,10 +639,10 @@ def choose_et_threshold(predictions: str | Path, cases: list[Case], *, chosen_on
 
 def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | Path | None = None,
                        progress: bool = True) -> list[Path]:
-    """Segment one split with the average of the fold models (:class:`FoldAverage`), trained if missing."""
+    """Segment one split with the fold models' ensemble (the mean of their probabilities, :func:`predictor`),
+    trained if missing."""
     base = profile.with_overrides(fold=None)
     models = [load_model(ensure_trained(fold, progress=progress)) for fold in fold_profiles(base)]
     cases = _cases_of_split(base, ensure_dataset(base), split, base.dataset)
     out_dir = Path(out_dir) if out_dir is not None else base.run_dir / f"predictions-{split}-folds"
-    return predict_folder(FoldAverage(models).eval(), cases, out_dir, inference_settings(base),
-                          progress=progress)
+    return predict_cases(base, models, cases, out_dir, progress=progress)

@@ -24,11 +24,18 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from brats_utils.labels import BRATS2020, LabelScheme
 from brats_utils.metrics import dice
 
-#: BraTS 2020 file labels the rule works on by default: ET (4) becomes NCR/NET (1).
-ET_LABEL = 4
-NCR_LABEL = 1
+
+def et_and_ncr_labels(scheme: LabelScheme = BRATS2020) -> tuple[int, int]:
+    """The file labels of ET and NCR/NET in ``scheme`` (training labels 3 and 1): the rule relabels the
+    first as the second. BraTS 2020: (4, 1); BraTS 2023: (3, 1); MSD: (3, 2)."""
+    return scheme.to_file[3], scheme.to_file[1]
+
+
+#: The labels the rule works on by default, BraTS 2020's file labels: ET (4) becomes NCR/NET (1).
+ET_LABEL, NCR_LABEL = et_and_ncr_labels(BRATS2020)
 
 
 def et_voxels(labels: np.ndarray, *, et_label: int = ET_LABEL) -> int:

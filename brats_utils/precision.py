@@ -259,3 +259,11 @@ def precision_agreement(model: nn.Module, images: torch.Tensor, precision: str =
     scores = label_map_agreement(torch.cat(low_labels), torch.cat(fp32_labels))
     return {"precision": resolved, **scores, "max_abs_logit_diff": max_diff}
 
+
+def pick_device() -> torch.device:
+    """CUDA if present, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

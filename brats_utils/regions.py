@@ -19,38 +19,29 @@ region (ET wins), which keeps the regions nested again after the conversion.
 Everything here takes the *target* (``"labels"``: the paper's softmax model, ``"regions"``: this one)
 as an argument, so the training loop and the inference code choose their loss, predictor and label
 conversion with one call each: :func:`loss_for`, :func:`predictor_for`, :func:`probs_to_labels`,
-:func:`probs_to_logits`.
+:func:`probs_to_logits`, all reading one record per target (:data:`TARGETS`); the losses a profile can
+name are :data:`LOSSES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brats_utils.errors import ProfileError
 from brats_utils.labels import TRAIN_REGIONS
 from brats_utils.losses import CombinedLoss
 from brats_utils.precision import autocast, to_channels_last, use_channels_last
 
-Target = Literal["labels", "regions"]
 #: Channel order of a region model's output.
 REGION_ORDER: tuple[str, ...] = ("WT", "TC", "ET")
-#: Output channels of the network per target.
-OUTPUT_CHANNELS: dict[str, int] = {"labels": 4, "regions": len(REGION_ORDER)}
 #: Training label given to a voxel by the innermost region that contains it (ET, then TC, then WT).
 _INNERMOST_FIRST: tuple[tuple[str, int], ...] = (("ET", 3), ("TC", 1), ("WT", 2))
-
-
-def output_channels(target: str) -> int:
-    """Output channels of a model trained for ``target`` (4 for "labels", 3 for "regions")."""
-    try:
-        return OUTPUT_CHANNELS[target]
-    except KeyError:
-        raise ValueError(f"target must be one of {', '.join(OUTPUT_CHANNELS)}, got {target!r}") from None
 
 
 # --- labels <-> regions -------------------------------------------------------------------
@@ -163,51 +154,116 @@ class RegionLoss(nn.Module):
         return self.components(logits, target)["loss"]
 
 
-def loss_for(target: str = "labels", *, ce_weight: float = 0.3, dice_weight: float = 0.7,
-             batch_dice: bool = False, include_background: bool = True) -> nn.Module:
-    """The training loss of ``target``: :class:`CombinedLoss` (softmax) or :class:`RegionLoss` (sigmoids).
+# --- the targets: one record each, and the losses a profile names ----------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a network is trained to predict, in one record: how many output channels, the activation
+    that turns logits into probabilities (and its inverse, for a loss on blended probabilities), the
+    target's CE + Dice loss and the conversion of probabilities ``[K, ...]`` to training labels."""
+
+    channels: int
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    to_logits: Callable[[torch.Tensor], torch.Tensor]
+    loss: Callable[..., nn.Module]  # (ce_weight, dice_weight, batch_dice, include_background) -> loss
+    to_labels: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _labels_loss(*, ce_weight: float, dice_weight: float, batch_dice: bool,
+                 include_background: bool) -> nn.Module:
+    return CombinedLoss(ce_weight=ce_weight, dice_weight=dice_weight, batch_dice=batch_dice,
+                        include_background=include_background)
+
+
+def _region_loss(*, ce_weight: float, dice_weight: float, batch_dice: bool,
+                 include_background: bool) -> nn.Module:
+    return RegionLoss(bce_weight=ce_weight, dice_weight=dice_weight, batch_dice=batch_dice)  # no background
+
+
+#: The targets by the name a profile's ``target`` gives: ``"labels"`` (the paper's 4-class softmax) and
+#: ``"regions"`` (three sigmoids WT/TC/ET). Adding one is one entry here.
+TARGETS: dict[str, Target] = {
+    "labels": Target(channels=4, activation=lambda logits: torch.softmax(logits, dim=1),
+                     to_logits=lambda probs: torch.log(probs.clamp_min(1e-8)), loss=_labels_loss,
+                     to_labels=lambda probs: probs.argmax(dim=0).to(torch.uint8)),
+    "regions": Target(channels=len(REGION_ORDER), activation=torch.sigmoid,
+                      to_logits=lambda probs: torch.logit(probs.clamp(1e-6, 1 - 1e-6)), loss=_region_loss,
+                      to_labels=regions_to_labels),
+}
+
+#: The losses by the name a profile's ``loss`` gives: each builds the loss of a :class:`Target` from the
+#: profile's weights and options. ``"ce_dice"`` is the paper's 0.3 CE + 0.7 soft Dice (binary CE per
+#: region for a region model). Adding one is one entry here (docs/architecture.md shows one).
+LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "ce_dice": lambda target, **options: target.loss(**options),
+}
+
+
+def _entry(registry: dict, kind: str, name: str):
+    try:
+        return registry[name]
+    except KeyError:
+        raise ProfileError(f"unknown {kind} {name!r}", expected="one of " + ", ".join(registry)) from None
+
+
+def target_of(name: str) -> Target:
+    """The :class:`Target` called ``name``; :class:`~brats_utils.errors.ProfileError` names the known ones."""
+    return _entry(TARGETS, "target", name)
+
+
+def output_channels(target: str) -> int:
+    """Output channels of a model trained for ``target`` (4 for "labels", 3 for "regions")."""
+    return target_of(target).channels
+
+
+def loss_for(target: str = "labels", *, loss: str = "ce_dice", ce_weight: float = 0.3,
+             dice_weight: float = 0.7, batch_dice: bool = False,
+             include_background: bool = True) -> nn.Module:
+    """The training loss ``loss`` (:data:`LOSSES`) of ``target``: by default :class:`CombinedLoss`
+    (softmax) or :class:`RegionLoss` (sigmoids).
 
     ``ce_weight`` is the cross-entropy weight (binary cross-entropy for regions); ``include_background``
     only concerns the softmax loss (a region model has no background channel).
     """
-    output_channels(target)
-    if target == "regions":
-        return RegionLoss(bce_weight=ce_weight, dice_weight=dice_weight, batch_dice=batch_dice)
-    return CombinedLoss(ce_weight=ce_weight, dice_weight=dice_weight, batch_dice=batch_dice,
-                        include_background=include_background)
+    build = _entry(LOSSES, "loss", loss)
+    return build(target_of(target), ce_weight=ce_weight, dice_weight=dice_weight, batch_dice=batch_dice,
+                 include_background=include_background)
 
 
 # --- predictions of either kind ------------------------------------------------------------------
 
 
 def predictor_for(model: nn.Module, target: str = "labels", *, precision: str = "auto") -> Callable:
-    """A sliding-window predictor (windows → probabilities): softmax for labels, sigmoid for regions.
+    """A sliding-window predictor (windows → probabilities): the target's activation of the network's
+    logits (softmax for labels, sigmoid for regions). The one function that makes a predictor of a model.
 
     The network runs in ``precision`` (:data:`brats_utils.precision.PRECISIONS`, resolved for the
     batch's device), on a ``channels_last_3d`` batch where
-    :func:`~brats_utils.precision.use_channels_last` says so.
+    :func:`~brats_utils.precision.use_channels_last` says so. A batch on another device than the
+    model's parameters is moved to them first (the probabilities stay there).
     """
-    activation = {"labels": lambda logits: torch.softmax(logits, dim=1), "regions": torch.sigmoid}
-    output_channels(target)
+    activation = target_of(target).activation
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
+        parameter = next(model.parameters(), None)
+        if parameter is not None and batch.device != parameter.device:
+            batch = batch.to(parameter.device)
         if use_channels_last(precision, batch.device):
             batch = to_channels_last(batch)
         with autocast(precision, batch.device):
             logits = model(batch)
-        return activation[target](logits.float())
+        return activation(logits.float())
 
     return predict
 
 
 def probs_to_labels(probs: torch.Tensor, target: str = "labels") -> torch.Tensor:
     """Training labels (uint8) from probabilities ``[K, ...]``: argmax (labels), the region rule (regions)."""
-    if output_channels(target) != probs.shape[0]:
-        raise ValueError(f"{target} probabilities need {output_channels(target)} channels, "
-                         f"got {probs.shape[0]}")
-    if target == "regions":
-        return regions_to_labels(probs)
-    return probs.argmax(dim=0).to(torch.uint8)
+    record = target_of(target)
+    if record.channels != probs.shape[0]:
+        raise ValueError(f"{target} probabilities need {record.channels} channels, got {probs.shape[0]}")
+    return record.to_labels(probs)
 
 
 def probs_to_logits(probs: torch.Tensor, target: str = "labels") -> torch.Tensor:
@@ -215,6 +271,4 @@ def probs_to_logits(probs: torch.Tensor, target: str = "labels") -> torch.Tensor
 
     The validation computes its loss from blended probabilities this way (clamped away from 0 and 1).
     """
-    if target == "regions":
-        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    return torch.log(probs.clamp_min(1e-8))
+    return target_of(target).to_logits(probs)

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from brats_utils.datasets import LAYOUTS, DatasetLayout
-from brats_utils.download import find_dataset as find_brats2020
+from brats_utils.download import find_brats2020
 from brats_utils.errors import BratsError
 from brats_utils.io import Case, load_case
 from brats_utils.labels import MODALITIES, to_file_labels, to_train_labels

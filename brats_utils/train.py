@@ -51,12 +51,9 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +63,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from brats_utils.checkpoints import (
-    atomic_torch_save,
     check_compatible,
     checkpoint_dir,
-    load_checkpoint,
     newest_readable_checkpoint,
 )
 from brats_utils.config import Profile
@@ -81,147 +76,34 @@ from brats_utils.distributed import (
     all_reduce_sum,
     barrier,
     cleanup,
-    init_distributed,
+    distributed_info,
     per_rank_batch_size,
+    run_folder_lock,
     unwrap_model,
     wrap_model,
 )
-from brats_utils.errors import CheckpointError, FolderLockedError
-from brats_utils.files import folder_lock, write_csv_atomic
+from brats_utils.files import write_csv_atomic
 from brats_utils.inference import sliding_window_predict
-from brats_utils.labels import REGION_COLORS
 from brats_utils.metrics import region_dice_torch
-from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import (
     autocast,
-    grad_scaler,
     match_optimizer_state_layout,
     resolve_precision,
     to_channels_last,
     use_channels_last,
 )
-from brats_utils.regions import init_region_bias_, loss_for, output_channels, probs_to_labels, probs_to_logits
-
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_mean", "val_dice_WT",
-                   "val_dice_TC", "val_dice_ET", "lr", "grad_norm", "seconds")
-REGION_DICE_COLUMNS = ("val_dice_WT", "val_dice_TC", "val_dice_ET")
-
-
-def with_mean_dice(row: dict) -> dict:
-    """A history row with ``val_dice_mean`` (the mean of its WT, TC and ET Dice), as rows written before
-    that column existed lack it."""
-    return {**row, "val_dice_mean": float(np.mean([row[column] for column in REGION_DICE_COLUMNS]))}
-
-
-# --- small building blocks -----------------------------------------------------------
-
-
-def pick_device() -> torch.device:
-    """CUDA if present, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-class EarlyStopping:
-    """Stop when the monitored loss has not improved by ``min_delta`` for ``patience`` epochs.
-
-    ``rule="strict"`` (default): improvement means ``loss < best - min_delta`` (the usual rule of
-    Keras and Lightning), so a slowly worsening loss does stop the run.
-
-    ``rule="authors"``: the authors' code. Only a loss more than ``min_delta`` *above* the best counts
-    as a bad epoch; any other loss, including one up to ``min_delta`` above the best, overwrites the
-    best and resets the counter. A loss that creeps up by less than ``min_delta`` per epoch therefore
-    never stops the run.
-    """
-
-    RULES = ("strict", "authors")
-
-    def __init__(self, patience: int, min_delta: float = 0.0, rule: str = "strict") -> None:
-        if rule not in self.RULES:
-            raise ValueError(f"rule must be one of {self.RULES}, got {rule!r}")
-        self.patience = patience
-        self.min_delta = min_delta
-        self.rule = rule
-        self.best = math.inf
-        self.bad_epochs = 0
-
-    def step(self, loss: float) -> bool:
-        """Record one epoch's loss; return True when training should stop."""
-        improved = (loss <= self.best + self.min_delta if self.rule == "authors"
-                    else loss < self.best - self.min_delta)
-        if improved:
-            self.best = loss
-            self.bad_epochs = 0
-        else:
-            self.bad_epochs += 1
-        return self.should_stop
-
-    @property
-    def should_stop(self) -> bool:
-        """Whether the patience is used up."""
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue counting after a restart."""
-        return {"patience": self.patience, "min_delta": self.min_delta, "rule": self.rule, "best": self.best,
-                "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict` (patience and min_delta stay as constructed)."""
-        self.best = float(state["best"])
-        self.bad_epochs = int(state["bad_epochs"])
-
-    def __repr__(self) -> str:
-        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, rule={self.rule!r}, "
-                f"best={self.best:.4g}, "
-                f"bad_epochs={self.bad_epochs})")
-
-
-def seed_everything(seed: int, epoch: int = 0) -> None:
-    """Seed Python, NumPy and torch (all devices) from ``(seed, epoch)``."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    torch.manual_seed(int(state[0]) ^ int(state[1]))
-
-
-def rng_state() -> dict:
-    """The random generators' states in a form ``torch.load(weights_only=True)`` accepts."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned (CUDA states only where the devices match)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
-                         "gauss": numpy_state["gauss"],
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
-                                   "pos": numpy_state["pos"]}})
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- the files of a run -------------------------------------------------------------
-
-
-def history_csv_path(run_dir: Path) -> Path:
-    """The history table of a run."""
-    return Path(run_dir) / "history.csv"
-
+from brats_utils.regions import loss_for, probs_to_labels, probs_to_logits
+from brats_utils.rng import seed_everything
+from brats_utils.run_state import (
+    HISTORY_COLUMNS,
+    TrainingState,
+    TrainResult,
+    agree_with_fallback,
+    history_csv_path,
+    save_epoch,
+    with_mean_dice,
+)
+from brats_utils.schedules import step_scheduler
 
 # --- one step, one validation ----------------------------------------------------------
 
@@ -318,130 +200,6 @@ def epoch_batches(loader, steps: int | None, epoch: int) -> Iterator:
 # --- the loop ----------------------------------------------------------------------------
 
 
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    history: pd.DataFrame
-    best_checkpoint: Path
-    last_checkpoint: Path
-    run_dir: Path
-    device: str
-    stopped_early: bool
-    best_metric: str = "val_dice_mean"  # the profile's: the history column that chose best.pt
-
-    @property
-    def best_epoch(self) -> int:
-        """Epoch of the best checkpoint (highest validation ``best_metric``)."""
-        return int(self.best["epoch"])
-
-    @property
-    def best(self) -> pd.Series:
-        """The history row of the best epoch (the first of equal ones, as training kept it)."""
-        return self.history.loc[self.history[self.best_metric].idxmax()]
-
-    def __repr__(self) -> str:
-        best = self.best
-        ending = "stopped early" if self.stopped_early else "finished"
-        return (f"TrainResult: {len(self.history)} epochs on {self.device} ({ending}), "
-                f"{self.history['seconds'].sum() / 60:.1f} min\n"
-                f"  best epoch {self.best_epoch} (by {self.best_metric}): mean region Dice "
-                f"{best['val_dice_mean']:.3f}, paper Dice {best['val_paper_dice']:.3f}, "
-                f"WT {best['val_dice_WT']:.3f}, TC {best['val_dice_TC']:.3f}, ET {best['val_dice_ET']:.3f}, "
-                f"val loss {best['val_loss']:.4f}\n"
-                f"  best checkpoint {self.best_checkpoint}\n"
-                f"  last checkpoint {self.last_checkpoint}\n"
-                f"  history         {history_csv_path(self.run_dir)}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, profile: Profile):
-    """The profile's learning-rate schedule: ``ReduceLROnPlateau`` (the paper) or ``CosineAnnealingLR``.
-
-    The cosine schedule (the authors' final run: ``T_max = profile.cosine_t_max``, ``eta_min =
-    profile.min_lr``) is stepped once per epoch without a metric; past ``T_max`` the rate rises again
-    (period ``2 * T_max``), as in theirs. See :func:`step_scheduler`.
-    """
-    if profile.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=profile.cosine_t_max,
-                                                          eta_min=profile.min_lr)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=profile.plateau_factor, patience=profile.plateau_patience,
-        min_lr=profile.min_lr)
-
-
-def step_scheduler(scheduler, val_loss: float) -> None:
-    """End-of-epoch step: the plateau schedule reads the validation loss, the cosine one does not."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(val_loss)
-    else:
-        scheduler.step()
-
-
-def make_stopper(profile: Profile) -> EarlyStopping:
-    """The profile's early stopping (patience, minimum improvement and rule)."""
-    return EarlyStopping(profile.early_stop_patience, profile.early_stop_min_delta, profile.early_stop_rule)
-
-
-@dataclass
-class TrainingState:
-    """Everything a checkpoint holds besides the random generators: the run's live objects."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.CosineAnnealingLR
-    scaler: torch.amp.GradScaler
-    stopper: EarlyStopping
-    history: list[dict]
-
-    @classmethod
-    def create(cls, profile: Profile, device: torch.device, *, precision: str = "fp32") -> TrainingState:
-        """A fresh model (seeded with ``profile.init_seed`` or ``profile.seed``, initialised by
-        ``profile.init``, with the outputs of ``profile.target``, a region head starting at
-        ``profile.region_prior``) and the profile's optimiser, schedule (:func:`make_scheduler`) and
-        stopper."""
-        seed_everything(profile.seed if profile.init_seed is None else profile.init_seed)
-        model = build_model(profile.model_preset, dropout=profile.dropout,
-                            num_classes=output_channels(profile.target))
-        if profile.init == "authors":
-            init_weights_authors_(model)
-        if profile.target == "regions" and profile.region_prior is not None:
-            init_region_bias_(model, profile.region_prior)
-        model = model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-        return cls(model, optimizer, make_scheduler(optimizer, profile), grad_scaler(precision, device),
-                   make_stopper(profile), [])
-
-    def checkpoint(self, profile: Profile, run: dict | None = None) -> dict:
-        """The checkpoint dict (:data:`~brats_utils.checkpoints.CHECKPOINT_KEYS`) after the last epoch.
-
-        ``run`` (the resolved ``precision``, ``world_size``...) is recorded beside the profile in ``config``.
-        """
-        model = unwrap_model(self.model)
-        return {"model_state_dict": model.state_dict(), "model_config": dict(model.config),
-                "optimizer_state_dict": self.optimizer.state_dict(),
-                "scheduler_state_dict": self.scheduler.state_dict(),
-                "scaler_state_dict": self.scaler.state_dict(),
-                "early_stopping": self.stopper.state_dict(), "epoch": len(self.history),
-                "rng_state": rng_state(), "config": {**profile.as_dict(), **(run or {})},
-                "history": self.history}
-
-    def restore(self, checkpoint: dict) -> None:
-        """Continue from a checkpoint checked by :func:`check_compatible`."""
-        model = unwrap_model(self.model)
-        try:
-            model.load_state_dict(checkpoint["model_state_dict"])
-        except RuntimeError as error:  # same settings, but the model code changed since
-            raise CheckpointError(f"checkpoint weights do not fit the model: {error}",
-                                  expected=f"weights of {model.config}") from error
-        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        if checkpoint["scaler_state_dict"] and self.scaler.is_enabled():  # empty when saved without AMP
-            self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
-        self.stopper.load_state_dict(checkpoint["early_stopping"])
-        self.history = [with_mean_dice(dict(row)) for row in checkpoint["history"]]
-        set_rng_state(checkpoint["rng_state"])
-
-
 def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profile, device: torch.device,
                 epoch: int, *, precision: str = "fp32", progress: bool = False, rank: int = 0,
                 world_size: int = 1) -> dict[str, float]:
@@ -486,17 +244,9 @@ def loaders_for(profile: Profile, cache_dir: str | Path, run_dir: Path, *, rank:
     """
     sampler = (functools.partial(ShardedEpochSampler, rank=rank, world_size=world_size) if world_size > 1
                else None)
-    return make_loaders(cache_dir, max_cases=profile.max_cases, val_fraction=profile.val_fraction,
-                        test_fraction=profile.test_fraction,
-                        exclude_from_training=profile.exclude_from_training, fold=profile.fold,
-                        n_folds=profile.n_folds, stratum=profile.stratify_split, seed=profile.seed,
-                        patch_size=profile.patch_size,
-                        samples_per_volume=profile.samples_per_volume,
-                        foreground_fraction=profile.foreground_fraction, augmentation=profile.augmentation,
+    return make_loaders(cache_dir, profile.data, profile.loader,
                         batch_size=per_rank_batch_size(profile.batch_size, world_size),
-                        num_workers=profile.num_workers,
-                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler,
-                        patch_seed=profile.data_seed)
+                        split_csv=Path(run_dir) / "split.csv" if rank == 0 else None, sampler=sampler)
 
 
 def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, precision: str = "fp32",
@@ -506,7 +256,8 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
 
     When ``last.pt`` is damaged the newest epoch file that loads is the resume point
     (:func:`~brats_utils.checkpoints.newest_readable_checkpoint`, a warning names both) and the
-    history and best checkpoint are brought back to that epoch (:func:`_agree_with_fallback`).
+    history and best checkpoint are brought back to that epoch
+    (:func:`~brats_utils.run_state.agree_with_fallback`).
 
     Every rank restores the same ``last.pt``; only rank 0 (``is_main``) deletes an old run. A run
     that still has epochs to train (up to ``epochs``, default ``profile.epochs``) and is resumed by
@@ -524,7 +275,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
             write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),
                              history_csv_path(run_dir))
         if last_path.name != "last.pt" and is_main:
-            _agree_with_fallback(run_dir, checkpoint, state.history, profile.best_metric)
+            agree_with_fallback(run_dir, checkpoint, state.history, profile.best_metric)
         trained_by = checkpoint["config"].get("world_size", 1)
         to_train = checkpoint["epoch"] < (profile.epochs if epochs is None else epochs)
         if trained_by != world_size and to_train and not state.stopper.should_stop and is_main:
@@ -546,72 +297,6 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
         to_channels_last(state.model)  # in place: the optimiser keeps the same parameters
     match_optimizer_state_layout(state.optimizer)  # a resumed run's moments follow them
     return state
-
-
-def _agree_with_fallback(run_dir: Path, checkpoint: dict, history: list[dict], best_metric: str) -> None:
-    """After resuming from an older checkpoint: ``best.pt`` the best epoch of ``history`` up to it (from its
-    epoch file if ``best.pt`` is newer; the resume point's weights when neither is left)."""
-    folder = checkpoint_dir(run_dir)
-    best_epoch = max(history, key=lambda row: row[best_metric])["epoch"]
-    best = None
-    for path in (folder / "best.pt", folder / f"epoch_{best_epoch:03d}.pt"):
-        try:
-            candidate = load_checkpoint(path)
-        except CheckpointError:
-            continue
-        if candidate["epoch"] == best_epoch:
-            best = candidate
-            break
-    atomic_torch_save(best if best is not None else checkpoint, folder / "best.pt")
-
-
-def _save_epoch(state: TrainingState, profile: Profile, run_dir: Path, *, is_best: bool,
-                run: dict | None = None) -> None:
-    """History, best, periodic and last checkpoint after an epoch; ``last.pt`` is written last."""
-    epoch = len(state.history)
-    write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)), history_csv_path(run_dir))
-    checkpoint = state.checkpoint(profile, run)
-    if is_best:
-        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "best.pt")
-    if epoch % profile.checkpoint_every == 0:
-        atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt")
-    atomic_torch_save(checkpoint, checkpoint_dir(run_dir) / "last.pt")  # the resume point, after the others
-
-
-def distributed_info(device: str | torch.device | None = None) -> DistInfo:
-    """Who this process is (:func:`~brats_utils.distributed.init_distributed`) and where it computes.
-
-    Under torchrun: the rank's device (its GPU ``LOCAL_RANK``, or the CPU with gloo). One process:
-    ``device``, else :func:`pick_device`.
-    """
-    requested = torch.device(device) if device is not None else pick_device()
-    info = init_distributed(requested)
-    return info if info.is_distributed else DistInfo(device=requested)
-
-
-@contextmanager
-def run_folder_lock(run_dir: Path, info: DistInfo) -> Iterator[None]:
-    """The run folder's lock (:func:`~brats_utils.files.folder_lock`), taken by rank 0 for all ranks of a run.
-
-    The ranks of one run share it; another run (one process or several) still gets
-    :class:`~brats_utils.errors.FolderLockedError`, on every one of its ranks.
-    """
-    if not info.is_distributed:
-        with folder_lock(run_dir):
-            yield
-        return
-    with ExitStack() as stack:
-        error = None
-        if info.is_main:
-            try:
-                stack.enter_context(folder_lock(run_dir))
-            except FolderLockedError as locked:
-                error = locked
-        if all_reduce_sum(0.0 if error is None else 1.0) > 0:  # every rank learns whether rank 0 got it
-            raise error if error is not None else FolderLockedError(
-                "rank 0 of this run found the folder held by another process", path=run_dir,
-                expected="one training per folder at a time")
-        yield
 
 
 def train(profile: Profile, cache_dir: str | Path, *, run_dir: Path | None = None, resume: bool = True,
@@ -671,8 +356,9 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
     info = info or DistInfo(device=device)
     ranks = {"rank": info.rank, "world_size": info.world_size}
     run = {"resolved_precision": precision, "world_size": info.world_size, "global_batch": True}
-    loss_fn = loss_for(profile.target, ce_weight=profile.ce_weight, dice_weight=profile.dice_weight,
-                       batch_dice=profile.batch_dice, include_background=profile.dice_include_background)
+    loss_fn = loss_for(profile.target, loss=profile.loss, ce_weight=profile.ce_weight,
+                       dice_weight=profile.dice_weight, batch_dice=profile.batch_dice,
+                       include_background=profile.dice_include_background)
     start = len(state.history) + 1
     if state.stopper.should_stop and progress and start <= epochs:
         tqdm.write(f"This run stopped early at epoch {start - 1}; use resume=False to start over.")
@@ -693,7 +379,7 @@ def _run_epochs(state: TrainingState, profile: Profile, loader, val_volumes, run
         is_best = all(row[metric] > earlier[metric] for earlier in state.history)
         state.history.append({key: row[key] for key in HISTORY_COLUMNS})
         if info.is_main:
-            _save_epoch(state, profile, run_dir, is_best=is_best, run=run)
+            save_epoch(state, profile, run_dir, is_best=is_best, run=run)
         if progress:
             tqdm.write(_epoch_line(row, epochs))
         if state.stopper.should_stop:
@@ -709,44 +395,3 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"WT {row['val_dice_WT']:.3f}  "
             f"TC {row['val_dice_TC']:.3f}  ET {row['val_dice_ET']:.3f}  lr {row['lr']:.1e}  "
             f"{row['seconds']:.0f} s")
-
-
-def is_finished(checkpoint: dict, profile: Profile) -> bool:
-    """Whether a run's last checkpoint marks it complete (all epochs done, or stopped early)."""
-    stopper = make_stopper(profile)
-    stopper.load_state_dict(checkpoint["early_stopping"])
-    return checkpoint["epoch"] >= profile.epochs or stopper.should_stop
-
-
-# --- the paper's Figure 4 -------------------------------------------------------------------
-
-
-def plot_history(history: pd.DataFrame, best_metric: str = "val_dice_mean"):
-    """Loss, Dice and learning rate over the epochs (like the paper's Figure 4).
-
-    The dashed line marks the best epoch (highest ``best_metric``: the profile's, mean region Dice by
-    default). A history written before ``val_dice_mean`` existed gets it from its region Dice.
-    """
-    if "val_dice_mean" not in history:
-        history = history.assign(val_dice_mean=history[list(REGION_DICE_COLUMNS)].mean(axis=1))
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
-    epochs = history["epoch"]
-    ax_loss.plot(epochs, history["train_loss"], "o-", label="training (patches)")
-    ax_loss.plot(epochs, history["val_loss"], "s-", label="validation (whole volumes)")
-    ax_loss.set(title="Loss: 0.3 CE + 0.7 soft Dice", xlabel="epoch", ylabel="loss")
-    ax_dice.plot(epochs, history["val_paper_dice"], "k.-", label="paper metric (4 labels incl. background)")
-    ax_dice.plot(epochs, history["val_dice_mean"], "k--", label="mean of WT, TC, ET")
-    for region in ("WT", "TC", "ET"):
-        ax_dice.plot(epochs, history[f"val_dice_{region}"], ".-", color=REGION_COLORS[region], label=region)
-    ax_dice.set(title="Validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1.02))
-    ax_lr.plot(epochs, history["lr"], "o-", color="tab:purple")
-    ax_lr.set(title="Learning rate (ReduceLROnPlateau)", xlabel="epoch", ylabel="learning rate", yscale="log")
-    best_epoch = history.loc[history[best_metric].idxmax(), "epoch"]
-    for ax in (ax_loss, ax_dice, ax_lr):
-        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
-        ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_dice.legend(fontsize="small")
-    return fig

@@ -1,18 +1,27 @@
-"""Shared pytest fixtures: a tiny synthetic BraTS dataset in the Kaggle layout.
+"""Shared pytest fixtures: a hermetic environment, a tiny synthetic BraTS dataset, a data folder.
 
-The dataset is written once per test session. Tests must treat it as read-only input
-(as a Kaggle mount is); a test that needs to damage files copies a case first
-(see ``copy_case``).
+- ``hermetic_environment`` (autouse, whole session): every ``BRATS_*`` variable of the caller's shell
+  is removed except the ones the test command sets on purpose (:data:`KEPT_VARIABLES`), so a
+  ``BRATS_ROOT`` or ``BRATS_SET`` on a developer's machine never switches a test to other data.
+- ``synthetic_root``: a dataset written once per session. Tests must treat it as read-only input
+  (as a Kaggle mount is); a test that needs to damage files copies a case first (``copy_case``).
+- ``data_dir``: a private data and figures folder for one test module (config reads them at call time).
+
+Markers: ``slow`` (torchrun runs, full-size volumes, trained models): ``make unit-fast`` skips them.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from brats_utils.synthetic import write_synthetic_dataset
+
+#: Set by the test command (the Makefile's TEST_ENV) to keep tests away from data/ and figures/.
+KEPT_VARIABLES = ("BRATS_PROFILE", "BRATS_DATA_DIR", "BRATS_FIGURES_DIR")
 
 #: Small enough for fast tests, large enough for a brain, a tumour and a 32^3 patch.
 SYNTHETIC_SHAPE = (40, 40, 24)
@@ -54,3 +63,23 @@ def copy_case(synthetic_root: Path, tmp_path: Path):
         return target
 
     return _copy
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment():
+    """Remove every ``BRATS_*`` variable but :data:`KEPT_VARIABLES` for the session (restored after)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("BRATS_") and name not in KEPT_VARIABLES]:
+            patch.delenv(name)
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A private folder for this module: ``<root>/data`` as ``BRATS_DATA_DIR``, ``<root>/figures`` as
+    ``BRATS_FIGURES_DIR``. Returns ``<root>``."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BRATS_DATA_DIR", str(root / "data"))
+        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
+        yield root

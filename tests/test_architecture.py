@@ -1,15 +1,16 @@
-"""The package's shape: a pure-torch model, declared label schemes, checked profiles, the command line."""
+"""The package's shape: the import graph (a pure-torch model, a config that reads no environment early)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
-
-from brats_utils import cli, config, labels
-from brats_utils.errors import BratsError, LabelValueError, ProfileError
+import tomllib
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -32,111 +33,70 @@ def test_config_reads_no_environment_at_import(tmp_path):
     assert out.stdout.strip() == str(tmp_path / "runs" / "ci")
 
 
-# --- label schemes ------------------------------------------------------------------------
+# --- the import contracts hold what docs/architecture.md says: each probe of issue 22 breaks one ----------
+
+REPO = Path(__file__).parents[1]
+#: (module, the import a careless change could add, the contract that must catch it)
+PROBES = [
+    ("model", "from brats_utils import files", "The model is pure torch"),
+    ("regions", "from brats_utils.viz import volumes", "Layers"),
+    ("preprocess", "from brats_utils.config import get_profile", "Pieces and ground take explicit arguments"),
+]
 
 
-def test_brats2020_is_the_default_scheme_and_round_trips():
-    file_labels = np.array([0, 1, 2, 4], np.uint8)
-    assert labels.to_train_labels(file_labels).tolist() == [0, 1, 2, 3]
-    assert labels.to_file_labels(labels.to_train_labels(file_labels)).tolist() == [0, 1, 2, 4]
-    assert labels.FILE_LABELS == (0, 1, 2, 4) and labels.TRAIN_REGIONS == {"WT": (1, 2, 3), "TC": (1, 3),
-                                                                            "ET": (3,)}
+@pytest.fixture(scope="module")
+def scratch_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the package and of pyproject.toml (its contracts) to add imports to."""
+    root = tmp_path_factory.mktemp("contracts")
+    shutil.copytree(REPO / "brats_utils", root / "brats_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    return root
 
 
-@pytest.mark.parametrize("scheme", [labels.BRATS2023, labels.MSD_TASK01])
-def test_other_schemes_map_onto_the_same_training_labels(scheme):
-    file_labels = np.array(scheme.file_labels, np.uint8)
-    train = labels.to_train_labels(file_labels, scheme=scheme)
-    assert sorted(train.tolist()) == [0, 1, 2, 3]
-    assert labels.to_file_labels(train, scheme=scheme).tolist() == file_labels.tolist()
-    # every scheme's regions are the same tissue in training labels
-    assert scheme.train_regions == labels.BRATS2020.train_regions
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
 
 
-def test_the_one_label_check_names_values_case_file_and_expectation(tmp_path):
-    with pytest.raises(LabelValueError, match=r"unexpected label values \[3\], case c7, file .*seg.nii "
-                                              r"\(expected labels in \{0, 1, 2, 4\}\)"):
-        labels.check_labels(np.array([0, 3]), case_id="c7", path=tmp_path / "seg.nii")
-    with pytest.raises(ValueError):  # a LabelValueError is also a ValueError
-        labels.check_labels(np.array([4]), labels.BRATS2023.file_labels)
-    labels.check_labels(np.array([0, 3], np.uint8), labels.BRATS2023.file_labels)
+def test_the_contracts_hold_on_the_package_as_it_is(scratch_package):
+    result = lint_imports(scratch_package)
+    assert result.returncode == 0, result.stdout
 
 
-# --- profiles -------------------------------------------------------------------------------
+@pytest.mark.parametrize("module, statement, contract", PROBES)
+def test_each_probe_breaks_a_contract(scratch_package, module, statement, contract):
+    path = scratch_package / "brats_utils" / f"{module}.py"
+    original = path.read_text()
+    try:
+        path.write_text(f"{original}\n{statement}  # the probe\n")
+        result = lint_imports(scratch_package)
+    finally:
+        path.write_text(original)
+    assert result.returncode != 0
+    assert contract_status(result.stdout)[contract] == "BROKEN", result.stdout
 
 
-@pytest.mark.parametrize("change", [{"val_fraction": 1.0}, {"foreground_fraction": -0.1}, {"batch_size": 0},
-                                    {"patch_size": (32, 0, 32)}, {"model_preset": "l9_f99"},
-                                    {"compare_presets": ("paper", "nope")}, {"amp": "yes"}, {"epochs": 2.5},
-                                    {"data_source": "kaggle"}])
-def test_a_profile_is_checked_when_it_is_built(change):
-    with pytest.raises(ProfileError):
-        config.get_profile("ci").with_overrides(**change)
+def contract_status(report: str) -> dict[str, str]:
+    """``{start of a contract's name: "KEPT" or "BROKEN"}`` from lint-imports' summary (names wrap)."""
+    names = [c["name"] for c in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+             ["contracts"]]
+    flat = " ".join(report.split())
+    status = {}
+    for name in names:
+        found = re.search(re.escape(" ".join(name.split())) + r" (KEPT|BROKEN)", flat)
+        assert found, f"{name!r} not in the report"
+        status.update({probe: found.group(1) for _, _, probe in PROBES if name.startswith(probe)})
+    return status
 
 
-def test_overrides_from_the_environment_reach_get_profile(monkeypatch):
-    monkeypatch.setenv(config.OVERRIDES_ENV, "epochs=7; patch_size=(16, 16, 16)")
-    profile = config.get_profile("ci")
-    assert profile.epochs == 7 and profile.patch_size == (16, 16, 16)
-
-
-# --- the command line -----------------------------------------------------------------------
-
-
-def test_set_values_are_typed_and_checked(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.build_parser().parse_args(["train", "--set", "amp=yes"])
-    assert exit_info.value.code == 2 and "amp" in capsys.readouterr().err
-    args = cli.build_parser().parse_args(["train", "--set", "amp=False", "--set", "lr=1e-3"])
-    assert cli.profile_from_args(args).amp is False and cli.profile_from_args(args).lr == 1e-3
-
-
-def test_a_package_error_is_one_line_and_status_2(monkeypatch, capsys):
-    def fails(args):
-        raise BratsError("no BraTS 2020 split folders found", path="/nowhere")
-
-    monkeypatch.setattr(cli, "_cmd_cache", fails)
-    assert cli.main(["cache", "--profile", "ci"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error: no BraTS 2020 split folders found, file /nowhere" in err
-    assert "Traceback" not in err
-
-
-def test_unexpected_errors_keep_their_traceback(monkeypatch):
-    def crashes(args):
-        raise ZeroDivisionError("a bug")
-
-    monkeypatch.setattr(cli, "_cmd_cache", crashes)
-    with pytest.raises(ZeroDivisionError):
-        cli.main(["cache"])
-
-
-def test_the_brats_entry_point_shows_its_own_name(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/brats", "--help"])
-    assert cli.build_parser().prog == "brats"
-    monkeypatch.setattr(sys, "argv", ["/somewhere/brats_utils/__main__.py"])
-    assert cli.build_parser().prog == "python -m brats_utils"
-
-
-def test_version_and_help_without_markup(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--version"])
-    assert "0.1.0" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    text = capsys.readouterr().out
-    assert "``" not in text and "`" not in text
-    parser = cli.build_parser()
-    download = parser._subparsers._group_actions[0].choices["download"]
-    assert "--profile" not in download.format_help()  # download uses no profile: no options that do nothing
-
-
-def test_demo_honours_the_profile_the_environment_and_set(monkeypatch):
-    seen = {}
-    monkeypatch.setattr("brats_utils.demo.run_series", lambda name, overrides, publish: seen.update(
-        name=name, overrides=overrides, publish=publish))
-    monkeypatch.setenv("BRATS_PROFILE", "ci")
-    assert cli.main(["demo", "--set", "epochs=1", "--set", "model_preset=l4_f16"]) == 0
-    assert seen == {"name": "ci", "overrides": ["epochs=1", "model_preset='l4_f16'"], "publish": False}
-    assert cli.main(["demo", "--profile", "gpu"]) == 0 and seen["name"] == "gpu"
-    assert cli.main(["demo", "--publish"]) == 0 and seen["publish"] is True  # make publish
+def test_the_layer_table_of_the_docs_is_the_layers_contract():
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c for c in contracts if c["type"] == "layers"]
+    assert layers.get("exhaustive") is True
+    text = (REPO / "docs" / "architecture.md").read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[2] for line in text.replace("\\|", "¦").splitlines()
+            if line.startswith("| ") and not line.startswith("| layer")]
+    documented = [" ".join(cell.replace("`", "").replace("¦", "|").split()) for cell in rows]
+    in_pyproject = [" ".join(layer.split()) for layer in layers["layers"]]
+    assert documented == in_pyproject

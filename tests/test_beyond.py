@@ -11,7 +11,7 @@ import torch
 
 from brats_utils import beyond, config, pipeline
 from brats_utils.checkpoints import load_checkpoint
-from brats_utils.inference import sliding_window_predict
+from brats_utils.inference import average_predictors, sliding_window_predict
 from brats_utils.model import build_model
 
 
@@ -43,7 +43,7 @@ def test_an_ensemble_averages_the_probabilities_of_its_models():
     each = [sliding_window_predict(m, image, patch_size=(16, 16, 16), target="regions") for m in models]
     assert torch.allclose(beyond.ensemble_predict(models, image, profile), (each[0] + each[1]) / 2, atol=1e-6)
     with pytest.raises(ValueError):
-        beyond.ensemble_predictor([])
+        average_predictors([])
 
 
 def test_shifted_copy_flips_image_and_labels_together_and_shifts_brain_intensities():
@@ -68,15 +68,6 @@ def test_summary_gives_mean_and_sample_std_per_variant():
 def test_unknown_variants_are_refused():
     with pytest.raises(ValueError, match="known variants"):
         beyond.variant_names(tiny_profile(beyond_variants=("regions",)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("beyond")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRATS_DATA_DIR", str(root / "data"))
-        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
-        yield root
 
 
 @pytest.fixture(scope="module")
@@ -211,10 +202,11 @@ def test_the_et_threshold_is_chosen_on_the_validation_cases_and_applied_everywhe
 def test_the_seeds_draw_other_patches_in_another_order(study, data_dir):
     from brats_utils.data import make_loaders
 
-    def first_batch(patch_seed):
-        loader, _ = make_loaders(tiny_profile().cache_dir, split_csv=None, seed=42, test_fraction=0.2,
-                                 patch_seed=patch_seed, patch_size=(8, 8, 8), samples_per_volume=4,
-                                 batch_size=2, num_workers=0, augmentation="none")
+    def first_batch(data_seed):
+        profile = tiny_profile().with_overrides(seed=42, test_fraction=0.2, data_seed=data_seed,
+                                                patch_size=(8, 8, 8), samples_per_volume=4, batch_size=2,
+                                                num_workers=0, augmentation="none")
+        loader, _ = make_loaders(profile.cache_dir, profile.data, profile.loader, split_csv=None)
         return next(iter(loader))[0]
 
     assert torch.equal(first_batch(None), first_batch(42))  # the default is the split's seed

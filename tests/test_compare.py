@@ -32,16 +32,6 @@ def tiny_profile(**changes: object) -> config.Profile:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private data and figures folder for this module (config reads them at call time)."""
-    root = tmp_path_factory.mktemp("compare")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRATS_DATA_DIR", str(root / "data"))
-        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def study(data_dir: Path) -> pd.DataFrame:
     return pipeline.run_comparison(tiny_profile(), progress=False, device="cpu")
 

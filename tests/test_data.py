@@ -15,12 +15,12 @@ from brats_utils.data import (
     PatchDataset,
     VolumeDataset,
     extract_patch,
+    make_loaders,
     pad_collate,
     split_cases,
 )
 from brats_utils.labels import TRAIN_LABELS
 from brats_utils.preprocess import CropMeta, PreprocessedCase, write_entry
-from brats_utils.train import loaders_for
 
 
 def make_entry(cache_dir, case_id, labels, image=None, seed=0):
@@ -245,7 +245,7 @@ def test_make_loaders_follow_the_profile(tmp_path):
     for i in range(6):
         make_entry(cache, f"BraTS20_Training_{i + 1:03d}", tumour_volume((36, 40, 34)), seed=i)
     profile = get_profile("ci")
-    loader, validation = loaders_for(profile, cache, tmp_path)
+    loader, validation = make_loaders(cache, profile.data, profile.loader, split_csv=tmp_path / "split.csv")
     split = pd.read_csv(tmp_path / "split.csv")
     counts = split["split"].value_counts()
     assert counts["val"] == len(validation) == 1 and counts["test"] == 2  # ci holds out 2 test cases first

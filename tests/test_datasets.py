@@ -11,15 +11,17 @@ import pytest
 import torch
 
 from brats_utils import cli, config, datasets, pipeline
+from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.datasets import LAYOUTS, detect_layout, find_dataset
-from brats_utils.download import find_dataset as find_brats2020
+from brats_utils.download import find_brats2020
 from brats_utils.errors import BratsError, DatasetNotFoundError, LabelValueError, ProfileError
-from brats_utils.inference import InferenceSettings, predict_folder
+from brats_utils.inference import predict_folder
 from brats_utils.io import Case, export_segmentation, load_case, read_labels
 from brats_utils.labels import BRATS2020, BRATS2023, MSD_TASK01, check_scheme, to_train_labels
 from brats_utils.lesion_metrics import LESIONWISE_PROTOCOL, get_protocol
 from brats_utils.metrics import BRATS2020_PROTOCOL, evaluate
 from brats_utils.model import UNet3D
+from brats_utils.regions import predictor_for
 from brats_utils.synthetic_layouts import read_case_map, write_layout
 
 OTHER_LAYOUTS = ("brats2021", "brats2023", "msd")
@@ -39,7 +41,7 @@ def source_cases(synthetic_root: Path) -> dict[str, Case]:
 
 
 def test_every_profile_dataset_has_a_layout():
-    assert tuple(LAYOUTS) == config.DATASETS == tuple(config.DATASET_PROTOCOLS)
+    assert tuple(LAYOUTS) == ("brats2020", "brats2021", "brats2023", "msd")
     assert {name: layout.scheme for name, layout in LAYOUTS.items()} == SCHEMES
 
 
@@ -110,11 +112,12 @@ def test_a_model_predicts_another_dataset_in_that_dataset_labels(layout_roots, s
     """A network (fixed weights, standing in for one trained on BraTS 2020) segments MSD cases as MSD."""
     torch.manual_seed(0)
     model = UNet3D(base_filters=4, levels=2, units_per_block=1, dropout=0.0)
-    settings = InferenceSettings(patch_size=(16, 16, 16), sw_batch_size=1, precision="fp32", margin=1)
+    settings = (InferenceSettings(patch_size=(16, 16, 16), sw_batch_size=1), PreprocessingSettings(margin=1))
+    model = predictor_for(model, precision="fp32")
     msd_case = find_dataset(layout_roots["msd"])[0]
     source = source_cases(synthetic_root)[read_case_map(layout_roots["msd"])[msd_case.case_id]]
-    (msd_path,) = predict_folder(model, [msd_case], tmp_path / "msd", settings, progress=False)
-    (src_path,) = predict_folder(model, [source], tmp_path / "brats2020", settings, progress=False)
+    (msd_path,) = predict_folder(model, [msd_case], tmp_path / "msd", *settings, progress=False)
+    (src_path,) = predict_folder(model, [source], tmp_path / "brats2020", *settings, progress=False)
     assert msd_path.name == "BRATS_001.nii.gz"
     msd_pred = np.asanyarray(nib.load(msd_path).dataobj)
     src_pred = np.asanyarray(nib.load(src_path).dataobj)
@@ -183,14 +186,15 @@ def test_brats2021_download_unpacks_the_kaggle_tar(layout_roots, tmp_path, monke
 
 def test_profiles_take_a_dataset_and_report_its_protocol():
     ci = config.get_profile("ci")
-    assert ci.dataset == "brats2020" and ci.protocol == "brats2020"
-    assert ci.with_overrides(dataset="brats2023").protocol == "lesionwise"
-    assert ci.with_overrides(dataset="msd").protocol == "brats2020"
-    assert ci.with_overrides(dataset="brats2023", metrics_protocol="brats2020").protocol == "brats2020"
+    protocol = pipeline.metrics_protocol
+    assert ci.dataset == "brats2020" and protocol(ci).name == "brats2020"
+    assert protocol(ci.with_overrides(dataset="brats2023")).name == "lesionwise"
+    assert protocol(ci.with_overrides(dataset="msd")).name == "brats2020"
+    assert protocol(ci.with_overrides(dataset="brats2023", metrics_protocol="brats2020")).name == "brats2020"
     assert ci.with_overrides(dataset="msd").cache_dir != ci.cache_dir
     assert ci.with_overrides(dataset="msd").run_dir.name == "ci-msd"
-    with pytest.raises(ProfileError, match="dataset"):
-        ci.with_overrides(dataset="brats2019")
+    with pytest.raises(ProfileError, match="dataset cannot be 'brats2019'"):
+        pipeline.check_registered(ci.with_overrides(dataset="brats2019"))
     assert get_protocol("lesionwise") is LESIONWISE_PROTOCOL
     assert get_protocol("brats2020") is BRATS2020_PROTOCOL
     with pytest.raises(ProfileError, match="unknown metrics protocol"):
@@ -243,7 +247,7 @@ def test_evaluate_reads_each_dataset_labels_under_either_protocol(layout_roots, 
         train = to_train_labels(loaded.labels, scheme=case.scheme)
         out = tmp_path / LAYOUTS[name].prediction_name(case.case_id)
         export_segmentation(train, out, affine=loaded.affine, scheme=case.scheme)
-    regions, _ = evaluate(tmp_path, layout_roots[name], progress=False)
+    regions, _ = evaluate(tmp_path, find_dataset(layout_roots[name]), progress=False)
     lesions, _ = evaluate(tmp_path, cases, progress=False, protocol=LESIONWISE_PROTOCOL)
     assert (regions[["Dice_WT", "Dice_TC", "Dice_ET"]] == 1.0).all().all()
     assert (lesions[["LesionWise_Dice_WT", "LesionWise_Dice_TC", "LesionWise_Dice_ET"]] == 1.0).all().all()

@@ -178,6 +178,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_gloo_trains_like_one_process(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -259,6 +260,7 @@ def _kill_all(pids: list[int]) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds torchrun's ranks through /proc")
 def test_torchrun_trains_the_ci_profile_on_two_processes_and_resumes_after_a_kill(tmp_path):
     from brats_utils.checkpoints import load_checkpoint

@@ -18,7 +18,7 @@ from brats_utils.download import (
     Case,
     case_from_folder,
     download_brats2020,
-    find_dataset,
+    find_brats2020,
     find_split_dirs,
     verify_dataset,
 )
@@ -69,8 +69,8 @@ def test_find_split_dirs_below_any_level(synthetic_root: Path, tmp_path: Path) -
         find_split_dirs(tmp_path / "nowhere")
 
 
-def test_find_dataset_pairs_every_case_inside_its_folder(synthetic_root: Path) -> None:
-    cases = find_dataset(synthetic_root)
+def test_find_brats2020_pairs_every_case_inside_its_folder(synthetic_root: Path) -> None:
+    cases = find_brats2020(synthetic_root)
     assert [c.case_id for c in cases] == [f"BraTS20_Training_{i:03d}" for i in range(1, 5)]
     for case in cases:
         assert list(case.modalities) == list(MODALITIES)
@@ -78,16 +78,16 @@ def test_find_dataset_pairs_every_case_inside_its_folder(synthetic_root: Path) -
             assert path.parent == case.folder and path.name == f"{case.case_id}_{modality}.nii"
         assert case.seg is not None and case.seg.parent == case.folder
     assert cases[2].seg.name == "W39_1998.09.19_Segm.nii"  # the case-355 quirk, found by elimination
-    validation = find_dataset(synthetic_root, "validation")
+    validation = find_brats2020(synthetic_root, "validation")
     assert [c.case_id for c in validation] == ["BraTS20_Validation_001", "BraTS20_Validation_002"]
     assert all(c.seg is None for c in validation)
 
 
-def test_find_dataset_errors(synthetic_root: Path, tmp_path: Path) -> None:
+def test_find_brats2020_errors(synthetic_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="split"):
-        find_dataset(synthetic_root, "test")
+        find_brats2020(synthetic_root, "test")
     with pytest.raises(DatasetNotFoundError, match="no validation folder"):
-        find_dataset(synthetic_root / TRAIN, "validation")
+        find_brats2020(synthetic_root / TRAIN, "validation")
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -221,7 +221,7 @@ def test_ensure_dataset_synthetic_profile_never_touches_the_network(
                                                synthetic_shape=(24, 24, 16), seed=5)
     root = ensure_dataset(profile)
     assert root == offline_world / "data" / "synthetic" / "ci-24x24x16-seed5"
-    assert [c.case_id for c in find_dataset(root)] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    assert [c.case_id for c in find_brats2020(root)] == ["BraTS20_Training_001", "BraTS20_Training_002"]
     assert ensure_dataset(profile) == root  # second call: already there
 
 

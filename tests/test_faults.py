@@ -89,7 +89,7 @@ def test_another_process_holding_the_run_folder_stops_a_training(tmp_path, synth
 
 
 def test_a_cache_being_built_is_not_built_twice(tmp_path, synthetic_root):
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
 
     cases = find_dataset(synthetic_root)[:1]
     with folder_lock(tmp_path / "cache"):
@@ -110,7 +110,7 @@ def _hold_in_another_process(lock: str, target: Path, seconds: float) -> subproc
 
 
 def test_a_process_finding_the_cache_being_built_waits_for_it_then_reads_it(tmp_path, synthetic_root, capfd):
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
 
     cases = find_dataset(synthetic_root)[:2]
     build_cache(cases, tmp_path / "cache", workers=1, progress=False)
@@ -143,7 +143,7 @@ def test_waiting_for_another_process_ends_after_the_timeout(tmp_path):
 
 
 def test_a_damaged_cache_entry_without_its_source_names_the_case_and_the_command(tmp_path, synthetic_root):
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
 
     case = find_dataset(synthetic_root)[0]
     (entry,) = build_cache([case], tmp_path / "cache", workers=1, progress=False)
@@ -556,7 +556,7 @@ def test_out_of_memory_ends_in_one_line_naming_sizes_and_remedies(data, monkeypa
         monkeypatch.setattr(training, "train_step", out_of_memory)
         argv = ["train", "--profile", "ci", "--set", "epochs=3"]
     else:
-        monkeypatch.setattr("brats_utils.inference.sliding_window_predict", out_of_memory)
+        monkeypatch.setattr("brats_utils.inference.sliding_window", out_of_memory)
         argv = ["predict", "--profile", "ci", "--split", "test"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

@@ -16,15 +16,19 @@ import torch
 from torch import nn
 
 from brats_utils.augment import MIRROR_ALL
+from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.data import PatchDataset
-from brats_utils.download import find_dataset
-from brats_utils.inference import InferenceSettings, predict_case
+from brats_utils.datasets import find_dataset
+from brats_utils.inference import predict_case
 from brats_utils.io import Case
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
 from brats_utils.preprocess import build_cache, load_cached
+from brats_utils.regions import predictor_for
 from brats_utils.synthetic import BRATS_SHAPE, real_affine, write_synthetic_dataset
 from brats_utils.train import train_step
+
+pytestmark = pytest.mark.slow  # full-size volumes / a trained model: make unit-fast skips them
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +57,11 @@ def test_a_full_size_case_trains_predicts_and_exports(full_case: tuple[Case, Pat
     assert torch.isfinite(loss) and torch.isfinite(grad_norm)
 
     # prediction: the full-size grid's windows and stitching, with a 1x1x1 convolution for speed
-    settings = InferenceSettings(patch_size=(128, 128, 128), sw_batch_size=1, precision="fp32", margin=1)
+    settings = InferenceSettings(patch_size=(128, 128, 128), sw_batch_size=1)
     out = tmp_path / f"{case.case_id}.nii.gz"
     pointwise = nn.Conv3d(4, 4, kernel_size=1).eval()
-    predicted = predict_case(pointwise, case, settings, out_path=out, device="cpu")
+    predicted = predict_case(predictor_for(pointwise, precision="fp32"), case, settings,
+                             PreprocessingSettings(margin=1), out_path=out)
     assert predicted.shape == BRATS_SHAPE and set(np.unique(predicted).tolist()) <= {0, 1, 2, 4}
     written = nib.load(out)
     np.testing.assert_array_equal(written.affine, real_affine(BRATS_SHAPE))

@@ -23,7 +23,7 @@ from brats_utils.inference import (
     with_flips,
 )
 from brats_utils.labels import MODALITIES
-from brats_utils.pipeline import inference_settings
+from brats_utils.pipeline import predictor
 from brats_utils.preprocess import CropMeta
 
 
@@ -242,7 +242,8 @@ def test_prediction_lines_up_with_the_input_and_exports_a_brats_nifti(oracle_cas
     case, labels, affine = oracle_case
     profile = get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1)
     out = tmp_path / "out" / "BraTS20_Training_007.nii.gz"
-    predicted = inference.predict_case(OracleModel(), case, inference_settings(profile), out_path=out)
+    predicted = inference.predict_case(predictor(profile, OracleModel()), case, profile.inference,
+                                       profile.preprocessing, out_path=out)
     assert predicted.dtype == np.uint8 and predicted.shape == labels.shape
     np.testing.assert_array_equal(predicted, labels)
 
@@ -261,8 +262,8 @@ def test_predict_folder_and_evaluate_close_the_loop(oracle_case, tmp_path):
 
     case, _, _ = oracle_case
     profile = get_profile("ci").with_overrides(sw_patch_size=(16, 16, 16), tta=True)
-    paths = inference.predict_folder(OracleModel(), [case], tmp_path / "preds", inference_settings(profile),
-                                     progress=False)
+    paths = inference.predict_folder(predictor(profile, OracleModel()), [case], tmp_path / "preds",
+                                     profile.inference, profile.preprocessing, progress=False)
     assert [p.name for p in paths] == ["BraTS20_Training_007.nii.gz"]
     per_case, _ = evaluate(tmp_path / "preds", [case], progress=False)
     assert per_case.loc["BraTS20_Training_007", ["Dice_WT", "Dice_TC", "Dice_ET"]].tolist() == [1.0, 1.0, 1.0]
@@ -290,19 +291,10 @@ def test_prediction_precision_is_resolved_per_device_and_fp32_is_exact(image):
     reference = full_softmax(model, image)
     exact = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp32")
     torch.testing.assert_close(exact, reference)
-    older = sliding_window_predict(model, image, patch_size=image.shape[1:], amp=False)  # the older spelling
-    torch.testing.assert_close(older, reference)
     low = sliding_window_predict(model, image, patch_size=image.shape[1:], precision="bf16")
     assert (low - reference).abs().max() < 0.05  # bf16 logits: close, not equal
     with pytest.raises(ValueError, match="fp16 is not supported on a CPU"):
         sliding_window_predict(model, image, patch_size=image.shape[1:], precision="fp16")
-
-
-def test_inference_settings_follow_the_profile_precision():
-    profile = get_profile("ci")
-    assert inference_settings(profile).precision == "auto"
-    assert inference_settings(profile.with_overrides(precision="bf16")).precision == "bf16"
-    assert inference_settings(profile.with_overrides(amp=False)).precision == "fp32"
 
 
 def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp_path, monkeypatch):
@@ -311,9 +303,10 @@ def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp
 
     case, _, _ = oracle_case
     cases = [case, dataclasses.replace(case, case_id="BraTS20_Training_008")]
-    settings = inference_settings(get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1))
-    model = context_model()
-    sequential = inference.predict_folder(model, cases[:2], tmp_path / "seq", settings, progress=False,
+    profile = get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1)
+    settings = (profile.inference, profile.preprocessing)
+    model = softmax_predictor(context_model().eval(), precision="fp32")
+    sequential = inference.predict_folder(model, cases[:2], tmp_path / "seq", *settings, progress=False,
                                           prefetch=False)
     threads = []
     prepare = inference.prepare_case
@@ -323,12 +316,12 @@ def test_prefetching_the_next_case_gives_the_sequential_results(oracle_case, tmp
         return prepare(*args, **kwargs)
 
     monkeypatch.setattr(inference, "prepare_case", recording)
-    prefetched = inference.predict_folder(model, cases[:2], tmp_path / "pre", settings, progress=False)
+    prefetched = inference.predict_folder(model, cases[:2], tmp_path / "pre", *settings, progress=False)
     assert [p.name for p in prefetched] == [p.name for p in sequential]
     for a, b in zip(sequential, prefetched, strict=True):
         np.testing.assert_array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
     assert len(threads) == 2 and all(name.startswith("prefetch") for name in threads)  # off the main thread
-    assert inference.predict_folder(model, [], tmp_path / "none", settings, progress=False) == []
+    assert inference.predict_folder(model, [], tmp_path / "none", *settings, progress=False) == []
 
 
 def test_predict_folder_keeps_complete_outputs_of_the_same_model_only(oracle_case, tmp_path, monkeypatch):
@@ -336,9 +329,18 @@ def test_predict_folder_keeps_complete_outputs_of_the_same_model_only(oracle_cas
 
     case, _, _ = oracle_case
     cases = [case, dataclasses.replace(case, case_id="BraTS20_Training_008")]
-    settings = inference_settings(get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1))
+    profile = get_profile("ci").with_overrides(sw_patch_size=(8, 8, 8), crop_margin=1)
+    settings = profile.inference
     out = tmp_path / "preds"
-    first = inference.predict_folder(context_model(0), cases, out, settings, progress=False)
+
+    def predict(seed, settings=settings, **options):  # a network, its predictor and its fingerprint
+        model = context_model(seed).eval()
+        fingerprint = inference.prediction_fingerprint([model], settings, profile.preprocessing)
+        return inference.predict_folder(softmax_predictor(model, precision="fp32"), cases, out, settings,
+                                         profile.preprocessing, progress=False, fingerprint=fingerprint,
+                                         **options)
+
+    first = predict(0)
     assert first.skipped == 0
     predicted = []
     real = inference._predict_prepared
@@ -350,19 +352,18 @@ def test_predict_folder_keeps_complete_outputs_of_the_same_model_only(oracle_cas
     monkeypatch.setattr(inference, "_predict_prepared", recording)
     # the same model and settings: nothing to do; lowering sw_batch_size keeps them too
     fewer_windows = dataclasses.replace(settings, sw_batch_size=1)
-    again = inference.predict_folder(context_model(0), cases, out, fewer_windows, progress=False)
+    again = predict(0, fewer_windows)
     assert (again, again.skipped, predicted) == (first, 2, [])
     # a file cut short is predicted again, and so is every case with --overwrite
     first[1].write_bytes(first[1].read_bytes()[:100])
-    assert inference.predict_folder(context_model(0), cases, out, settings, progress=False).skipped == 1
+    assert predict(0).skipped == 1
     assert predicted == ["BraTS20_Training_008"]
-    assert inference.predict_folder(context_model(0), cases, out, settings, progress=False,
-                                    overwrite=True).skipped == 0
+    assert predict(0, overwrite=True).skipped == 0
     # another model: its outputs are removed first, so an interruption never leaves the old ones as "complete"
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(inference, "_predict_prepared", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        inference.predict_folder(context_model(1), cases, out, settings, progress=False)
+        predict(1)
     assert not any(path.exists() for path in first)

@@ -177,7 +177,7 @@ def test_region_dice_torch_agrees_with_numpy_per_volume_and_averages_a_batch():
 
 
 def _write_case(root, case_id, labels):
-    """A minimal case folder (four modalities and a segmentation) as download.find_dataset returns."""
+    """A minimal case folder (four modalities and a segmentation) as datasets.find_dataset returns."""
     from brats_utils.io import Case
     from brats_utils.labels import MODALITIES
 

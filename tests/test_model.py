@@ -249,6 +249,8 @@ def test_config_rebuilds_the_same_architecture_and_overrides_apply():
 def test_every_profile_names_existing_presets():
     for profile in PROFILES.values():
         assert {profile.model_preset, *profile.compare_presets} <= set(PRESETS), profile.name
+    every_model = tuple(n for base in PAPER_PRESETS for n in (base, f"{base}_as_run") if n in PRESETS)
+    assert PROFILES["gpu"].compare_presets == PROFILES["paper"].compare_presets == every_model
 
 
 def test_blocks_are_conv_norm_leakyrelu_units_with_instance_norm_without_parameters():

@@ -233,7 +233,7 @@ def test_claims_that_depend_on_a_number_are_computed_or_asserted_in_their_cell(p
 @pytest.mark.parametrize(("cell_id", "package_call"), [
     ("scratch-08-regions-code", "regions_to_labels(random_probs)"),
     ("scratch-08-gate-code", "gate(skip, gating)"),
-    ("scratch-08-ensemble-code", "beyond.ensemble_predictor("),
+    ("scratch-08-ensemble-code", "average_predictors("),
 ])
 def test_notebook_08_builds_regions_gates_and_ensembles_from_scratch_and_asserts_them(cell_id, package_call):
     source = _source(_cell(_notebook("08"), cell_id))

@@ -79,6 +79,15 @@ def test_ties_go_to_the_smallest_threshold_and_mismatched_inputs_raise():
         choose_et_threshold([case(3)], [])
 
 
+def test_the_relabelled_labels_follow_the_label_scheme():
+    from brats_utils.labels import BRATS2020, BRATS2023, MSD_TASK01
+    from brats_utils.postprocess import ET_LABEL, NCR_LABEL, et_and_ncr_labels
+
+    assert (ET_LABEL, NCR_LABEL) == et_and_ncr_labels(BRATS2020) == (4, 1)
+    assert et_and_ncr_labels(BRATS2023) == (3, 1)  # BraTS 2023: 1 NETC, 3 ET
+    assert et_and_ncr_labels(MSD_TASK01) == (3, 2)  # MSD: 2 non-enhancing tumour, 3 enhancing tumour
+    et, ncr = et_and_ncr_labels(MSD_TASK01)
+    assert suppress_small_et(np.array([0, et, 1]), 2, et_label=et, replacement=ncr).tolist() == [0, ncr, 1]
 def test_the_threshold_is_a_volume_in_mm3_whatever_the_spacing():
     # 5 ET voxels of 2 mm³ are 10 mm³: dropped below 11 mm³, kept at 10 mm³
     assert voxel_volume_mm3(np.diag([1.0, 2.0, -1.0, 1.0])) == 2.0  # a flipped axis is still 2 mm³

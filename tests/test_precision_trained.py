@@ -21,6 +21,8 @@ from brats_utils.data import split_volumes
 from brats_utils.metrics import region_dice_torch
 from brats_utils.precision import label_map_agreement, precision_agreement, resolve_precision
 
+pytestmark = pytest.mark.slow  # full-size volumes / a trained model: make unit-fast skips them
+
 #: Enough for the ci model to find the synthetic tumours (a barely trained one predicts background
 #: almost everywhere, which agrees trivially); few epochs, as each one also validates.
 EPOCHS, STEPS = 5, 10

@@ -172,7 +172,7 @@ def test_crop_meta_is_json_and_restores_affine_and_header():
 
 @pytest.fixture
 def dataset_cases(synthetic_root):
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
 
     return find_dataset(synthetic_root, split="training")[:3]
 
@@ -287,7 +287,7 @@ def test_damaged_entry_is_reported(tmp_path):
 def test_ensure_cache_builds_the_profile_cache(synthetic_root, monkeypatch, tmp_path):
     from brats_utils import pipeline
     from brats_utils.config import get_profile
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
 
     profile = get_profile("ci").with_overrides(max_cases=2)
     monkeypatch.setattr(pipeline, "ensure_dataset", lambda p: synthetic_root)

@@ -109,24 +109,26 @@ def test_profile_fields_for_the_target_and_the_loss_variants():
     profile = config.get_profile("ci")
     assert (profile.target, profile.batch_dice, profile.dice_include_background) == ("labels", False, True)
     assert profile.with_overrides(target="regions").target == "regions"
-    with pytest.raises(config.ProfileError):
-        profile.with_overrides(target="voxels")
+    from brats_utils.pipeline import check_registered
+
+    with pytest.raises(config.ProfileError, match="target cannot be 'voxels'.*labels, regions"):
+        check_registered(profile.with_overrides(target="voxels"))
 
 
 def test_a_region_model_exports_brats_labels_on_the_original_grid(synthetic_root, synthetic_shape):
     from brats_utils import pipeline
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
     from brats_utils.inference import predict_case
     from brats_utils.model import build_model
 
-    settings = pipeline.inference_settings(config.get_profile("ci").with_overrides(target="regions"))
-    assert settings.target == "regions"
+    profile = config.get_profile("ci").with_overrides(target="regions")
     torch.manual_seed(0)
     model = build_model("paper", num_classes=3).eval()
     with torch.no_grad():  # a head that calls every region somewhere: bias the three sigmoids up
         model.final_conv.bias.fill_(0.5)
     case = find_dataset(synthetic_root, split="training")[0]
-    labels = predict_case(model, case, settings, device="cpu")
+    labels = predict_case(pipeline.predictor(profile, model), case, profile.inference, profile.preprocessing,
+                          target="regions")
     assert labels.shape == synthetic_shape and labels.dtype == np.uint8
     check_labels(labels, FILE_LABELS)
     assert 4 in np.unique(labels)
@@ -170,7 +172,7 @@ def test_runs_from_before_region_prior_resume_as_what_they_were():
     """A softmax run is the same run whatever its region_prior; a region run saved before the field
     existed started at bias 0, so it resumes only with region_prior=None (a study retrains it)."""
     from brats_utils.checkpoints import check_compatible
-    from brats_utils.compare import _fingerprint
+    from brats_utils.compare import row_fingerprint
     from brats_utils.errors import CheckpointError
 
     def saved_before(profile: config.Profile) -> dict:
@@ -184,6 +186,6 @@ def test_runs_from_before_region_prior_resume_as_what_they_were():
         check_compatible(saved_before(regions), regions, path)
     check_compatible(saved_before(regions), regions.with_overrides(region_prior=None), path)
     cpu = torch.device("cpu")
-    assert _fingerprint(labels, cpu) == _fingerprint(labels.with_overrides(region_prior=0.2), cpu)
-    assert _fingerprint(regions, cpu) != _fingerprint(regions.with_overrides(region_prior=0.2), cpu)
+    assert row_fingerprint(labels, cpu) == row_fingerprint(labels.with_overrides(region_prior=0.2), cpu)
+    assert row_fingerprint(regions, cpu) != row_fingerprint(regions.with_overrides(region_prior=0.2), cpu)
     assert "region_prior" not in labels.acting_settings() and "region_prior" in regions.acting_settings()

@@ -24,20 +24,12 @@ from brats_utils.errors import CheckpointError, CheckpointFallbackWarning
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
 from brats_utils.pipeline import ensure_trained, train
-from brats_utils.train import EarlyStopping, history_csv_path, plot_history, train_step
+from brats_utils.schedules import EarlyStopping
+from brats_utils.train import history_csv_path, train_step
+from brats_utils.viz import plot_history
 
 DETERMINISTIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_paper_dice", "val_dice_WT", "val_dice_TC",
                          "val_dice_ET", "lr", "grad_norm"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """This module's data folder (synthetic data, cache, runs) and figures folder."""
-    root = tmp_path_factory.mktemp("train-data")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BRATS_DATA_DIR", str(root))
-        patch.setenv("BRATS_FIGURES_DIR", str(root / "figures"))
-        yield root
 
 
 @pytest.fixture(scope="module")

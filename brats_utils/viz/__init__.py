@@ -1,10 +1,12 @@
-"""Figures: volumes and labels (:mod:`.volumes`), the network's diagram and tables (:mod:`.network`).
+"""Figures: volumes and labels (:mod:`.volumes`), the network's diagram and tables (:mod:`.network`),
+a training run's history (:mod:`.history`).
 
 Everything that draws lives here, so that the modules computing the results (the model,
 the metrics) load neither matplotlib nor pandas. ``from brats_utils import viz`` gives
-every public name of both modules.
+every public name of them.
 """
 
+from brats_utils.viz.history import plot_history
 from brats_utils.viz.network import (
     plot_architecture,
     preset_summary,
@@ -41,6 +43,7 @@ __all__ = [
     "intensity_window",
     "label_legend_handles",
     "plot_architecture",
+    "plot_history",
     "plot_intensity_histograms",
     "plot_label_overlay",
     "plot_modalities",

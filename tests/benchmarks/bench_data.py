@@ -20,7 +20,8 @@ import numpy as np
 
 from brats_utils.augment import MIRROR_ALL
 from brats_utils.data import PatchDataset, extract_patch
-from brats_utils.download import Case, find_dataset
+from brats_utils.datasets import find_dataset
+from brats_utils.download import Case
 from brats_utils.io import load_case
 from brats_utils.labels import MODALITIES
 from brats_utils.preprocess import build_cache, cache_size_bytes, preprocess_case, write_entry

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from brats_utils.config import get_profile
-from brats_utils.download import find_dataset
+from brats_utils.datasets import find_dataset
 from brats_utils.io import load_case
 from brats_utils.synthetic import mni_template, smooth_field, synthesize_case, write_synthetic_dataset
 

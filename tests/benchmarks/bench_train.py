@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from brats_utils.config import get_profile
-from brats_utils.download import find_dataset
+from brats_utils.datasets import find_dataset
 from brats_utils.losses import CombinedLoss
 from brats_utils.model import build_model
-from brats_utils.precision import grad_scaler, resolve_precision
+from brats_utils.precision import grad_scaler, pick_device, resolve_precision
 from brats_utils.preprocess import build_cache
 from brats_utils.synthetic import write_synthetic_dataset
-from brats_utils.train import loaders_for, pick_device, train_step
+from brats_utils.train import loaders_for, train_step
 
 SHAPE = (240, 240, 155)
 CASES = 3  # the split keeps 2 for training: 4 patches per epoch, then the sampler starts a new pass

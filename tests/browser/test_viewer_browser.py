@@ -88,7 +88,7 @@ def _candidates(data_dir: Path, panels: list[str]) -> dict[str, dict[str, tuple[
     """
     import nibabel as nib
 
-    from brats_utils.download import find_dataset
+    from brats_utils.datasets import find_dataset
     from brats_utils.io import load_case
 
     roots = sorted((data_dir / "synthetic").iterdir())
