@@ -1,8 +1,9 @@
 """Shared pytest fixtures: a hermetic environment, a tiny synthetic BraTS dataset, a data folder.
 
-- ``hermetic_environment`` (autouse, whole session): every ``BRATS_*`` variable of the caller's shell
-  is removed except the ones the test command sets on purpose (:data:`KEPT_VARIABLES`), so a
-  ``BRATS_ROOT`` or ``BRATS_SET`` on a developer's machine never switches a test to other data.
+- ``hermetic_environment`` (autouse, before every test): every ``BRATS_*`` variable is removed except
+  the ones the test command sets on purpose (:data:`KEPT_VARIABLES`), so a ``BRATS_ROOT`` or
+  ``BRATS_SET`` on a developer's machine, or one that an earlier test's code set (``demo`` passes
+  ``--set`` to its kernels through ``BRATS_SET``), never switches a test to other data or settings.
 - ``synthetic_root``: a dataset written once per session. Tests must treat it as read-only input
   (as a Kaggle mount is); a test that needs to damage files copies a case first (``copy_case``).
 - ``data_dir``: a private data and figures folder for one test module (config reads them at call time).
@@ -65,9 +66,9 @@ def copy_case(synthetic_root: Path, tmp_path: Path):
     return _copy
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def hermetic_environment():
-    """Remove every ``BRATS_*`` variable but :data:`KEPT_VARIABLES` for the session (restored after)."""
+    """Remove every ``BRATS_*`` variable but :data:`KEPT_VARIABLES` for one test (restored after)."""
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("BRATS_") and name not in KEPT_VARIABLES]:
             patch.delenv(name)

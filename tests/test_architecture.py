@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+
+try:  # Python 3.11+; the dev extra brings the backport before
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10
+    import tomli as tomllib
 
 
 def _loaded_after(statement: str) -> set[str]:
