@@ -486,7 +486,9 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     four-modality scan sets (:func:`brats_utils.datasets.scan_sets`) is predicted whole, whatever
     ``split``, by default into ``<run_dir>/predictions-<folder name>``. Cases already predicted
     completely by the same model and settings are skipped (an interrupted prediction continues);
-    ``overwrite`` predicts them again.
+    ``overwrite`` predicts them again. When the profile's dataset cannot be found but its cache is
+    complete, a part of the run's split is predicted from the cached (float16) images instead
+    (:func:`~brats_utils.inference.predict_cached`, every case again), saying so in one line.
     """
     own_scans = scan_sets(root) if root is not None else []
     if own_scans:
@@ -575,6 +577,8 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
     :func:`metrics_protocol`: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"``,
     ``"lesionwise"`` or ``"brats2025"`` (the official package where installed). The per-case table
     goes to ``out_csv`` (default ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
+    Without the dataset but with a complete cache, the truth is the cached labels of the run's split,
+    put back onto the original grid (saying so in one line).
     """
     split = split or heldout_split(profile)
     protocol = get_protocol(protocol) if protocol else metrics_protocol(profile)
