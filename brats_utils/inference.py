@@ -48,7 +48,7 @@ from brats_utils.files import write_text_atomic
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
 from brats_utils.precision import to_channels_last, use_channels_last
-from brats_utils.preprocess import CropMeta, PreprocessedCase, preprocess_case, uncrop
+from brats_utils.preprocess import CropMeta, PreprocessedCase, load_cached, preprocess_case, uncrop
 from brats_utils.regions import predictor_for, probs_to_labels
 
 #: All 8 combinations of flipping the three spatial axes (the empty one is the identity).
@@ -340,12 +340,19 @@ def _predict_prepared(predictor: Predictor, case: Case, prepared: tuple[LoadedCa
                       settings: InferenceSettings, *, target: str, out_path: str | Path | None,
                       device: str | torch.device) -> np.ndarray:
     loaded, cropped = prepared
-    probs = sliding_window(predictor, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
-                           sw_batch_size=settings.sw_batch_size, device=device)
-    labels = to_original_grid(probs, cropped.meta, case.scheme, target)
+    labels = segment_cropped(predictor, cropped, settings, scheme=case.scheme, target=target, device=device)
     if out_path is not None:
         save_segmentation(labels, out_path, affine=loaded.affine, header=loaded.header, scheme=case.scheme)
     return labels
+
+
+def segment_cropped(predictor: Predictor, cropped: PreprocessedCase, settings: InferenceSettings, *,
+                    scheme: LabelScheme, target: str, device: str | torch.device) -> np.ndarray:
+    """:func:`sliding_window` over a cropped, normalised case, then :func:`to_original_grid`: file labels
+    of ``scheme`` on the case's original grid (the shared core of every prediction of a case)."""
+    probs = sliding_window(predictor, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
+                           sw_batch_size=settings.sw_batch_size, device=device)
+    return to_original_grid(probs, cropped.meta, scheme, target)
 
 
 class Predictions(list):
@@ -451,3 +458,27 @@ def _predict_cases(predictor: Predictor, cases: Sequence[Case], out_dir: Path, s
                 prepared = prepare_case(case, preprocessing)
             _predict_prepared(predictor, case, prepared, settings, target=target,
                               out_path=out_dir / f"{case.case_id}.nii.gz", device=device)
+
+
+def predict_cached(predictor: Predictor, entries: Sequence[Path], out_dir: str | Path,
+                   settings: InferenceSettings, *, scheme: LabelScheme = BRATS2020, target: str = "labels",
+                   device: str | torch.device = "cpu", progress: bool = True) -> Predictions:
+    """Segment cached cases (:func:`~brats_utils.preprocess.load_cached` entries) into
+    ``<out_dir>/<case_id>.nii.gz``, for when their dataset is gone.
+
+    Each cached image (cropped and normalised, stored as float16) goes through :func:`segment_cropped`
+    and is saved on the original grid with the original affine and header of its ``meta.json``, in
+    ``scheme``'s file labels. Every case is predicted (the fingerprint of :func:`predict_folder` is
+    removed, so a later prediction from the raw data predicts them again).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PREDICTIONS_MARKER).unlink(missing_ok=True)
+    paths = []
+    for entry in tqdm(entries, desc="predict (cache)", unit="case", disable=not progress):
+        cropped = load_cached(entry)
+        labels = segment_cropped(predictor, cropped, settings, scheme=scheme, target=target, device=device)
+        paths.append(save_segmentation(labels, out_dir / f"{cropped.case_id}.nii.gz",
+                                       affine=cropped.meta.affine_array, header=cropped.meta.header,
+                                       scheme=scheme))
+    return Predictions(paths)

@@ -24,7 +24,7 @@ percentile (linear interpolation) of that list, in mm (spacing 1 mm).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -330,14 +330,28 @@ def evaluate(pred_dir: str | Path, cases: Sequence, out_csv: str | Path | None =
     if not pairs:
         raise BratsError("no prediction matches a case with ground truth", path=pred_dir,
                          expected="files named <case_id>.nii.gz for cases that have a segmentation")
-    rows = []
-    for case, path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
-        truth, truth_image = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
-        pred, _ = read_labels(path, case_id=case.case_id, scheme=case.scheme)
-        spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
-        pred = to_train_labels(pred, scheme=case.scheme, case_id=case.case_id)
-        truth = to_train_labels(truth, scheme=case.scheme, case_id=case.case_id)
-        rows.append({"case_id": case.case_id, **protocol.score(pred, truth, spacing, case_id=case.case_id)})
+
+    def volumes() -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]]:
+        for case, path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
+            truth, truth_image = read_labels(case.seg, case_id=case.case_id, scheme=case.scheme)
+            pred, _ = read_labels(path, case_id=case.case_id, scheme=case.scheme)
+            spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
+            yield (case.case_id, to_train_labels(pred, scheme=case.scheme, case_id=case.case_id),
+                   to_train_labels(truth, scheme=case.scheme, case_id=case.case_id), spacing)
+
+    return score_volumes(volumes(), out_csv=out_csv, protocol=protocol)
+
+
+def score_volumes(volumes: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
+                  out_csv: str | Path | None = None, *,
+                  protocol: MetricsProtocol = BRATS2020_PROTOCOL) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score ``(case_id, prediction, truth, spacing)`` training-label volumes with ``protocol``.
+
+    The scoring half of :func:`evaluate` (which reads the files), also used on ground truth from a
+    cache; returns and writes what :func:`evaluate` does.
+    """
+    rows = [{"case_id": case_id, **protocol.score(pred, truth, tuple(spacing), case_id=case_id)}
+            for case_id, pred, truth, spacing in volumes]
     per_case = pd.DataFrame(rows).set_index("case_id")
     summary = summarize(per_case)
     if out_csv is not None:

@@ -29,8 +29,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -47,7 +49,7 @@ from brats_utils.checkpoints import (
     load_pretrained,
 )
 from brats_utils.config import Profile, data_dir, registered_fields
-from brats_utils.data import VolumeDataset, split_patients
+from brats_utils.data import VolumeDataset, split_patients, split_volumes
 from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
 from brats_utils.distributed import distributed_info, main_process_first
@@ -66,18 +68,19 @@ from brats_utils.inference import (
     Predictions,
     Predictor,
     average_predictors,
+    predict_cached,
     predict_folder,
     prediction_fingerprint,
     with_flips,
 )
 from brats_utils.io import Case, load_case, read_labels
-from brats_utils.labels import TRAIN_LABEL_NAMES, to_train_labels
+from brats_utils.labels import TRAIN_LABEL_NAMES, LabelScheme, to_train_labels
 from brats_utils.lesion_metrics import BRATS2025, PROTOCOLS, MetricsProtocol, get_protocol
-from brats_utils.metrics import evaluate, prediction_path
+from brats_utils.metrics import evaluate, prediction_path, score_volumes
 from brats_utils.model import ALL_PRESETS, build_model
 from brats_utils.postprocess import et_threshold_table, threshold_record
 from brats_utils.precision import to_channels_last, use_channels_last
-from brats_utils.preprocess import build_cache, cache_key, is_up_to_date
+from brats_utils.preprocess import CropMeta, build_cache, cache_key, is_up_to_date, load_cached, uncrop
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
 from brats_utils.run_state import is_finished
 from brats_utils.synthetic import write_synthetic_dataset
@@ -483,7 +486,9 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     four-modality scan sets (:func:`brats_utils.datasets.scan_sets`) is predicted whole, whatever
     ``split``, by default into ``<run_dir>/predictions-<folder name>``. Cases already predicted
     completely by the same model and settings are skipped (an interrupted prediction continues);
-    ``overwrite`` predicts them again.
+    ``overwrite`` predicts them again. When the profile's dataset cannot be found but its cache is
+    complete, a part of the run's split is predicted from the cached (float16) images instead
+    (:func:`~brats_utils.inference.predict_cached`, every case again), saying so in one line.
     """
     own_scans = scan_sets(root) if root is not None else []
     if own_scans:
@@ -491,7 +496,9 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     elif root is not None:
         cases, out_name = _cases_of_split(profile, Path(root), split, None), split
     else:
-        cases, out_name = _cases_of_split(profile, ensure_dataset(profile), split, profile.dataset), split
+        root = _dataset_or_cache(profile, split)
+        cases = _cases_of_split(profile, root, split, profile.dataset) if root is not None else None
+        out_name = split
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{out_name}"
     options = [*([("--split" if split in RUN_SPLITS else "--folder"), split] if not own_scans else []),
                *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
@@ -503,12 +510,45 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
         if profile.compile:
             model = torch.compile(model)
         with out_of_memory_explained(profile, "prediction"):
+            if cases is None:
+                return predict_cached(predictor(profile, model), _cached_split(profile, split), out_dir,
+                                      profile.inference, scheme=LAYOUTS[profile.dataset].scheme,
+                                      target=profile.target, device=_device_of(model), progress=progress)
             return predict_cases(profile, [model], cases, out_dir, progress=progress, overwrite=overwrite)
 
 
+def _dataset_or_cache(profile: Profile, split: str, doing: str | None = "predicting") -> Path | None:
+    """The profile's dataset root, or None when it cannot be found but the cases of ``split`` (a part of
+    the run's split) can come from the complete cache (:func:`complete_cache`); then a line says so,
+    ``doing`` (e.g. "predicting") from the cache, unless ``doing`` is None."""
+    try:
+        return ensure_dataset(profile)
+    except BratsError:
+        if split not in RUN_SPLITS or complete_cache(profile) is None \
+                or not (profile.run_dir / "split.csv").is_file():
+            raise
+    if doing is not None:
+        print(f"the raw dataset is not here: {doing} from the cache in {profile.cache_dir} (float16 images)")
+    return None
+
+
+def _cached_split(profile: Profile, split: str) -> list[Path]:
+    """The cache entries of one part of the run's saved split (``<run_dir>/split.csv``)."""
+    return split_volumes(profile.cache_dir, profile.run_dir / "split.csv", split).entries
+
+
+def _cached_truth(entries: list[Path]) -> Iterator[tuple[str, np.ndarray, CropMeta]]:
+    """Each entry's case id, cached training labels put back onto the original grid, and crop record."""
+    for entry in entries:
+        cached = load_cached(entry)
+        yield cached.case_id, uncrop(np.asarray(cached.labels), cached.meta, fill=0), cached.meta
+
+
 def prediction_coverage(profile: Profile, predictions: str | Path, *, truth: str | Path | None = None,
-                        split: str | None = None) -> tuple[list[Case], list[str]]:
+                        split: str | None = None) -> tuple[list[Case] | list[Path], list[str]]:
     """The labelled cases of ``split`` under ``truth`` and the ids of those without a prediction file.
+
+    Without the dataset, but with a complete cache, the cases are the cache entries of a run's split.
 
     ``truth`` defaults to the profile's dataset (another folder: its layout is detected); ``split``
     is a part of the run's split (``"train"``, ``"val"``, ``"test"``; default :func:`heldout_split`)
@@ -517,8 +557,12 @@ def prediction_coverage(profile: Profile, predictions: str | Path, *, truth: str
     split = split or heldout_split(profile)
     if truth is not None:
         root, dataset = Path(truth), None  # another folder: its layout is detected
+    elif (root := _dataset_or_cache(profile, split, doing=None)) is None:
+        entries = _cached_split(profile, split)
+        return entries, [entry.name for entry in entries
+                         if prediction_path(Path(predictions), entry.name) is None]
     else:
-        root, dataset = ensure_dataset(profile), profile.dataset
+        dataset = profile.dataset
     cases = [case for case in _cases_of_split(profile, root, split, dataset) if case.seg is not None]
     return cases, [case.case_id for case in cases if prediction_path(Path(predictions), case.case_id) is None]
 
@@ -533,17 +577,42 @@ def evaluate_folder(profile: Profile, predictions: str | Path, *, truth: str | P
     :func:`metrics_protocol`: the dataset's own, lesion-wise for BraTS 2023) is ``"brats2020"``,
     ``"lesionwise"`` or ``"brats2025"`` (the official package where installed). The per-case table
     goes to ``out_csv`` (default ``<predictions>/metrics.csv``); see :func:`brats_utils.metrics.evaluate`.
+    Without the dataset but with a complete cache, the truth is the cached labels of the run's split,
+    put back onto the original grid (saying so in one line).
     """
     split = split or heldout_split(profile)
+    protocol = get_protocol(protocol) if protocol else metrics_protocol(profile)
+    out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
     cases, missing = prediction_coverage(profile, predictions, truth=truth, split=split)
+    _check_coverage(profile, predictions, split, len(cases), missing, partial=partial)
+    if cases and isinstance(cases[0], Path):  # the dataset is gone: the cache's entries
+        print(f"the raw dataset is not here: scoring against the labels in the cache in {profile.cache_dir}")
+        return _evaluate_cached(Path(predictions), [e for e in cases if e.name not in missing],
+                                LAYOUTS[profile.dataset].scheme, out_csv, protocol)
+    return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress, protocol=protocol)
+
+
+def _check_coverage(profile: Profile, predictions: str | Path, split: str, n_cases: int, missing: list[str],
+                    *, partial: bool) -> None:
+    """A :class:`BratsError` listing the cases of ``split`` without a prediction, unless ``partial``."""
     if missing and not partial:
-        raise BratsError(f"no prediction for {len(missing)} of the {len(cases)} "
+        raise BratsError(f"no prediction for {len(missing)} of the {n_cases} "
                          f"{split_label(profile, split)}: {', '.join(missing)}", path=predictions,
                          expected="<case_id>.nii.gz for every case of the split (predict with the same "
                                   "--split), or --partial to score only the cases predicted")
-    out_csv = Path(out_csv) if out_csv is not None else Path(predictions) / "metrics.csv"
-    return evaluate(Path(predictions), cases, out_csv=out_csv, progress=progress,
-                    protocol=get_protocol(protocol) if protocol else metrics_protocol(profile))
+
+
+def _evaluate_cached(predictions: Path, entries: list[Path], scheme: LabelScheme, out_csv: Path,
+                     protocol: MetricsProtocol) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`evaluate_folder` against cached labels (``entries``), put back onto the original grid."""
+
+    def volumes() -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]]:
+        for case_id, truth, meta in _cached_truth(entries):
+            pred, _ = read_labels(prediction_path(predictions, case_id), case_id=case_id, scheme=scheme)
+            yield (case_id, to_train_labels(pred, scheme=scheme, case_id=case_id), truth,
+                   tuple(float(z) for z in nib.affines.voxel_sizes(meta.affine_array)))
+
+    return score_volumes(volumes(), out_csv=out_csv, protocol=protocol)
 
 
 def evaluate_pretrained(profile: Profile, weights: str | Path, *, split: str | None = None,

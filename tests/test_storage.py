@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import nibabel as nib
+import numpy as np
+import pandas as pd
 import pytest
 
 from brats_utils import cli, config, pipeline
 from brats_utils.config import get_profile
+from brats_utils.errors import DatasetNotFoundError
 
 
 def test_cache_and_runs_default_inside_the_data_folder_and_follow_their_variables(tmp_path, monkeypatch):
@@ -103,3 +107,55 @@ def test_the_cache_command_checks_against_the_data_even_when_complete(tmp_path, 
     assert cli.main(["cache", "--profile", "ci"]) in (0, None)
     assert resolved == ["ci"]
     assert config.cache_dir() == tmp_path / "data" / "cache"
+
+
+def _predict_and_score(profile, checkpoint, out_dir):
+    """``predict --split test``, then ``evaluate`` of that split, through the CLI: labels and summary."""
+    common = ["--profile", profile.name]
+    assert cli.main(["predict", *common, "--split", "test", "--checkpoint", str(checkpoint),
+                     "--out", str(out_dir)]) in (0, None)
+    assert cli.main(["evaluate", str(out_dir), *common, "--split", "test"]) in (0, None)
+    images = {path.name: nib.load(path) for path in sorted(out_dir.glob("*.nii.gz"))}
+    return images, pd.read_csv(out_dir / "metrics_summary.csv", index_col=0)
+
+
+def test_prediction_and_scoring_of_a_split_use_the_complete_cache_when_the_dataset_is_gone(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path / "data"))
+    profile = get_profile("ci")
+    checkpoint = pipeline.train(profile, max_epochs=1, progress=False).best_checkpoint
+    from_raw, raw_summary = _predict_and_score(profile, checkpoint, tmp_path / "from-raw")
+    assert "the raw dataset is not here" not in capsys.readouterr().out  # the raw path stays the default
+
+    shutil.rmtree(profile.synthetic_dir)  # a new session: the raw data is gone, the cache is not
+
+    def gone(*args, **kwargs):
+        raise DatasetNotFoundError("the dataset was removed for this test")
+
+    for name in ("ensure_dataset", "ensure_synthetic", "real_dataset", "training_cases"):
+        monkeypatch.setattr(pipeline, name, gone)
+    from_cache, cache_summary = _predict_and_score(profile, checkpoint, tmp_path / "from-cache")
+    out = capsys.readouterr().out
+    said = f"the raw dataset is not here: predicting from the cache in {profile.cache_dir} (float16 images)"
+    assert said in out
+    assert "scoring against the labels in the cache" in out
+
+    test_ids = pd.read_csv(profile.run_dir / "split.csv").query("split == 'test'")["case_id"]
+    assert sorted(from_cache) == sorted(from_raw) == sorted(f"{case_id}.nii.gz" for case_id in test_ids)
+    for name, raw in from_raw.items():
+        cached = from_cache[name]
+        assert cached.shape == raw.shape  # the original grid, with the original affine
+        np.testing.assert_allclose(cached.affine, raw.affine)
+        raw_labels, cached_labels = np.asarray(raw.dataobj), np.asarray(cached.dataobj)
+        assert set(np.unique(cached_labels)) <= {0, 1, 2, 4}  # the dataset's file labels
+        # the cache holds the normalised image as float16: the labels may differ on a few voxels
+        assert (raw_labels == cached_labels).mean() >= 0.99, name
+    # the cached labels put back onto the original grid are the ground truth: the raw run's own
+    # predictions score exactly as against the dataset's files
+    assert cli.main(["evaluate", str(tmp_path / "from-raw"), "--profile", profile.name, "--split", "test",
+                     "--out", str(tmp_path / "raw-vs-cache.csv")]) in (0, None)
+    against_cache = pd.read_csv(tmp_path / "raw-vs-cache_summary.csv", index_col=0)
+    pd.testing.assert_frame_equal(against_cache, raw_summary)
+    # and the predictions from the float16 cache score the same Dice within 0.01
+    for column in ("Dice_ET", "Dice_TC", "Dice_WT"):
+        assert abs(cache_summary.loc["Mean", column] - raw_summary.loc["Mean", column]) <= 0.01, column
