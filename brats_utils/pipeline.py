@@ -496,8 +496,8 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
     elif root is not None:
         cases, out_name = _cases_of_split(profile, Path(root), split, None), split
     else:
-        root = _dataset_or_cache(profile, split)
-        cases = _cases_of_split(profile, root, split, profile.dataset) if root is not None else None
+        dataset = _dataset_or_cache(profile, split)
+        cases = _cases_of_split(profile, dataset, split, profile.dataset) if dataset is not None else None
         out_name = split
     out_dir = Path(out_dir) if out_dir is not None else profile.run_dir / f"predictions-{out_name}"
     options = [*([("--split" if split in RUN_SPLITS else "--folder"), split] if not own_scans else []),
