@@ -91,7 +91,8 @@ def _candidates(data_dir: Path, panels: list[str]) -> dict[str, dict[str, tuple[
     from brats_utils.datasets import find_dataset
     from brats_utils.io import load_case
 
-    roots = sorted((data_dir / "synthetic").iterdir())
+    # the dataset folders (a synthetic set keeps its lock file, .<name>.lock, beside it)
+    roots = sorted(p for p in (data_dir / "synthetic").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert roots, f"no synthetic dataset under {data_dir}"
     predictions = {path.name.removesuffix(".nii.gz"): path
                    for path in data_dir.glob("runs/*/predictions-*/*.nii.gz")}
