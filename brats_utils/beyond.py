@@ -253,7 +253,8 @@ def measure_run(variant: str, seed: int, profile: Profile, cache_dir: Path, run_
         threshold = record["min_volume_mm3"]
         row["ET threshold (mm³)"] = threshold
         row["ET threshold chosen on"] = f"{record['chosen_on']}: {' '.join(record['case_ids'])}"
-        spacing = {"": voxel_volumes(reported), "shifted ": voxel_volumes(reported),
+        reported_spacing = voxel_volumes(reported)  # the shifted copy has the same voxels
+        spacing = {"": reported_spacing, "shifted ": reported_spacing,
                    "foreign ": voxel_volumes(foreign) if foreign is not None else None}
         processed = {prefix: ([suppress_small_et(p, threshold, voxel_volume_mm3=v)
                                for p, v in zip(found[0], spacing[prefix], strict=True)], found[1])
@@ -352,11 +353,6 @@ def study_report(cases: pd.DataFrame) -> pd.DataFrame:
     seeds) with a 95 % bootstrap CI, and the paired Wilcoxon p-value and verdict against "paper"."""
     return stats.compare_to_baseline(cases, REPORTED_SCORES, baseline="paper", method="variant",
                                      lower_is_better=[c for c in REPORTED_SCORES if "Hausdorff" in c])
-
-
-def read_report(profile: Profile, out_dir: Path | None = None) -> pd.DataFrame:
-    """:func:`study_report` of a finished study (its ``cases.csv``)."""
-    return study_report(pd.read_csv(Path(out_dir or beyond_dir(profile)) / "cases.csv"))
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

@@ -78,7 +78,7 @@ from brats_utils.labels import TRAIN_LABEL_NAMES, LabelScheme, to_train_labels
 from brats_utils.lesion_metrics import BRATS2025, PROTOCOLS, MetricsProtocol, get_protocol
 from brats_utils.metrics import evaluate, prediction_path, score_volumes
 from brats_utils.model import ALL_PRESETS, build_model
-from brats_utils.postprocess import et_threshold_table, threshold_record
+from brats_utils.postprocess import et_threshold_table, threshold_record, voxel_volume_mm3
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, build_cache, cache_key, is_up_to_date, load_cached, uncrop
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
@@ -697,7 +697,7 @@ def choose_et_threshold(predictions: str | Path, cases: list[Case], *, chosen_on
                                    scheme=case.scheme)
         pairs.append((to_train_labels(predicted, scheme=case.scheme, case_id=case.case_id),
                       to_train_labels(truth, scheme=case.scheme, case_id=case.case_id)))
-        volumes.append(float(np.prod(header.header.get_zooms()[:3])))
+        volumes.append(voxel_volume_mm3(header.affine))
         ids.append(case.case_id)
     curve = et_threshold_table([p for p, _ in pairs], [t for _, t in pairs], voxel_volumes=volumes,
                                et_label=TRAIN_ET_LABEL)

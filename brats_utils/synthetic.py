@@ -56,9 +56,7 @@ from scipy import ndimage
 from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
 from brats_utils.errors import BratsError
 from brats_utils.files import remove_stale_siblings, sibling_lock, temporary_sibling
-from brats_utils.labels import MODALITIES
-
-Shape3D = tuple[int, int, int]
+from brats_utils.labels import MODALITIES, Shape3D
 
 #: The real volumes' grid (1 mm voxels); smaller synthetic grids resample the same anatomy.
 BRATS_SHAPE: Shape3D = (240, 240, 155)

@@ -209,9 +209,10 @@ def train_epoch(state: TrainingState, loader, loss_fn: nn.Module, profile: Profi
     (:func:`loaders_for`), the means are averaged over the ranks, and ranks above 0 draw their dropout
     masks from ``(seed, epoch, rank)``.
     """
-    seed_everything(profile.seed if profile.init_seed is None else profile.init_seed, epoch)
+    seed = profile.seed if profile.init_seed is None else profile.init_seed
+    seed_everything(seed, epoch)
     if rank > 0:
-        torch.manual_seed(int(np.random.SeedSequence([profile.seed, epoch, rank]).generate_state(1)[0]))
+        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
     steps_per_epoch = profile.steps_per_epoch
     state.model.train()
     loss_sum = torch.zeros((), device=device)
