@@ -27,7 +27,6 @@ what they are.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,12 +47,12 @@ from brats_utils.checkpoints import (
     load_model,
     load_pretrained,
 )
-from brats_utils.config import Profile, data_dir, registered_fields
+from brats_utils.config import ROOT_ENV, Profile, brats_root, data_dir, registered_fields
 from brats_utils.data import VolumeDataset, split_patients, split_volumes
 from brats_utils.data import make_loaders as make_patch_loaders
-from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
+from brats_utils.datasets import LAYOUTS, find_dataset, scan_sets
 from brats_utils.distributed import distributed_info, main_process_first
-from brats_utils.download import ROOT_ENV, download_brats2020
+from brats_utils.download import download_brats2020, download_brats2021
 from brats_utils.errors import (
     BratsError,
     CacheError,
@@ -137,15 +136,20 @@ def real_dataset(profile: Profile) -> Path:
     ``$BRATS_ROOT``, else :class:`~brats_utils.errors.DatasetNotFoundError` says where to get them.
     """
     layout = LAYOUTS[profile.dataset]
+    own_copy = brats_root()
     if profile.dataset == "brats2020":
-        return download_brats2020()
-    env_root = os.environ.get(ROOT_ENV)
-    if env_root:
-        return Path(env_root).expanduser()
+        return download_brats2020(own_copy)
+    if own_copy is not None:
+        return own_copy
     if profile.dataset == "brats2021":
         return download_brats2021(data_dir() / "brats2021")
     raise DatasetNotFoundError(f"{layout.title} is not downloaded by this project; set ${ROOT_ENV}",
                                expected=layout.how_to_get)
+
+
+def uses_real_data(profile: Profile) -> bool:
+    """Whether the profile works on real data: ``data_source="real"``, or your own copy at ``$BRATS_ROOT``."""
+    return profile.data_source == "real" or brats_root() is not None
 
 
 def ensure_dataset(profile: Profile) -> Path:
@@ -157,7 +161,7 @@ def ensure_dataset(profile: Profile) -> Path:
     registry names are checked first (:func:`check_registered`).
     """
     check_registered(profile)
-    if profile.data_source == "real" or os.environ.get(ROOT_ENV):
+    if uses_real_data(profile):
         return real_dataset(profile)
     return ensure_synthetic(profile)
 
@@ -175,7 +179,7 @@ CACHE_MANIFEST = "complete.json"
 def cache_request(profile: Profile) -> dict:
     """What decides a profile's cached cases: the data (which dataset, real or which synthetic copy,
     how many cases) and the preprocessing. Two profiles with the same request share a complete cache."""
-    real = profile.data_source == "real" or bool(os.environ.get(ROOT_ENV))
+    real = uses_real_data(profile)
     synthetic = {} if real else {"synthetic_train_cases": profile.synthetic_train_cases,
                                  "synthetic_val_cases": profile.synthetic_val_cases,
                                  "synthetic_shape": list(profile.synthetic_shape), "seed": profile.seed}
@@ -385,7 +389,7 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
     way the cases go through the package's own loader and preprocessing.
     """
     if root is None:
-        if profile.data_source == "real" or os.environ.get(ROOT_ENV):
+        if uses_real_data(profile):
             return None
         seed = profile.seed + FOREIGN_SEED_OFFSET
         shape = "x".join(map(str, profile.synthetic_shape))

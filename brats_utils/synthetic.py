@@ -41,6 +41,7 @@ about 1.5 s of CPU time.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -53,9 +54,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from brats_utils.config import TRAINING_DIR_NAME, VALIDATION_DIR_NAME
+from brats_utils.datasets import LAYOUTS, DatasetLayout
 from brats_utils.errors import BratsError
 from brats_utils.files import remove_stale_siblings, sibling_lock, temporary_sibling
+from brats_utils.io import write_volume
 from brats_utils.labels import MODALITIES, Shape3D
 
 #: The real volumes' grid (1 mm voxels); smaller synthetic grids resample the same anatomy.
@@ -651,13 +653,15 @@ FOREIGN_SHIFT_MM = 3.0
 class _Writer:
     """Writes volumes the Kaggle copy's way, or (``foreign``) the way other copies do.
 
-    Foreign files are ``.nii.gz``, in RAS voxel order with the matching affine (the same anatomy
-    in the same place in world coordinates), and int16 images carry ``scl_slope``/``scl_inter``.
+    ``layout`` names the folders and files (the ``brats2020`` layout). Foreign files are ``.nii.gz``,
+    in RAS voxel order with the matching affine (the same anatomy in the same place in world
+    coordinates), and int16 images carry ``scl_slope``/``scl_inter``.
     """
 
     def __init__(self, shape: Shape3D, foreign: bool) -> None:
         self.foreign = foreign
-        self.suffix = ".nii.gz" if foreign else ".nii"
+        self.layout: DatasetLayout = dataclasses.replace(LAYOUTS["brats2020"], suffix=".nii.gz") if foreign \
+            else LAYOUTS["brats2020"]
         self.affine = real_affine(shape)
         if foreign:  # voxel i of the flipped axis is voxel n - 1 - i of the Kaggle one
             flip = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -665,7 +669,7 @@ class _Writer:
             self.affine = self.affine @ flip
 
     def save(self, array: np.ndarray, path: Path, dtype: type, *, shift_mm: float = 0.0) -> None:
-        """Write ``array`` (Kaggle orientation) to ``path`` + this writer's suffix as ``dtype``."""
+        """Write ``array`` (Kaggle orientation) to ``path`` as ``dtype``."""
         affine = self.affine.copy()
         affine[0, 3] += shift_mm
         scaling = self.foreign and dtype == np.int16
@@ -673,13 +677,7 @@ class _Writer:
             array = array[::-1, ::-1]
         if scaling:
             array = np.rint((array - FOREIGN_SCALING[1]) / FOREIGN_SCALING[0])
-        image = nib.Nifti1Image(array.astype(dtype), affine)
-        image.header.set_xyzt_units("mm", "sec")
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        if scaling:
-            image.header.set_slope_inter(*FOREIGN_SCALING)
-        nib.save(image, path.with_name(path.name + self.suffix))
+        write_volume(array, path, affine, dtype, slope_inter=FOREIGN_SCALING if scaling else None)
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -709,7 +707,7 @@ def _write_training(folder: Path, n_train: int, shape: Shape3D, seed: int, write
     mapping, survival = [], []
     alive_row = None
     for index in range(1, n_train + 1):
-        case_id = f"BraTS20_Training_{index:03d}"
+        case_id = writer.layout.case_name(index - 1, "training")
         low_grade = is_low_grade(index, n_train)
         image, labels = synthesize_case(shape, _case_seed(seed, 0, index), has_enhancing=not low_grade)
         case_dir = folder / case_id
@@ -718,9 +716,11 @@ def _write_training(folder: Path, n_train: int, shape: Shape3D, seed: int, write
         misregistered = writer.foreign and index == misregistered_case_index(n_train)
         for m, modality in enumerate(MODALITIES):
             shift = FOREIGN_SHIFT_MM if misregistered and modality == "t2" else 0.0
-            writer.save(image[m], case_dir / f"{case_id}_{modality}", dtype, shift_mm=shift)
+            path = case_dir / writer.layout.image_name(case_id, modality)
+            writer.save(image[m], path, dtype, shift_mm=shift)
         quirk = index == quirk_case_index(n_train)
-        seg_name = QUIRK_SEG_NAME.removesuffix(".nii") if quirk else f"{case_id}_seg"
+        seg_name = QUIRK_SEG_NAME.removesuffix(".nii") + writer.layout.suffix if quirk \
+            else writer.layout.seg_name(case_id)
         writer.save(labels, case_dir / seg_name, np.float32 if dtype == np.float32 else np.uint8)
         mapping.append(["LGG" if low_grade else "HGG", *_fake_ids(rng, index), case_id])
         if not low_grade:  # survival data exist for (most) high-grade cases only
@@ -740,12 +740,12 @@ def _write_validation(folder: Path, n_val: int, shape: Shape3D, seed: int, write
     rng = np.random.default_rng([seed, 1])
     mapping, survival = [], []
     for index in range(1, n_val + 1):
-        case_id = f"BraTS20_Validation_{index:03d}"
+        case_id = writer.layout.case_name(index - 1, "validation")
         image, _ = synthesize_case(shape, _case_seed(seed, 1, index), has_enhancing=rng.random() > 0.2)
         case_dir = folder / case_id
         case_dir.mkdir()
         for m, modality in enumerate(MODALITIES):
-            writer.save(image[m], case_dir / f"{case_id}_{modality}", np.int16)
+            writer.save(image[m], case_dir / writer.layout.image_name(case_id, modality), np.int16)
         mapping.append([*_fake_ids(rng, index), case_id])
         survival.append([case_id, f"{rng.uniform(19, 87):.3f}", rng.choice(["GTR", "STR", "NA"])])
     _write_csv(folder / "name_mapping_validation_data.csv",
@@ -816,8 +816,8 @@ def _write_into(tmp: Path, root: Path, params: dict, n_train: int, n_val: int, s
     """Write the dataset into ``tmp`` and move it to ``root`` (the caller holds ``root``'s lock)."""
     shutil.rmtree(tmp, ignore_errors=True)
     writer = _Writer(shape, foreign)
-    train_dir = tmp / "BraTS2020_TrainingData" / TRAINING_DIR_NAME
-    val_dir = tmp / "BraTS2020_ValidationData" / VALIDATION_DIR_NAME
+    train_dir = tmp / writer.layout.split_folders["training"]
+    val_dir = tmp / writer.layout.split_folders["validation"]
     train_dir.mkdir(parents=True)
     val_dir.mkdir(parents=True)
     try:

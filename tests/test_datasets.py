@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from brats_utils import cli, config, datasets, pipeline
+from brats_utils import cli, config, datasets, download, pipeline
 from brats_utils.config import InferenceSettings, PreprocessingSettings
-from brats_utils.datasets import LAYOUTS, detect_layout, find_dataset
-from brats_utils.download import find_brats2020
+from brats_utils.datasets import LAYOUTS, detect_layout, find_brats2020, find_dataset
 from brats_utils.errors import BratsError, DatasetNotFoundError, LabelValueError, ProfileError
 from brats_utils.inference import predict_folder
 from brats_utils.io import Case, export_segmentation, load_case, read_labels
@@ -170,13 +169,13 @@ def test_msd_resource_forks_are_ignored(layout_roots, tmp_path):
 def test_brats2021_download_unpacks_the_kaggle_tar(layout_roots, tmp_path, monkeypatch):
     import kagglehub
 
-    download = tmp_path / "kaggle"
-    download.mkdir()
-    with tarfile.open(download / "BraTS2021_Training_Data.tar", "w") as tar:
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    with tarfile.open(kaggle / "BraTS2021_Training_Data.tar", "w") as tar:
         for folder in (layout_roots["brats2021"] / "BraTS2021_Training_Data").iterdir():
             tar.add(folder, arcname=folder.name)
-    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **_: str(download))
-    root = datasets.download_brats2021(tmp_path / "unpacked")
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **_: str(kaggle))
+    root = download.download_brats2021(tmp_path / "unpacked")
     assert detect_layout(root).name == "brats2021"
     assert len(find_dataset(root)) == len(find_dataset(layout_roots["brats2021"]))
 

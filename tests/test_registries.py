@@ -12,7 +12,7 @@ import torch
 
 from brats_utils import augment, datasets, regions
 from brats_utils.config import get_profile
-from brats_utils.download import case_from_folder
+from brats_utils.datasets import case_from_folder
 from brats_utils.errors import ProfileError
 from brats_utils.io import load_case
 from brats_utils.labels import BRATS2020
