@@ -353,7 +353,7 @@ def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
         except CheckpointError:  # damaged: train() resumes from the newest epoch file that loads, saying so
             checkpoint = None
         if checkpoint is not None:
-            check_compatible(checkpoint, profile, last_path)
+            check_compatible(checkpoint, profile.as_dict(), last_path)
             if is_finished(checkpoint, profile):
                 return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint

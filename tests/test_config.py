@@ -137,10 +137,10 @@ def test_a_setting_blocks_a_resume_exactly_when_it_is_not_resumable(name, tmp_pa
     changed = profile.with_overrides(**{name: _another_value(name, getattr(profile, name))})
     checkpoint = {"config": profile.as_dict(), "model_config": {}}
     if name in config.resumable_fields():
-        check_compatible(checkpoint, changed, tmp_path / "last.pt")
+        check_compatible(checkpoint, changed.as_dict(), tmp_path / "last.pt")
     else:
         with pytest.raises(CheckpointError, match=name):
-            check_compatible(checkpoint, changed, tmp_path / "last.pt")
+            check_compatible(checkpoint, changed.as_dict(), tmp_path / "last.pt")
 
 
 @pytest.mark.parametrize("name", list(config.flat_fields()))

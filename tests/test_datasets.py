@@ -274,7 +274,8 @@ def test_checkpoints_from_before_the_dataset_field_still_resume(tmp_path):
     old = {"config": {key: value for key, value in profile.as_dict().items()
                       if key not in ("dataset", "metrics_protocol")}}
     path = tmp_path / "last.pt"
-    check_compatible(old, profile, path)  # the new fields at their defaults: the same run
-    check_compatible(old, profile.with_overrides(metrics_protocol="lesionwise"), path)  # evaluation only
+    check_compatible(old, profile.as_dict(), path)  # the new fields at their defaults: the same run
+    evaluation_only = profile.with_overrides(metrics_protocol="lesionwise")
+    check_compatible(old, evaluation_only.as_dict(), path)
     with pytest.raises(CheckpointError, match="dataset"):
-        check_compatible(old, profile.with_overrides(dataset="msd"), path)
+        check_compatible(old, profile.with_overrides(dataset="msd").as_dict(), path)
