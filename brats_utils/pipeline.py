@@ -434,13 +434,20 @@ def test_time_flips(profile: Profile) -> tuple[tuple[int, ...], ...]:
     return tta_flips(augmentation_for(profile.augmentation))
 
 
+def applied_flips(profile: Profile, tta: bool | None = None) -> tuple[tuple[int, ...], ...]:
+    """The test-time flips a :func:`predictor` applies: :func:`test_time_flips` when ``tta`` (default: the
+    profile's) is on and they are more than the identity, else none (``()``)."""
+    flips = test_time_flips(profile)
+    return flips if (profile.tta if tta is None else tta) and len(flips) > 1 else ()
+
+
 def predictor(profile: Profile, *models: torch.nn.Module, tta: bool | None = None) -> Predictor:
     """The predictor the profile describes for ``models`` (one model, or several as an ensemble).
 
     Each model gives its target's probabilities (:func:`~brats_utils.regions.predictor_for`: softmax
     for ``target="labels"``, sigmoid for ``"regions"``) in the profile's precision; several are averaged
-    (:func:`~brats_utils.inference.average_predictors`); with ``tta`` (default: the profile's) the
-    test-time flips of :func:`test_time_flips` wrap the whole (when there is more than one flip).
+    (:func:`~brats_utils.inference.average_predictors`); the test-time flips of :func:`applied_flips`
+    (``tta``, default: the profile's) wrap the whole.
     The models are put in eval mode, and in ``channels_last_3d`` where the precision asks for it.
     """
     members = []
@@ -450,10 +457,8 @@ def predictor(profile: Profile, *models: torch.nn.Module, tta: bool | None = Non
             to_channels_last(model)
         members.append(predictor_for(model, profile.target, precision=profile.requested_precision))
     combined = members[0] if len(members) == 1 else average_predictors(members)
-    flips = test_time_flips(profile)
-    if (profile.tta if tta is None else tta) and len(flips) > 1:
-        combined = with_flips(combined, flips)
-    return combined
+    flips = applied_flips(profile, tta)
+    return with_flips(combined, flips) if flips else combined
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -468,9 +473,8 @@ def predict_cases(profile: Profile, models: list[torch.nn.Module], cases: list[C
     Cases already segmented there by the same networks and settings (their
     :func:`~brats_utils.inference.prediction_fingerprint`) are kept unless ``overwrite``.
     """
-    flips = test_time_flips(profile) if (profile.tta if tta is None else tta) else ()
     fingerprint = prediction_fingerprint(models, profile.inference, profile.preprocessing, profile.target,
-                                         profile.requested_precision, flips if len(flips) > 1 else ())
+                                         profile.requested_precision, applied_flips(profile, tta))
     return predict_folder(predictor(profile, *models, tta=tta), cases, out_dir, profile.inference,
                           profile.preprocessing, target=profile.target, device=_device_of(models[0]),
                           progress=progress, overwrite=overwrite, fingerprint=fingerprint)
