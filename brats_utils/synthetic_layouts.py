@@ -2,11 +2,11 @@
 
 :func:`brats_utils.synthetic.write_synthetic_dataset` writes the Kaggle BraTS 2020 layout.
 :func:`write_layout` takes such a dataset and writes the same cases as another dataset stores
-them: renamed case folders and files, the modalities under that dataset's names (BraTS 2023:
-``t2f, t1n, t1c, t2w``; MSD: one 4D file), and the segmentations in its own label scheme
-(BraTS 2023: ET is 3; MSD: 1 oedema, 2 non-enhancing tumour, 3 enhancing). The voxels are the
-same, so a test can check that every layout loads to the same image and the same training
-labels as the source::
+them, each through its layout's ``write_case`` (and ``write_index``): renamed case folders and
+files, the modalities under that dataset's names (BraTS 2023: ``t2f, t1n, t1c, t2w``; MSD: one 4D
+file), and the segmentations in its own label scheme (BraTS 2023: ET is 3; MSD: 1 oedema,
+2 non-enhancing tumour, 3 enhancing). The voxels are the same, so a test can check that every
+layout loads to the same image and the same training labels as the source::
 
     root/BraTS2021_Training_Data/BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz
     root/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/BraTS-GLI-00000-000/
@@ -45,21 +45,6 @@ def _write_case(case: Case, new_id: str, layout: DatasetLayout, root: Path, spli
         train = to_train_labels(loaded.labels, scheme=case.scheme, case_id=case.case_id)
         seg = to_file_labels(train, scheme=layout.scheme, case_id=new_id)
     layout.write_case(root, split, new_id, loaded.image, seg, loaded.affine, dtype=dtype)
-
-
-def _msd_json(cases: dict[str, list[str]]) -> dict:
-    """A ``dataset.json`` like the Decathlon's (modalities, labels, file lists)."""
-    scheme = LAYOUTS["msd"].scheme
-    return {
-        "name": "BRATS", "description": "synthetic stand-in in the Task01_BrainTumour layout",
-        "tensorImageSize": "4D",
-        "modality": {str(i): name for i, name in enumerate(scheme.modalities)},
-        "labels": {str(v): name for v, name in scheme.names.items()},
-        "numTraining": len(cases["training"]), "numTest": len(cases["validation"]),
-        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
-                     for c in cases["training"]],
-        "test": [f"./imagesTs/{c}.nii.gz" for c in cases["validation"]],
-    }
 
 
 def read_case_map(root: str | Path) -> dict[str, str]:
@@ -109,8 +94,7 @@ def write_layout(source: str | Path, root: str | Path, dataset: str) -> Path:
                 case_map[new_id] = case.case_id
                 ids[split].append(new_id)
                 index += 1
-        if dataset == "msd":
-            (tmp / "Task01_BrainTumour" / "dataset.json").write_text(json.dumps(_msd_json(ids), indent=1))
+        layout.write_index(tmp, ids, "synthetic stand-in in the Task01_BrainTumour layout")
         (tmp / LAYOUT_MARKER).write_text(json.dumps({**params, "cases": case_map}, indent=1))
         if root.exists():
             shutil.rmtree(root)

@@ -3,6 +3,8 @@ and reads it back as written, names its cases as its own pattern says, and decla
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,7 @@ def test_a_written_case_is_found_and_reads_back_as_written(name, tmp_path):
     training_id, validation_id = layout.case_name(0, "training"), layout.case_name(1, "validation")
     written = layout.write_case(tmp_path, "training", training_id, image, file_labels, AFFINE)
     unlabelled = layout.write_case(tmp_path, "validation", validation_id, image[::-1], None, AFFINE)
+    layout.write_index(tmp_path, {"training": [training_id], "validation": [validation_id]}, "a round trip")
 
     assert detect_layout(tmp_path) is layout
     (found,) = find_dataset(tmp_path, "training")
@@ -76,3 +79,18 @@ def test_an_id_format_that_its_pattern_refuses_is_an_error():
         DatasetLayout("site", "A site", BRATS2020, r"SITE_\d{3}",
                       dict(zip(MODALITIES, MODALITIES, strict=True)), "nowhere",
                       id_format="SITE-{number:03d}")
+
+
+def test_msd_lists_its_cases_in_a_dataset_json_like_the_decathlon(tmp_path):
+    layout = LAYOUTS["msd"]
+    ids = {"training": ["BRATS_001", "BRATS_002"], "validation": ["BRATS_003"]}
+    layout.write_index(tmp_path, ids, "mine")
+    index = json.loads((tmp_path / "Task01_BrainTumour" / "dataset.json").read_text())
+    assert (index["description"], index["numTraining"], index["numTest"]) == ("mine", 2, 1)
+    assert index["training"][1] == {"image": "./imagesTr/BRATS_002.nii.gz",
+                                    "label": "./labelsTr/BRATS_002.nii.gz"}
+    assert index["test"] == ["./imagesTs/BRATS_003.nii.gz"]
+    assert index["modality"] == {"0": "FLAIR", "1": "T1w", "2": "T1gd", "3": "T2w"}
+    LAYOUTS["brats2023"].write_index(tmp_path / "none", {"training": [], "validation": []}, "mine")
+    assert not (tmp_path / "none").exists()  # BraTS keeps no such list
+

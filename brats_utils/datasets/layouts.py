@@ -24,6 +24,7 @@ containing "Validation" above the case folders, MSD by ``imagesTr`` / ``imagesTs
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ class DatasetLayout:
         find_cases: ``find_cases(layout, root, split)`` lists the cases of one split below ``root``;
             None: case folders named by ``case_pattern``, their files paired by the modality part
             (:func:`brats_utils.datasets.pairing.case_from_folder`).
+        index: ``index(layout, root, ids, description)`` writes the dataset's own list of its cases once
+            they are written (MSD's ``dataset.json``; :meth:`write_index`); None: it has none.
     """
 
     name: str
@@ -84,6 +87,7 @@ class DatasetLayout:
         default_factory=lambda: {"training": "TrainingData", "validation": "ValidationData"})
     marked_by_split_folders: bool = False
     find_cases: Callable[[DatasetLayout, Path, str], list[Case]] | None = None
+    index: Callable[[DatasetLayout, Path, dict[str, list[str]], str], None] | None = None
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -160,6 +164,13 @@ class DatasetLayout:
         seg = None if labels is None else \
             write_volume(labels, folder / self.seg_name(case_id), affine, seg_dtype)
         return Case(case_id, modalities, seg, folder, scheme=self.scheme)
+
+
+    def write_index(self, root: str | Path, ids: dict[str, list[str]], description: str) -> None:
+        """After :meth:`write_case`: the dataset's own list of its cases (``ids``: split -> case ids), if it
+        keeps one (:attr:`index`), described by ``description``."""
+        if self.index is not None:
+            self.index(self, Path(root), ids, description)
 
 
 # --- finding the case folders of a layout -----------------------------------------------------
@@ -247,6 +258,23 @@ def _msd_cases(layout: DatasetLayout, root: Path, split: str) -> list[Case]:
     return cases
 
 
+def _msd_index(layout: DatasetLayout, root: Path, ids: dict[str, list[str]], description: str) -> None:
+    """A ``dataset.json`` like the Decathlon's (modalities, labels, file lists) beside ``imagesTr``."""
+    scheme = layout.scheme
+    index = {
+        "name": "BRATS", "description": description, "tensorImageSize": "4D",
+        "modality": {str(i): name for i, name in enumerate(scheme.modalities)},
+        "labels": {str(v): name for v, name in scheme.names.items()},
+        "numTraining": len(ids["training"]), "numTest": len(ids["validation"]),
+        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+                     for c in ids["training"]],
+        "test": [f"./imagesTs/{c}.nii.gz" for c in ids["validation"]],
+    }
+    task_folder = root / Path(layout.split_folders["training"]).parent
+    task_folder.mkdir(parents=True, exist_ok=True)
+    (task_folder / "dataset.json").write_text(json.dumps(index, indent=1))
+
+
 _OWN_NAMES = dict(zip(MODALITIES, MODALITIES, strict=True))
 
 LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
@@ -283,6 +311,6 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (
         id_format="BRATS_{number:03d}", image_4d=True,
         split_folders={"training": "Task01_BrainTumour/imagesTr",
                        "validation": "Task01_BrainTumour/imagesTs"},
-        marked_by_split_folders=True, find_cases=_msd_cases,
+        marked_by_split_folders=True, find_cases=_msd_cases, index=_msd_index,
     ),
 )}
