@@ -9,6 +9,7 @@ LPS): arrays are brought to the Kaggle files' axis order on load, and :func:`sav
 writes a prediction back in the input's own orientation and affine. Anything unexpected raises an
 error from :mod:`brats_utils.errors` that names the case, the file and the expectation. Input
 files are only read (Kaggle mounts them read-only); :func:`save_segmentation` writes atomically.
+:func:`write_volume` writes a volume as a dataset stores it (the dataset layouts and the phantoms).
 """
 
 from __future__ import annotations
