@@ -325,6 +325,10 @@ class InferenceSettings(_Section):
     # windows per forward pass; None: 1 on a CPU, 2 on a GPU (the same numbers either way)
     sw_batch_size: int | None = setting(None, range=AT_LEAST_1, resumable=True)
     tta: bool = setting(False, resumable=True)
+    # the enhancing-tumour rule (brats_utils.postprocess): a predicted ET smaller than this (mm³) becomes
+    # NCR/NET. None: chosen on the run's validation predictions (pipeline.et_rule_for) whenever other
+    # cases are predicted; 0: off (the paper and the authors' code have no post-processing)
+    min_et_volume_mm3: float | None = setting(None, range=NOT_NEGATIVE, resumable=True)
 
 
 @dataclass(frozen=True)
@@ -720,6 +724,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=2,
         augmentation="in_plane",
         dropout=0.3,
+        min_et_volume_mm3=0.0,  # no post-processing in the paper
         best_metric="val_paper_dice",  # "the best by validation Dice", the paper's Dice being its metric
         epochs=300,
         sw_patch_size=(240, 240, 160),
@@ -751,6 +756,7 @@ PROFILES: dict[str, Profile] = {
         weight_decay=5e-3,
         lr_schedule="cosine",
         cosine_t_max=30,
+        min_et_volume_mm3=0.0,  # their code has no post-processing
         early_stop_rule="authors",
         best_metric="val_paper_dice",
         fp32_validation=True,
