@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,7 +144,3 @@ def write_runnable_copies(notebooks: list[Path], out_dir: Path) -> list[Path]:
         written.append(target)
     return written
 
-
-if __name__ == "__main__":  # make notebooks: python -m brats_utils.demo.solutions OUT_DIR NOTEBOOK...
-    for written_copy in write_runnable_copies([Path(p) for p in sys.argv[2:]], Path(sys.argv[1])):
-        print(f"runnable copy: {written_copy}")
