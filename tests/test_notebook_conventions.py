@@ -124,8 +124,8 @@ def test_every_exercise_is_followed_by_its_folded_solution_that_compiles_and_end
 def test_the_solutions_pass_the_linter_as_code_cells_do(tmp_path):
     """``ruff check .`` sees code cells only: the solutions are linted in their runnable copies."""
     copies = write_runnable_copies(NOTEBOOKS, tmp_path)
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--config", str(ROOT / "pyproject.toml"), "--no-cache",
-                             *map(str, copies)], capture_output=True, text=True)
+    command = [sys.executable, "-m", "ruff", "check", "--config", str(ROOT / "pyproject.toml"), "--no-cache"]
+    result = subprocess.run([*command, *map(str, copies)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
 
 
