@@ -15,9 +15,8 @@ Each exercise of the series is followed by one markdown cell tagged ``solution``
 A ``<details>`` element is folded wherever the markdown's HTML is rendered: nbviewer (nbconvert renders
 the code block, output and figure inside it), GitHub (its sanitiser keeps ``details`` and ``summary``),
 JupyterLab and Colab; a code cell marked ``jupyter.source_hidden`` is folded only in JupyterLab (Colab
-needs a form cell), and
-GitHub and nbviewer would show the answer in full. The blank lines around the code block matter: without
-them a CommonMark renderer reads the fence as part of the HTML. The code
+needs a form cell), and GitHub and nbviewer would show the answer in full. The blank lines around the
+code block matter: without them a CommonMark renderer reads the fence as part of the HTML. The code
 still runs wherever the notebooks are tested or executed: :func:`runnable` turns each solution into a
 code cell in place (same id, same tags), which ``make notebooks`` runs under nbval
 (:func:`write_runnable_copies`) and the demo runner executes; :func:`collapse_solutions` turns an
