@@ -130,3 +130,20 @@ def format_report(report: pd.DataFrame, *, method: str = "method") -> pd.DataFra
             text += f", p={row['p']:.3g} ({row['verdict']})"
         cells.setdefault(row[method], {})[row["score"]] = text
     return pd.DataFrame.from_dict(cells, orient="index")
+
+
+def markdown_report(report: pd.DataFrame, *, method: str = "method", scores: Sequence[str] | None = None,
+                    cases_label: str = "cases") -> str:
+    """:func:`format_report` as a Markdown table (one row per method, one column per score), for a README.
+
+    ``scores``: the columns to show, in order (default: all of the report's). The header names the
+    number of cases (``n cases`` of the report) and what they are (``cases_label``).
+    """
+    cells = format_report(report, method=method)
+    columns = list(scores) if scores is not None else list(cells.columns)
+    n_cases = int(report["n cases"].max())
+    header = [f"{method} ({n_cases} {cases_label}: mean [95 % CI], paired Wilcoxon p)", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([str(name), *(cells.loc[name, c] for c in columns)]) + " |"
+              for name in cells.index]
+    return "\n".join(lines)
