@@ -662,11 +662,10 @@ PROFILES: dict[str, Profile] = {
     "demo": make_profile(
         "demo",
         "Synthetic cases at CPU-friendly size: a few minutes on 2 cores, still learns.",
-        # 50 labelled cases: 30 test (enough for a paired test to separate methods: docs/evaluation.md),
+        # 50 labelled cases: 30 test (enough for a paired test to separate methods: docs/reproduction.md),
         # 4 validation, 16 training; the split stratified by grade so that test and validation hold
-        # their share of the ten low-grade cases (036-045, where synthetic.is_low_grade places them on
-        # the real numbering; config sits below synthetic, so tests/test_config.py checks the range):
-        # 6 test, 1 validation, 3 training
+        # their share of the ten low-grade cases, 6 and 1 (036-045, where synthetic.is_low_grade places
+        # them on the real numbering; config sits below synthetic, so a test checks the two agree)
         synthetic_train_cases=50,
         test_fraction=0.6,
         stratify_split=tuple(f"BraTS20_Training_{i:03d}" for i in range(36, 46)),

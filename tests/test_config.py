@@ -247,18 +247,3 @@ def test_overrides_from_the_environment_reach_get_profile(monkeypatch):
     profile = config.get_profile("ci")
     assert profile.epochs == 7 and profile.patch_size == (16, 16, 16)
 
-
-def test_the_demo_split_holds_30_test_cases_and_its_stratum_is_the_generators_low_grade_cases():
-    """50 phantoms: 30 test, 4 validation, 16 training; the stratum is exactly the cases the generator
-    writes as low grade, and test and validation each hold their share of them (6 and 1 of 10)."""
-    from brats_utils.data import split_patients
-    from brats_utils.synthetic import is_low_grade
-
-    demo = config.get_profile("demo")
-    ids = [f"BraTS20_Training_{i:03d}" for i in range(1, demo.synthetic_train_cases + 1)]
-    low_grade = {case for index, case in enumerate(ids, 1) if is_low_grade(index, len(ids))}
-    assert set(demo.stratify_split) == low_grade and len(low_grade) == 10
-    parts = split_patients(ids, val_fraction=demo.val_fraction, test_fraction=demo.test_fraction,
-                           seed=demo.seed, stratum=demo.stratify_split)
-    assert [len(parts[name]) for name in ("train", "val", "test")] == [16, 4, 30]
-    assert [len(low_grade & set(parts[name])) for name in ("train", "val", "test")] == [3, 1, 6]
