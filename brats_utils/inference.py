@@ -47,6 +47,7 @@ from brats_utils.config import InferenceSettings, PreprocessingSettings
 from brats_utils.files import write_text_atomic
 from brats_utils.io import Case, LoadedCase, load_case, save_segmentation
 from brats_utils.labels import BRATS2020, LabelScheme, to_file_labels
+from brats_utils.postprocess import et_and_ncr_labels, suppress_small_et, voxel_volume_mm3
 from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, PreprocessedCase, load_cached, preprocess_case, uncrop
 from brats_utils.regions import predictor_for, probs_to_labels
@@ -349,10 +350,21 @@ def _predict_prepared(predictor: Predictor, case: Case, prepared: tuple[LoadedCa
 def segment_cropped(predictor: Predictor, cropped: PreprocessedCase, settings: InferenceSettings, *,
                     scheme: LabelScheme, target: str, device: str | torch.device) -> np.ndarray:
     """:func:`sliding_window` over a cropped, normalised case, then :func:`to_original_grid`: file labels
-    of ``scheme`` on the case's original grid (the shared core of every prediction of a case)."""
+    of ``scheme`` on the case's original grid (the shared core of every prediction of a case).
+
+    A ``settings.min_et_volume_mm3`` above 0 then applies the enhancing-tumour rule
+    (:func:`~brats_utils.postprocess.suppress_small_et`, the voxel volume from the case's affine); None
+    (not chosen yet) and 0 leave the labels as predicted.
+    """
     probs = sliding_window(predictor, cropped.image, patch_size=settings.patch_size, overlap=settings.overlap,
                            sw_batch_size=settings.sw_batch_size, device=device)
-    return to_original_grid(probs, cropped.meta, scheme, target)
+    labels = to_original_grid(probs, cropped.meta, scheme, target)
+    if settings.min_et_volume_mm3:
+        et_label, ncr_label = et_and_ncr_labels(scheme)
+        labels = suppress_small_et(labels, settings.min_et_volume_mm3,
+                                   voxel_volume_mm3=voxel_volume_mm3(cropped.meta.affine_array),
+                                   et_label=et_label, replacement=ncr_label)
+    return labels
 
 
 class Predictions(list):

@@ -516,11 +516,46 @@ def predict_split(profile: Profile, *, checkpoint: str | Path | None = None, roo
         if profile.compile:
             model = torch.compile(model)
         with out_of_memory_explained(profile, "prediction"):
+            profile = with_et_rule(profile, model, split if not own_scans and root is None else None,
+                                   from_files=cases is not None, progress=progress)
             if cases is None:
                 return predict_cached(predictor(profile, model), _cached_split(profile, split), out_dir,
                                       profile.inference, scheme=LAYOUTS[profile.dataset].scheme,
                                       target=profile.target, device=_device_of(model), progress=progress)
             return predict_cases(profile, [model], cases, out_dir, progress=progress, overwrite=overwrite)
+
+
+def with_et_rule(profile: Profile, model: torch.nn.Module, split: str | None, *, from_files: bool = True,
+                 progress: bool = True) -> Profile:
+    """``profile`` with the threshold of its enhancing-tumour rule settled for predicting ``split`` with
+    ``model`` (:mod:`brats_utils.postprocess`; ``inference.min_et_volume_mm3``).
+
+    A threshold the profile sets (0 switches the rule off) stays. None is chosen here, on cases no
+    model trained on and no report reads: the run's validation cases, predicted by ``model`` without the
+    rule into ``<run_dir>/predictions-val`` (kept if already there) and
+    :func:`choose_et_threshold`. The validation cases themselves (``split`` ``"val"``) are predicted
+    without the rule, since they choose it; so is everything when they are not at hand (``from_files``
+    False: predicting from the cache), saying so. One line says which threshold applies.
+    """
+    if profile.inference.min_et_volume_mm3 is not None:
+        return profile
+    off = profile.with_overrides(min_et_volume_mm3=0.0)
+    if split == "val":
+        return off
+    try:
+        root = ensure_dataset(profile) if from_files else None
+    except BratsError:
+        root = None
+    if root is None:
+        print("ET rule off: it is chosen on the run's validation cases, and their files are not here")
+        return off
+    cases = _cases_of_split(profile, root, "val", profile.dataset)
+    chosen_dir = profile.run_dir / "predictions-val"
+    predict_cases(off, [model], cases, chosen_dir, progress=progress)
+    record = choose_et_threshold(chosen_dir, cases, chosen_on="validation cases")
+    print(f"ET rule: a predicted enhancing tumour under {record['min_volume_mm3']:g} mm³ becomes NCR/NET "
+          f"(chosen on the {len(cases)} validation cases; {chosen_dir / ET_THRESHOLD_FILE})")
+    return profile.with_overrides(min_et_volume_mm3=float(record["min_volume_mm3"]))
 
 
 def _dataset_or_cache(profile: Profile, split: str, doing: str | None = "predicting") -> Path | None:
@@ -719,5 +754,11 @@ def predict_with_folds(profile: Profile, *, split: str = "test", out_dir: str | 
     base = profile.with_overrides(fold=None)
     models = [load_model(ensure_trained(fold, progress=progress)) for fold in fold_profiles(base)]
     cases = _cases_of_split(base, ensure_dataset(base), split, base.dataset)
+    if base.inference.min_et_volume_mm3 is None:  # the ET rule's threshold of the cross-validation
+        chosen = base.run_dir / "cv-oof" / ET_THRESHOLD_FILE
+        threshold = json.loads(chosen.read_text())["min_volume_mm3"] if chosen.is_file() else 0.0
+        print(f"ET rule: {threshold:g} mm³ " + (f"({chosen})" if chosen.is_file() else
+                                                  "(off: no cross-validation has chosen it)"))
+        base = base.with_overrides(min_et_volume_mm3=float(threshold))
     out_dir = Path(out_dir) if out_dir is not None else base.run_dir / f"predictions-{split}-folds"
     return predict_cases(base, models, cases, out_dir, progress=progress)
