@@ -61,14 +61,18 @@ def paired_test(method: Sequence[float], baseline: Sequence[float]) -> float:
     """Two-sided p-value of the Wilcoxon signed-rank test of ``method - baseline``, paired by position.
 
     ``scipy.stats.wilcoxon`` with its defaults (exact distribution for small samples without ties or
-    zeros, zero differences dropped); every difference zero gives 1.0. Fewer than two pairs: NaN (no test).
+    zeros, zero differences dropped); every difference zero gives 1.0 (nothing to test: scipy answers 1.0
+    for a few such pairs but NaN from 25 on, where it switches to the normal approximation). Fewer than two
+    pairs: NaN (no test).
     """
     a, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
     if a.size < 2:
         return float("nan")
-    with warnings.catch_warnings():  # all differences zero: scipy warns, and answers p = 1
+    if np.array_equal(a, b):
+        return 1.0
+    with warnings.catch_warnings():  # some differences zero: scipy may warn, and drops them
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(scipy_stats.wilcoxon(a, b).pvalue)
 

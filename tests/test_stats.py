@@ -25,6 +25,10 @@ def test_wilcoxon_is_paired_and_symmetric():
     method, baseline = [0.8, 0.7, 0.9, 0.6, 0.75, 0.85, 0.9], [0.7, 0.65, 0.8, 0.5, 0.7, 0.8, 0.95]
     assert paired_test(method, baseline) == pytest.approx(paired_test(baseline, method))
     assert paired_test(baseline, baseline) == 1.0  # no difference at all
+    thirty = np.linspace(0.1, 0.9, 30)  # as many cases as the demo's test split: scipy's answer is NaN there
+    with pytest.warns(RuntimeWarning):
+        assert np.isnan(scipy_stats.wilcoxon(thirty, thirty).pvalue)
+    assert paired_test(thirty, thirty) == 1.0
     with pytest.raises(ValueError):
         paired_test([1, 2], [1])
 
