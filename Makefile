@@ -20,6 +20,9 @@ STAMP := $(VENV)/.installed-dev
 # always start from an empty one, so their checked outputs are the ones recorded
 TEST_ENV := BRATS_PROFILE=ci BRATS_FIGURES_DIR=$(CURDIR)/data/test/figures NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 NOTEBOOK_DATA := $(CURDIR)/data/test/notebooks
+# nbval runs copies of the notebooks in which each exercise's solution (a folded <details> cell) is a code cell
+# in its place (brats_utils/demo/solutions.py); inside the checkout, so their setup cell finds it
+RUNNABLE := $(CURDIR)/data/test/runnable-notebooks
 VENV_HELP := could not create $(VENV) with $(PYTHON) -m venv; on Debian/Ubuntu: sudo apt-get install python3-venv
 
 .PHONY: demo publish test test-browser lint unit unit-fast notebooks notebook-outputs lab bench gpu-check setup torch clean
@@ -66,7 +69,7 @@ demo: $(STAMP)
 publish: $(STAMP)
 	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m brats_utils demo --publish
 
-## make test: lint, unit tests, then every notebook top to bottom (nbval, ci profile)
+## make test: lint, unit tests, then every notebook top to bottom with its solutions (nbval, ci profile)
 test: lint unit notebooks
 
 lint: $(STAMP)
@@ -80,9 +83,13 @@ unit: $(STAMP)
 unit-fast: $(STAMP)
 	$(TEST_ENV) BRATS_DATA_DIR=$(CURDIR)/data/test/unit $(BIN)/pytest tests -q -m 'not slow and not browser'
 
+## make notebooks [NB=notebooks/03_preprocessing.ipynb]: the notebooks, solutions included, under nbval
 notebooks: $(STAMP)
-	rm -rf $(NOTEBOOK_DATA)
-	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/pytest --nbval-lax notebooks -q -p no:cacheprovider
+	rm -rf $(NOTEBOOK_DATA) $(RUNNABLE)
+	$(BIN)/python -c 'import sys; from pathlib import Path; from brats_utils.demo.solutions import \
+	write_runnable_copies as copies; copies([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]))' \
+	$(RUNNABLE) $(or $(NB),notebooks/[0-9][0-9]_*.ipynb)
+	$(TEST_ENV) BRATS_DATA_DIR=$(NOTEBOOK_DATA) $(BIN)/pytest --nbval-lax $(RUNNABLE) -q -p no:cacheprovider
 
 ## make notebook-outputs: record the outputs nbval compares (cells tagged nbval-check-output), as CI sees them
 notebook-outputs: $(STAMP)

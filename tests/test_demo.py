@@ -343,3 +343,78 @@ def test_every_glossary_link_of_every_notebook_and_published_copy_resolves_outsi
                 assert anchor in anchors, (path.name, anchor)
                 linked += 1
     assert linked >= 200  # 236 when written: 118 with an anchor in the notebooks, as many in the copies
+
+
+# --- exercise solutions: <details> cells in the sources, run in place, folded again when published ----
+
+
+def _solution(code, conclusion="So it is.", cell_id="solution-1"):
+    from brats_utils.demo.solutions import Solution, solution_markdown
+
+    cell = nbformat.v4.new_markdown_cell(solution_markdown(Solution(code, conclusion)),
+                                         metadata={"tags": ["solution"]})
+    cell.id = cell_id
+    return cell
+
+
+def test_a_solution_runs_right_after_the_cells_it_follows_and_a_failing_one_fails_the_run(tmp_path):
+    cells = [nbformat.v4.new_code_cell("x = 6"), nbformat.v4.new_markdown_cell("**Exercise 1.** x?"),
+             _solution("print(x * 7)"), nbformat.v4.new_code_cell("x = 0")]
+    nb = tmp_path / "01_sol.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), nb)
+    demo.execute_notebook(nb, tmp_path / "executed")
+    ran = nbformat.read(tmp_path / "executed" / nb.name, as_version=4).cells[2]
+    assert ran.cell_type == "code" and ran.id == "solution-1" and ran.outputs[0]["text"] == "42\n"
+
+    cells[2] = _solution("assert x == 7, 'wrong answer'")
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), nb)
+    with pytest.raises(CellExecutionError, match="wrong answer"):
+        demo.execute_notebook(nb, tmp_path / "executed")
+
+
+def test_published_solutions_are_folded_with_their_output_after_the_code(tmp_path):
+    cells = [nbformat.v4.new_markdown_cell("**Exercise 1.** Print and plot."),
+             _solution("print('the answer is 42')\nimport matplotlib.pyplot as plt\n"
+                       "plt.plot([1, 2])\nplt.show()", "Forty-two, and a line.")]
+    nb = tmp_path / "02_pub.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), nb)
+    demo.execute_notebook(nb, tmp_path / "executed")
+    published = demo.publish_notebook(tmp_path / "executed" / nb.name, tmp_path / "docs")
+    copy = nbformat.read(published, as_version=4)
+    folded = copy.cells[1]
+    assert folded.cell_type == "markdown" and folded.id == "solution-1"
+    assert folded.metadata["tags"] == ["solution"]
+    text = folded.source
+    assert text.startswith("<details><summary>Solution (click to expand)</summary>")
+    assert text.endswith("</details>")
+    code, output, conclusion = (text.index("print('the answer"), text.index("the answer is 42\n```"),
+                                text.index("Forty-two, and a line."))
+    assert code < output < conclusion  # the code, what it printed, then the written conclusion
+    (name,) = folded.attachments
+    assert f"(attachment:{name})" in text and "image/png" in folded.attachments[name]
+    assert "<Figure" not in text  # the figure is shown, not its text stand-in
+    nbformat.validate(copy)
+
+
+def test_recording_runs_the_solutions_and_keeps_them_folded(tmp_path):
+    cells = [nbformat.v4.new_code_cell("x = 1"), _solution("x = 41"), _checked("print(x + 1)")]
+    nb = tmp_path / "03_rec.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), nb)
+    demo.record_checked_outputs(nb)
+    recorded = nbformat.read(nb, as_version=4).cells
+    assert recorded[1].cell_type == "markdown" and recorded[1].source == cells[1].source
+    assert recorded[2].outputs[0]["text"] == "42\n"  # the solution ran first, as under nbval
+
+
+def test_runnable_copies_turn_each_solution_into_a_code_cell_in_place(tmp_path):
+    from brats_utils.demo.solutions import write_runnable_copies
+
+    cells = [nbformat.v4.new_markdown_cell("**Exercise 1.**"), _solution("y = 2", cell_id="s1"),
+             nbformat.v4.new_markdown_cell("<details><summary>Answers</summary>\n\n1. Yes.\n\n</details>")]
+    nb = tmp_path / "04_copy.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), nb)
+    (copy,) = write_runnable_copies([nb], tmp_path / "runnable")
+    ran = nbformat.read(copy, as_version=4).cells
+    assert [c.cell_type for c in ran] == ["markdown", "code", "markdown"]
+    assert ran[1].source == "y = 2" and ran[1].id == "s1" and ran[1].metadata["tags"] == ["solution"]
+    assert ran[2].source == cells[2].source  # a questionnaire's answers are prose, never run

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from brats_utils.config import REPO_SLUG, REPO_URL
+from brats_utils.demo.solutions import SUMMARY, Solution, is_solution, parse_solution, write_runnable_copies
 from brats_utils.demo.sources import GLOSSARY_URL, github_anchors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,23 +101,42 @@ def test_questionnaire_of_8_to_15_numbered_questions_before_the_exercises(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_exercise_is_followed_by_its_hidden_solution_cell(path):
+def test_every_exercise_is_followed_by_its_folded_solution_that_compiles_and_ends_with_a_conclusion(path):
+    """A ``<details>`` markdown cell: GitHub and nbviewer ignore ``source_hidden`` on a code cell, every
+    renderer folds ``<details>``; ``make notebooks`` and the demo run its code (demo.solutions)."""
     cells = _cells(path)
     exercises = [i for i, c in enumerate(cells)
                  if c["cell_type"] == "markdown" and re.search(r"\*\*Exercise \d+\.\*\*", _source(c))]
     assert exercises, "no exercise"
     for i in exercises:
         solution = cells[i + 1]
-        assert solution["cell_type"] == "code" and "solution" in _tags(solution), _source(cells[i])[:60]
-        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True  # JupyterLab, Notebook
-        # Colab ignores source_hidden: a form cell with a title is folded there (GitHub and nbviewer show
-        # code cells whatever their metadata; the published copies are read after trying)
-        assert solution["metadata"].get("cellView") == "form" and _source(solution).startswith("# @title")
-        assert _source(solution).strip()
-    solutions = [i for i, c in enumerate(cells) if "solution" in _tags(c)]
+        assert solution["cell_type"] == "markdown" and is_solution(solution), _source(cells[i])[:60]
+        parsed = parse_solution(_source(solution))  # one python block, then the written conclusion
+        compile(parsed.code, f"{path.name}:{solution.get('id')}", "exec")
+        assert re.search(r"[A-Za-z]{3,}.*[.!?)]$", parsed.conclusion), parsed.conclusion[-80:]
+    solutions = [i for i, c in enumerate(cells) if is_solution(c)]
     assert solutions == [i + 1 for i in exercises]  # one solution per exercise, nothing else tagged so
-    # nbval runs code cells, never code inside <details>: a solution must stay a code cell
-    assert not any("<details>" in _source(c) and "```" in _source(c) for c in cells)
+    # the old form (a code cell folded only where source_hidden is read) is gone
+    assert not any(c["cell_type"] == "code" and "source_hidden" in json.dumps(c["metadata"])
+                   for c in cells[2:])
+
+
+def test_the_solutions_pass_the_linter_as_code_cells_do(tmp_path):
+    """``ruff check .`` sees code cells only: the solutions are linted in their runnable copies."""
+    copies = write_runnable_copies(NOTEBOOKS, tmp_path)
+    command = [sys.executable, "-m", "ruff", "check", "--config", str(ROOT / "pyproject.toml"), "--no-cache"]
+    result = subprocess.run([*command, *map(str, copies)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_the_solution_check_rejects_a_solution_without_code_or_conclusion():
+    good = (f"<details><summary>{SUMMARY}</summary>\n\n```python\nprint(1)\n```\n\n"
+            "It prints one.\n\n</details>")
+    assert parse_solution(good) == Solution("print(1)", "It prints one.")
+    for broken in (good.replace("It prints one.", ""), good.replace("print(1)", ""),
+                   good.replace("```python", "```"), good.replace("</details>", "")):
+        with pytest.raises(ValueError, match="solution"):
+            parse_solution(broken)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -157,9 +179,16 @@ FINAL_SCORING_TAG = "final-scoring"
 READS_TEST_SPLIT = re.compile(r"""["']test["']|heldout_split\(|\btest_volumes\b""")
 
 
+def _runs(cell: dict) -> str:
+    """The code a cell runs: a code cell's source, a solution's python block, nothing for other markdown."""
+    if cell["cell_type"] == "code":
+        return _source(cell)
+    return parse_solution(_source(cell)).code if is_solution(cell) else ""
+
+
 def _cells_reading_the_test_split(cells: list[dict]) -> list[tuple[str, bool]]:
     return [(cell.get("id", "?"), FINAL_SCORING_TAG in _tags(cell)) for cell in cells
-            if cell["cell_type"] == "code" and READS_TEST_SPLIT.search(_source(cell))]
+            if READS_TEST_SPLIT.search(_runs(cell))]
 
 
 def test_the_studies_notebook_reads_the_test_split_only_in_final_scoring_cells():
@@ -176,7 +205,10 @@ def test_the_final_scoring_check_catches_an_untagged_cell():
     tagged = {"cell_type": "code", "metadata": {"tags": [FINAL_SCORING_TAG]}, "id": "t",
               "source": ["report = heldout_split(profile)\n"]}
     validation = {"cell_type": "code", "metadata": {}, "source": ['split_volumes(cache, csv, "val")\n']}
-    assert _cells_reading_the_test_split([untagged, tagged, validation]) == [("?", False), ("t", True)]
+    solution = {"cell_type": "markdown", "metadata": {"tags": ["solution"]}, "id": "s", "source": [
+        f"<details><summary>{SUMMARY}</summary>\n\n```python\nheldout_split(profile)\n```\n\nDone.\n\n</details>"]}
+    assert _cells_reading_the_test_split([untagged, tagged, validation, solution]) == [
+        ("?", False), ("t", True), ("s", False)]
 
 
 # --- issue 23: further research, references, computed answers, from-scratch cells -------------------
@@ -227,7 +259,7 @@ def test_further_research_of_3_to_5_projects_and_a_linked_reference_list_end_the
 ])
 def test_claims_that_depend_on_a_number_are_computed_or_asserted_in_their_cell(prefix, cell_id, needed):
     cell = _cell(_notebook(prefix), cell_id)
-    assert cell["cell_type"] == "code" and needed in _source(cell)
+    assert needed in _runs(cell)  # a code cell or a solution's python block, never the prose
 
 
 @pytest.mark.parametrize(("cell_id", "package_call"), [

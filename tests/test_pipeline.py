@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -100,13 +99,14 @@ def test_the_et_rule_relabels_a_predicted_et_smaller_than_the_threshold_in_mm3(d
         image = nib.load(path)
         coarse[modality] = tmp_path / "case" / path.name
         coarse[modality].parent.mkdir(exist_ok=True)
-        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), np.diag([2.0, 2.0, 2.0, 1.0])), coarse[modality])
+        two_mm = np.diag([2.0, 2.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), two_mm), coarse[modality])
     case = dataclasses.replace(case, modalities=coarse, seg=None)
     outputs = {}
     for threshold in (0.0, 63.0, 65.0):
         settings = profile.with_overrides(min_et_volume_mm3=threshold)
-        [path] = predict_folder(SmallEnhancingBlob(), [case], tmp_path / f"t{threshold:g}", settings.inference,
-                                settings.preprocessing, progress=False)
+        [path] = predict_folder(SmallEnhancingBlob(), [case], tmp_path / f"t{threshold:g}",
+                                settings.inference, settings.preprocessing, progress=False)
         outputs[threshold] = np.asarray(nib.load(path).dataobj)
     kept, also_kept, relabelled = outputs.values()
     assert (kept == 4).sum() == 8 and (kept == 1).sum() == 56

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brats_utils.config import OVERRIDES_ENV, Profile, data_dir, figures_dir, get_profile, repo_root
+from brats_utils.demo.solutions import collapse_solutions, runnable
 from brats_utils.demo.sources import record_notebook_times, series_notebooks, sync_notebook_sources
 from brats_utils.errors import BratsError
 from brats_utils.files import atomic_path
@@ -115,7 +116,9 @@ def _write_atomic(notebook: nbformat.NotebookNode, target: Path) -> None:
 def execute_notebook(path: Path, out_dir: Path | None = None) -> float:
     """Run one notebook top to bottom in its own folder; save the executed copy; return seconds.
 
-    The copy goes to ``out_dir`` (default :func:`executed_dir`).
+    The copy goes to ``out_dir`` (default :func:`executed_dir`). The exercises' solutions run too, each
+    right after its exercise (:func:`~brats_utils.demo.solutions.runnable`): a failing solution fails
+    the run, and the executed copy holds them as code cells (:func:`publish_notebook` folds them again).
 
     The copy keeps every output, figures included (a non-interactive ``MPLBACKEND`` such as
     Agg is not passed on to the kernel, since it would silently drop them).
@@ -124,7 +127,7 @@ def execute_notebook(path: Path, out_dir: Path | None = None) -> float:
     re-raises nbclient's ``CellExecutionError``, whose message shows the cell and traceback.
     """
     nbformat, _ = notebook_tools()
-    notebook = nbformat.read(path, as_version=4)
+    notebook = runnable(nbformat.read(path, as_version=4))
     backend = os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend keeps the figures
     try:
         return _execute(notebook, path.parent)
@@ -140,20 +143,21 @@ def record_checked_outputs(path: Path) -> None:
     nbval compares a cell only against outputs saved in the notebook, so the checked cells
     must carry them, with their execution count (nbval skips cells it sees as never run);
     every other cell is committed clean. Run it with the environment of
-    ``make test`` (``make notebook-outputs`` does) so the recorded outputs are the ones CI sees.
+    ``make test`` (``make notebook-outputs`` does) so the recorded outputs are the ones CI sees:
+    the solutions run in their places, as under ``make notebooks``, and stay ``<details>`` cells.
     Only text survives (plain and HTML): images and widget states are never compared.
     """
     nbformat, _ = notebook_tools()
     notebook = nbformat.read(path, as_version=4)
-    _execute(notebook, path.parent)
+    executed = runnable(notebook)  # one cell for one cell: the solutions become code in place
+    _execute(executed, path.parent)
     notebook.metadata.pop("widgets", None)  # saved widget states (progress bars) are never compared
-    for cell in notebook.cells:
+    for cell, ran in zip(notebook.cells, executed.cells, strict=True):
         if cell.cell_type != "code":
             continue
         keep = is_checked(cell)
-        cell.outputs = [_text_only(o) for o in cell.outputs if keep and _has_text(o)]
-        if not keep:
-            cell.execution_count = None
+        cell.outputs = [_text_only(o) for o in ran.outputs if keep and _has_text(o)]
+        cell.execution_count = ran.execution_count if keep else None
         cell.metadata.pop("execution", None)
     _write_atomic(notebook, path)
 
@@ -216,7 +220,9 @@ def publish_notebook(executed: Path, out_dir: Path | None = None, *,
     Saved widget states go (they only replay in a live kernel), PNG figures are downscaled to
     ``image_width`` pixels, and if the copy is still over the budget the largest figures are
     replaced, one by one, by a line saying so. Text outputs are always kept, with this machine's
-    repository folder written as ``<repo>``. Returns the copy's path.
+    repository folder written as ``<repo>``. Each exercise's solution, executed as a code cell, is folded
+    back into its ``<details>`` cell with its output inside, after the code
+    (:func:`~brats_utils.demo.solutions.collapse_solutions`). Returns the copy's path.
     """
     nbformat, _ = notebook_tools()
     notebook = nbformat.read(executed, as_version=4)
@@ -231,6 +237,7 @@ def publish_notebook(executed: Path, out_dir: Path | None = None, *,
         output.data = {"text/plain": f"[figure left out of this copy to keep it under "
                                      f"{budget_bytes / 1e6:g} MB: run the notebook to see it]"}
         output.metadata = {}
+    collapse_solutions(notebook)
     target = (out_dir or published_dir()) / executed.name
     _write_atomic(notebook, target)
     return target

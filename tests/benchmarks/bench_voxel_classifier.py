@@ -14,8 +14,8 @@ counts 1):
 The trained demo U-Net (:func:`brats_utils.pipeline.ensure_trained`: the run of the profile, trained
 first if missing, a few minutes on a CPU) is scored on the same cases as ``python -m brats_utils predict``
 writes them: on the test cases with the enhancing-tumour rule chosen on the validation cases
-(:func:`brats_utils.pipeline.with_et_rule`), on the validation cases without it. On real BraTS a voxel classifier
-is far behind a U-Net, because the sub-regions overlap normal tissue in all four contrasts and only
+(:func:`brats_utils.pipeline.with_et_rule`), on the validation cases without it. On real BraTS a voxel
+classifier is far behind a U-Net, because the sub-regions overlap normal tissue in all four contrasts and only
 shape and context separate them; the phantoms are built to behave alike (``docs/phantoms.md``). The
 target: the boosted classifier at least 0.10 Dice below the U-Net on the test cases for WT, TC and ET.
 """
