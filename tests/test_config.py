@@ -246,3 +246,4 @@ def test_overrides_from_the_environment_reach_get_profile(monkeypatch):
     monkeypatch.setenv(config.OVERRIDES_ENV, "epochs=7; patch_size=(16, 16, 16)")
     profile = config.get_profile("ci")
     assert profile.epochs == 7 and profile.patch_size == (16, 16, 16)
+
