@@ -695,9 +695,6 @@ PROFILES: dict[str, Profile] = {
         compare_presets=("paper", "l4_f16", "l4_f16_as_run"),
         compare_epochs=4,
         compare_steps_per_epoch=12,
-        # the study of notebook 08: six variants x 2 seeds, each scored on 90 whole volumes (the 30 test
-        # cases, their shifted copies, 30 foreign phantoms); a third seed would add about half an hour
-        beyond_seeds=2,
     ),
     "gpu": make_profile(
         "gpu",
