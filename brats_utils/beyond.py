@@ -41,6 +41,15 @@ Files (``data/beyond/<profile>/``)::
 
 A run whose ``row.json`` matches the current settings and device is reused, as in the architecture
 study, so an interrupted study continues where it stopped.
+
+**A screening budget.** ``compare_epochs`` x ``compare_steps_per_epoch`` is far from convergence on every
+profile (the best epoch is nearly always the last), so the study *screens* the ideas: a verdict of it
+holds for that budget only. Where a verdict depends on the budget (region training's TC reversed at
+three times the budget), :func:`longer_profile` retrains the paper and the region model
+(:data:`LONGER_VARIANTS`) with ``budget_factor`` times the epochs, into its own folder
+(:func:`beyond_dir` with ``budget_factor``: ``data/beyond/<profile>/longer-<k>x/``, with its own
+``report.csv`` and figure :func:`figure_name`), and :func:`learning_curves` reads the validation Dice of
+every epoch from the runs' histories to show how far from convergence each budget stopped.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ from brats_utils.postprocess import et_threshold_table, suppress_small_et, thres
 from brats_utils.precision import pick_device
 from brats_utils.preprocess import load_cached
 from brats_utils.regions import output_channels, predictor_for
+from brats_utils.run_state import HISTORY_COLUMNS, history_csv_path
 from brats_utils.viz import save_figure
 
 #: What each trained variant changes in the paper's recipe (profile overrides).
@@ -81,6 +91,9 @@ VARIANTS: dict[str, dict] = {
 }
 POSTPROCESSED = "paper + ET post-processing"
 ENSEMBLE = "paper ensemble"
+#: The variants the longer run trains again: the reference and the variant whose verdict (TC) reversed
+#: with the budget.
+LONGER_VARIANTS = ("paper", "regions")
 REGIONS = ("WT", "TC", "ET")
 #: The two kinds of unfamiliar data a run is also scored on (Dice only), as column prefixes.
 UNFAMILIAR = ("foreign ", "shifted ")
@@ -101,9 +114,38 @@ REPORTED_SCORES = compare.CASE_SCORES
 # --- where things go -------------------------------------------------------------------------
 
 
-def beyond_dir(profile: Profile) -> Path:
-    """Folder of the study of ``profile``."""
-    return data_dir() / "beyond" / profile.name
+def beyond_dir(profile: Profile, budget_factor: int = 1) -> Path:
+    """Folder of the study of ``profile``: the screening budget's (``budget_factor`` 1), or below it
+    ``longer-<k>x/`` for the run with ``k`` times the budget (:func:`longer_profile`)."""
+    folder = data_dir() / "beyond" / profile.name
+    return folder if budget_factor == 1 else folder / f"longer-{budget_factor}x"
+
+
+def figure_name(budget_factor: int = 1) -> str:
+    """The study's figure file: :data:`FIGURE` for the screening budget, else with ``_longer_<k>x``."""
+    return FIGURE if budget_factor == 1 else FIGURE.replace(".png", f"_longer_{budget_factor}x.png")
+
+
+def longer_profile(profile: Profile, budget_factor: int) -> Profile:
+    """The longer run's profile: ``budget_factor`` times ``compare_epochs``, only :data:`LONGER_VARIANTS`.
+
+    The seeds, the split and everything else stay the screening study's, so the two reports are read
+    side by side; run it with :func:`beyond_dir` ``(profile, budget_factor)`` as the folder.
+    """
+    if budget_factor < 1:
+        raise ValueError(f"budget_factor must be a whole number >= 1, got {budget_factor}")
+    return profile.with_overrides(compare_epochs=budget_factor * profile.compare_epochs,
+                                  beyond_variants=LONGER_VARIANTS)
+
+
+def variant_dir(out_dir: Path, variant: str) -> Path:
+    """The runs of one variant in a study folder: ``<variant>`` with spaces as ``_``."""
+    return Path(out_dir) / variant.replace(" ", "_")
+
+
+def run_dir_of(out_dir: Path, variant: str, seed: int) -> Path:
+    """The training run of one variant and seed in a study folder: ``<variant>/seed<k>``."""
+    return variant_dir(out_dir, variant) / f"seed{seed}"
 
 
 def variant_names(profile: Profile) -> tuple[str, ...]:
@@ -274,14 +316,15 @@ def static_costs(variant: str) -> dict:
 
 def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "test",
               foreign_entries: Sequence[Path] | None = None, out_dir: Path | None = None,
-              progress: bool = True,
+              figure: str = FIGURE, progress: bool = True,
               device: str | torch.device | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train, measure and score every variant x seed; returns ``(runs, table)``, both also written as CSV.
 
     ``report_split``: the part of the split the scores are measured on (``"test"``; ``"val"`` only for
     a profile without test cases, and then the scores also chose the best epochs). ``foreign_entries``:
-    cached cases of a foreign dataset (None: its columns are NaN). :func:`brats_utils.pipeline.run_beyond`
-    builds both caches first.
+    cached cases of a foreign dataset (None: its columns are NaN). ``figure``: the file name of
+    :func:`plot_study`'s figure (:func:`figure_name`). :func:`brats_utils.pipeline.run_beyond` builds both
+    caches first.
     """
     from tqdm.auto import tqdm
 
@@ -294,7 +337,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     cases: list[dict] = []
     jobs = [(variant, seed) for variant in variant_names(profile) for seed in seeds(profile)]
     for variant, seed in tqdm(jobs, desc="variants x seeds", unit="run", disable=not progress):
-        run_dir = out_dir / variant.replace(" ", "_") / f"seed{seed}"
+        run_dir = run_dir_of(out_dir, variant, seed)
         study = variant_profile(profile, variant, seed)
         fingerprint = {**compare.row_fingerprint(compare.study_profile(study, study.model_preset), device),
                        "report_split": report_split, "foreign": foreign_names, "scoring": SCORING_VERSION}
@@ -323,7 +366,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     import matplotlib.pyplot as plt
 
     fig = plot_study(frame)
-    save_figure(fig, FIGURE)
+    save_figure(fig, figure)
     plt.close(fig)
     return frame, table
 
@@ -331,7 +374,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
 def _ensemble_row(profile: Profile, cache_dir: Path, out_dir: Path, device: torch.device, report_split: str,
                   foreign: VolumeDataset | None) -> dict:
     """The ensemble of every paper run (one per seed), scored and timed like a single model."""
-    run_dirs = [out_dir / "paper" / f"seed{seed}" for seed in seeds(profile)]
+    run_dirs = [run_dir_of(out_dir, "paper", seed) for seed in seeds(profile)]
     models = [load_model(run_dir / "checkpoints" / "best.pt", device=device) for run_dir in run_dirs]
     study = compare.study_profile(variant_profile(profile, "paper", profile.seed), "paper")
     reported = split_volumes(cache_dir, run_dirs[0] / "split.csv", report_split)
@@ -353,6 +396,78 @@ def study_report(cases: pd.DataFrame) -> pd.DataFrame:
     seeds) with a 95 % bootstrap CI, and the paired Wilcoxon p-value and verdict against "paper"."""
     return stats.compare_to_baseline(cases, REPORTED_SCORES, baseline="paper", method="variant",
                                      lower_is_better=[c for c in REPORTED_SCORES if "Hausdorff" in c])
+
+
+def read_report(out_dir: Path) -> pd.DataFrame:
+    """The ``report.csv`` of a study folder (:func:`study_report`; written by :func:`run_study`)."""
+    return pd.read_csv(Path(out_dir) / "report.csv").fillna({"verdict": ""})
+
+
+def learning_curves(out_dir: Path, variants: Sequence[str] = LONGER_VARIANTS) -> pd.DataFrame:
+    """Validation Dice per epoch of every run of ``variants`` in a study folder, from the runs' histories.
+
+    One row per variant, seed and epoch: ``variant``, ``seed``, ``epoch`` and the history's validation
+    columns (``val_dice_mean``, the mean region Dice that chooses the best epoch, and WT, TC, ET). These
+    are **validation** cases (they chose the best epoch), the right ones to ask whether a budget has
+    converged. ``FileNotFoundError`` names a variant without a finished run.
+    """
+    columns = [c for c in HISTORY_COLUMNS if c.startswith("val_dice")]
+    frames = []
+    for variant in variants:
+        histories = sorted(variant_dir(out_dir, variant).glob(f"seed*/{history_csv_path(Path()).name}"))
+        if not histories:
+            raise FileNotFoundError(f"no run of the variant {variant!r} with a history under {out_dir}")
+        for path in histories:
+            seed = int(path.parent.name.removeprefix("seed"))
+            history = pd.read_csv(path)
+            frames.append(history[["epoch", *columns]].assign(variant=variant, seed=seed))
+    return pd.concat(frames, ignore_index=True)[["variant", "seed", "epoch", *columns]]
+
+
+def plot_learning_curves(curves: dict[str, pd.DataFrame], column: str = "val_dice_mean") -> Figure:
+    """Validation Dice per epoch (:func:`learning_curves`), one line per run, one colour per variant and
+    one line style per budget (the keys of ``curves``, e.g. ``{"screening": ..., "3x": ...}``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    colors = dict(zip(LONGER_VARIANTS, ("tab:blue", "tab:orange"), strict=True))
+    for style, (budget, frame) in zip(("-", "--", ":", "-."), curves.items(), strict=False):
+        for (variant, seed), run in frame.groupby(["variant", "seed"], sort=False):
+            ax.plot(run["epoch"], run[column], style, marker=".", color=colors.get(variant),
+                    label=f"{variant}, seed {seed}, {budget}")
+    ax.set(xlabel="epoch", ylabel=f"{column} (validation cases)", ylim=(0, 1),
+           title="Learning curves: is the budget near convergence?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    return fig
+
+
+def plot_report(cases: pd.DataFrame, report: pd.DataFrame) -> Figure:
+    """Dice per region on the reported cases: one dot per case (its mean over seeds) per variant, and the
+    mean with its 95 % bootstrap CI over cases (:func:`study_report`), the paired p against "paper" above."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8), layout="constrained", sharey=True)
+    per_case = cases.groupby(["variant", "case"], sort=False)[[f"Dice_{r}" for r in REGIONS]].mean()
+    variants = list(dict.fromkeys(cases["variant"]))
+    jitter = np.random.default_rng(0)
+    for ax, region in zip(axes, REGIONS, strict=True):
+        column = f"Dice_{region}"
+        for x, variant in enumerate(variants):
+            values = per_case.loc[variant, column].to_numpy()
+            ax.scatter(x + jitter.uniform(-0.15, 0.15, len(values)), values, s=10, alpha=0.6,
+                       color=REGION_COLORS[region], edgecolor="none")
+            row = report[(report["variant"] == variant) & (report["score"] == column)].iloc[0]
+            error = [[row["mean"] - row["CI low"]], [row["CI high"] - row["mean"]]]
+            ax.errorbar(x + 0.25, row["mean"], yerr=error, fmt="o", color="black", capsize=4)
+            if row["verdict"]:
+                ax.annotate(f"p={row['p']:.2g}\n{row['verdict']}", (x, 1.0), ha="center", va="bottom",
+                            fontsize=7)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
+        ax.set(title=f"Dice {region} on the {int(report['n cases'].max())} test cases", ylim=(0, 1.12))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("Dice (dots: cases, mean over seeds; black: mean, 95 % CI)")
+    return fig
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

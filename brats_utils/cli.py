@@ -188,14 +188,19 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_beyond(args: argparse.Namespace) -> None:
-    from brats_utils.beyond import format_table
+    from brats_utils.beyond import REGIONS, beyond_dir, format_table, read_report
     from brats_utils.pipeline import heldout_split, run_beyond, split_label
+    from brats_utils.stats import markdown_report
 
     profile = profile_from_args(args)
-    _, table = run_beyond(profile, foreign_root=args.foreign_root)
-    print(f"Dice and HD95 on the {split_label(profile, heldout_split(profile))}; mean ± std over "
-          f"{profile.beyond_seeds} seeds:")
+    _, table = run_beyond(profile, foreign_root=args.foreign_root, budget_factor=args.longer)
+    budget = "screening budget" if args.longer == 1 else f"{args.longer}x the screening budget"
+    cases = split_label(profile, heldout_split(profile))
+    print(f"Dice and HD95 on the {cases} ({budget}); mean ± std over {profile.beyond_seeds} seeds:")
     print(format_table(table).to_string())
+    print(f"\nThe study's conclusions ({budget}; {beyond_dir(profile, args.longer) / 'report.csv'}):")
+    print(markdown_report(read_report(beyond_dir(profile, args.longer)), method="variant",
+                          scores=[f"Dice_{region}" for region in REGIONS], cases_label=cases.split(" (")[0]))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -283,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "one, without the training patients (BraTS 2021/2023 and MSD hold "
                                           "BraTS 2020's; default: foreign-style phantoms for synthetic "
                                           "profiles, none on real data)")
+    p.add_argument("--longer", type=int, default=1, metavar="K",
+                   help="the longer run: only the paper and region models, K times the screening budget "
+                        "(compare_epochs), into data/beyond/<profile>/longer-Kx/ with its own report.csv "
+                        "(default 1: the screening study itself)")
     p = add("demo", _cmd_demo, "run the whole notebook series (the main job of make demo; all it writes "
                                 "goes under data/demo)")
     p.add_argument("--publish", action="store_true",

@@ -412,20 +412,26 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
 
 
 def run_beyond(profile: Profile, *, foreign_root: str | Path | None = None, out_dir: Path | None = None,
-               progress: bool = True,
+               budget_factor: int = 1, progress: bool = True,
                device: str | torch.device | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The beyond-the-paper study of the profile on its cache; see :func:`brats_utils.beyond.run_study`.
 
     Scored on the profile's :func:`heldout_split` and on :func:`ensure_foreign_cache` (``foreign_root``).
+    ``budget_factor`` 1 is the screening study; ``k`` > 1 the longer run (:func:`beyond.longer_profile`:
+    the paper and region models with ``k`` times the epochs) in its own folder
+    (``beyond.beyond_dir(profile, k)``) with its own report and figure, the screening study untouched.
     """
-    folder = Path(out_dir) if out_dir is not None else beyond.beyond_dir(profile)
+    folder = Path(out_dir) if out_dir is not None else beyond.beyond_dir(profile, budget_factor)
+    study = beyond.longer_profile(profile, budget_factor) if budget_factor != 1 else profile
     options = ("--foreign-root", str(foreign_root)) if foreign_root is not None else ()
+    options += ("--longer", str(budget_factor)) if budget_factor != 1 else ()
     with interrupt_note(lambda: _finished_rows(folder, "*/*/row.json", "runs"),
                         resume_command(profile, "beyond", *options)):
         cache_dir = ensure_cache(profile, progress=progress)
         foreign = ensure_foreign_cache(profile, foreign_root, progress=progress)
-        return beyond.run_study(profile, cache_dir, report_split=heldout_split(profile),
-                                foreign_entries=foreign, out_dir=out_dir, progress=progress, device=device)
+        return beyond.run_study(study, cache_dir, report_split=heldout_split(profile),
+                                foreign_entries=foreign, out_dir=folder,
+                                figure=beyond.figure_name(budget_factor), progress=progress, device=device)
 
 
 def test_time_flips(profile: Profile) -> tuple[tuple[int, ...], ...]:

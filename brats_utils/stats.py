@@ -61,14 +61,18 @@ def paired_test(method: Sequence[float], baseline: Sequence[float]) -> float:
     """Two-sided p-value of the Wilcoxon signed-rank test of ``method - baseline``, paired by position.
 
     ``scipy.stats.wilcoxon`` with its defaults (exact distribution for small samples without ties or
-    zeros, zero differences dropped); every difference zero gives 1.0. Fewer than two pairs: NaN (no test).
+    zeros, zero differences dropped); every difference zero gives 1.0 (nothing to test: scipy answers 1.0
+    for a few such pairs but NaN from 25 on, where it switches to the normal approximation). Fewer than two
+    pairs: NaN (no test).
     """
     a, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
     if a.size < 2:
         return float("nan")
-    with warnings.catch_warnings():  # all differences zero: scipy warns, and answers p = 1
+    if np.array_equal(a, b):
+        return 1.0
+    with warnings.catch_warnings():  # some differences zero: scipy may warn, and drops them
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(scipy_stats.wilcoxon(a, b).pvalue)
 
@@ -130,3 +134,20 @@ def format_report(report: pd.DataFrame, *, method: str = "method") -> pd.DataFra
             text += f", p={row['p']:.3g} ({row['verdict']})"
         cells.setdefault(row[method], {})[row["score"]] = text
     return pd.DataFrame.from_dict(cells, orient="index")
+
+
+def markdown_report(report: pd.DataFrame, *, method: str = "method", scores: Sequence[str] | None = None,
+                    cases_label: str = "cases") -> str:
+    """:func:`format_report` as a Markdown table (one row per method, one column per score), for a README.
+
+    ``scores``: the columns to show, in order (default: all of the report's). The header names the
+    number of cases (``n cases`` of the report) and what they are (``cases_label``).
+    """
+    cells = format_report(report, method=method)
+    columns = list(scores) if scores is not None else list(cells.columns)
+    n_cases = int(report["n cases"].max())
+    header = [f"{method} ({n_cases} {cases_label}: mean [95 % CI], paired Wilcoxon p)", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([str(name), *(cells.loc[name, c] for c in columns)]) + " |"
+              for name in cells.index]
+    return "\n".join(lines)

@@ -146,11 +146,20 @@ def test_the_command_line_runs_the_study_and_names_the_cases(study, monkeypatch,
 
     calls = []
     monkeypatch.setattr(pipeline, "run_beyond",
-                        lambda profile, foreign_root: calls.append(foreign_root) or study)
+                        lambda profile, foreign_root, budget_factor:
+                        calls.append((foreign_root, budget_factor)) or study)
+    read = []
+    report = beyond.read_report(beyond.beyond_dir(tiny_profile()))
+    monkeypatch.setattr(beyond, "read_report", lambda folder: read.append(folder) or report)
     assert cli.main(["beyond", "--profile", "ci", "--foreign-root", "/some/brats2021"]) == 0
+    assert cli.main(["beyond", "--profile", "ci", "--longer", "3"]) == 0
     printed = capsys.readouterr().out
-    assert calls == ["/some/brats2021"]
-    assert "test cases (never seen by training or model selection)" in printed and "paper ensemble" in printed
+    assert calls == [("/some/brats2021", 1), (None, 3)]
+    ci = config.get_profile("ci")
+    assert read == [beyond.beyond_dir(ci), beyond.beyond_dir(ci, 3)]  # the longer run's own report
+    assert "test cases (never seen by training or model selection) (screening budget)" in printed
+    assert "(3x the screening budget)" in printed and "paper ensemble" in printed
+    assert "| regions | " in printed and "paired Wilcoxon p" in printed  # the report as a Markdown table
 
 
 def test_any_labelled_layout_can_be_the_foreign_dataset(tmp_path, monkeypatch):
@@ -247,4 +256,84 @@ def test_study_figure_draws_one_dot_per_seed_and_never_leaves_0_to_1():
     assert len(dots) == len(runs) * len(beyond.REGIONS)
     assert dots[:, 1].min() >= 0 and dots[:, 1].max() <= 1
     assert [t.get_text() for t in test_panel.get_xticklabels()] == ["paper", "regions"]
+    plt.close(fig)
+
+
+def test_the_longer_run_trains_the_paper_and_region_models_longer_into_its_own_folder(study, data_dir):
+    profile = tiny_profile(beyond_variants=("paper", "regions", "attention gates"), compare_epochs=2)
+    longer = beyond.longer_profile(profile, 3)
+    assert longer.compare_epochs == 6 and beyond.variant_names(longer) == beyond.LONGER_VARIANTS
+    assert longer.with_overrides(compare_epochs=2, beyond_variants=profile.beyond_variants) == profile
+    screening = beyond.beyond_dir(profile)
+    assert screening == data_dir / "data" / "beyond" / "beyond-test"
+    assert beyond.beyond_dir(profile, 3) == screening / "longer-3x"
+    assert beyond.figure_name(1) == beyond.FIGURE
+    assert beyond.figure_name(3) == "08_beyond_the_paper_longer_3x.png"
+    with pytest.raises(ValueError, match="budget_factor"):
+        beyond.longer_profile(profile, 0)
+
+
+def test_a_longer_run_writes_its_own_report_and_leaves_the_screening_one(study, data_dir):
+    screening = data_dir / "data" / "beyond" / "beyond-test"
+    before = {p: p.stat().st_mtime_ns for p in (screening / "report.csv", screening / "cases.csv")}
+    profile = tiny_profile(beyond_seeds=1)
+    with pytest.warns(UserWarning, match="left out of the foreign dataset"):
+        runs, _ = pipeline.run_beyond(profile, budget_factor=2, progress=False, device="cpu")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    longer = screening / "longer-2x"
+    report = beyond.read_report(longer)
+    assert set(report["variant"]) == {"paper", beyond.POSTPROCESSED, "regions", beyond.ENSEMBLE}
+    assert (data_dir / "figures" / beyond.figure_name(2)).exists()
+    curves = beyond.learning_curves(longer)
+    assert sorted(curves.groupby("variant")["epoch"].max().items()) == [("paper", 2), ("regions", 2)]
+
+
+def test_learning_curves_are_the_validation_columns_of_every_runs_history(study, data_dir):
+    folder = data_dir / "data" / "beyond" / "beyond-test"
+    curves = beyond.learning_curves(folder)
+    assert list(curves.columns) == ["variant", "seed", "epoch", "val_dice_mean", "val_dice_WT", "val_dice_TC",
+                                    "val_dice_ET"]
+    assert sorted(set(zip(curves["variant"], curves["seed"], strict=True))) == [
+        ("paper", 42), ("paper", 43), ("regions", 42), ("regions", 43)]
+    history = pd.read_csv(folder / "regions" / "seed43" / "history.csv")
+    run = curves[(curves["variant"] == "regions") & (curves["seed"] == 43)]
+    np.testing.assert_allclose(run["val_dice_mean"], history["val_dice_mean"])
+    regions = run[["val_dice_WT", "val_dice_TC", "val_dice_ET"]]
+    np.testing.assert_allclose(run["val_dice_mean"], regions.mean(axis=1))
+    with pytest.raises(FileNotFoundError, match="'attention gates'"):
+        beyond.learning_curves(folder, variants=("paper", "attention gates"))
+
+
+def test_learning_curve_figure_draws_one_line_per_run_and_budget():
+    import matplotlib.pyplot as plt
+
+    curve = pd.DataFrame({"variant": ["paper"] * 2 + ["regions"] * 2, "seed": [42] * 4, "epoch": [1, 2] * 2,
+                          "val_dice_mean": [0.1, 0.2, 0.3, 0.4]})
+    fig = beyond.plot_learning_curves({"screening": curve, "3x": curve.assign(seed=43)})
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 4 and {line.get_linestyle() for line in lines} == {"-", "--"}
+    np.testing.assert_allclose(lines[1].get_ydata(), [0.3, 0.4])
+    plt.close(fig)
+
+
+def test_report_figure_draws_every_case_and_the_interval_of_the_report():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+
+    rng = np.random.default_rng(1)
+    cases = pd.DataFrame([{"variant": v, "seed": s, "case": c,
+                           **{f"Dice_{r}": rng.uniform() for r in beyond.REGIONS}}
+                          for v in ("paper", "regions") for s in (42, 43) for c in range(7)])
+    report = beyond.study_report(cases.assign(**{f"Hausdorff95_{r}": 1.0 for r in beyond.REGIONS}))
+    fig = beyond.plot_report(cases, report)
+    panel = fig.axes[1]  # TC
+    dots = [c.get_offsets() for c in panel.collections if isinstance(c, PathCollection)]
+    per_case = cases.groupby(["variant", "case"])["Dice_TC"].mean()
+    np.testing.assert_allclose(np.sort(dots[0][:, 1]), np.sort(per_case["paper"]))  # a dot per case
+    assert len(dots) == 2 and all(len(d) == 7 for d in dots)
+    row = report[(report["variant"] == "regions") & (report["score"] == "Dice_TC")].iloc[0]
+    bars = [line for line in panel.get_lines() if line.get_marker() == "o"]  # the means (not the caps)
+    assert [line.get_ydata()[0] for line in bars] == pytest.approx(
+        list(report.loc[report["score"] == "Dice_TC", "mean"]))
+    assert any(f"p={row['p']:.2g}" in text.get_text() for text in panel.texts)
     plt.close(fig)

@@ -212,7 +212,8 @@ def test_as_dict_keeps_the_flat_names_of_the_checkpoints_before_the_sections():
     import torch
 
     saved = torch.load(Path(__file__).parent / "fixtures" / "ci_before_sections.pt", weights_only=True)
-    added_since = {"loss", "stratify_split", "lock_timeout", "best_metric", "fp32_validation", "data_seed"}
+    added_since = {"loss", "stratify_split", "lock_timeout", "best_metric", "fp32_validation", "data_seed",
+                   "min_et_volume_mm3"}
     assert set(config.get_profile("ci").as_dict()) - added_since == set(saved["config"]) - {
         "amp", "resolved_precision", "world_size", "global_batch"}
 
@@ -258,3 +259,4 @@ def test_overrides_from_the_environment_reach_get_profile(monkeypatch):
     monkeypatch.setenv(config.OVERRIDES_ENV, "epochs=7; patch_size=(16, 16, 16)")
     profile = config.get_profile("ci")
     assert profile.epochs == 7 and profile.patch_size == (16, 16, 16)
+

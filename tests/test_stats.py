@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from brats_utils import stats
 from brats_utils.stats import bootstrap_ci, compare_to_baseline, format_report, paired_test, verdict
 
 
@@ -24,6 +25,10 @@ def test_wilcoxon_is_paired_and_symmetric():
     method, baseline = [0.8, 0.7, 0.9, 0.6, 0.75, 0.85, 0.9], [0.7, 0.65, 0.8, 0.5, 0.7, 0.8, 0.95]
     assert paired_test(method, baseline) == pytest.approx(paired_test(baseline, method))
     assert paired_test(baseline, baseline) == 1.0  # no difference at all
+    thirty = np.linspace(0.1, 0.9, 30)  # as many cases as the demo's test split: scipy's answer is NaN there
+    with pytest.warns(RuntimeWarning):
+        assert np.isnan(scipy_stats.wilcoxon(thirty, thirty).pvalue)
+    assert paired_test(thirty, thirty) == 1.0
     with pytest.raises(ValueError):
         paired_test([1, 2], [1])
 
@@ -86,3 +91,16 @@ def test_a_method_missing_cases_of_the_baseline_is_refused():
     frame = pd.DataFrame({"method": ["paper", "paper", "new"], "case": ["a", "b", "a"], "Dice_WT": [1, 1, 1]})
     with pytest.raises(ValueError, match="'b'"):
         compare_to_baseline(frame, ["Dice_WT"], baseline="paper")
+
+
+def test_markdown_report_has_one_row_per_method_and_the_formatted_cells():
+    per_case = pd.DataFrame({"method": ["a"] * 6 + ["b"] * 6, "case": list(range(6)) * 2,
+                             "Dice_WT": [0.5, 0.6, 0.7, 0.8, 0.9, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 0.5]})
+    report = stats.compare_to_baseline(per_case, ["Dice_WT"], baseline="a")
+    lines = stats.markdown_report(report, cases_label="test cases").splitlines()
+    assert lines[0] == "| method (6 test cases: mean [95 % CI], paired Wilcoxon p) | Dice_WT |"
+    assert lines[1] == "|---|---|"
+    low, high = report.loc[1, ["CI low", "CI high"]]
+    # b is a + 0.1 on every case: the exact two-sided p of six positive ranks is 2 / 2**6
+    assert lines[3] == f"| b | 0.750 [{low:.3f}, {high:.3f}], p=0.0312 (better) |"
+    assert lines[2].startswith("| a | 0.650 [") and "p=" not in lines[2] and len(lines) == 4
