@@ -82,8 +82,7 @@ from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, build_cache, cache_key, is_up_to_date, load_cached, uncrop
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
 from brats_utils.run_state import is_finished
-from brats_utils.synthetic import write_synthetic_dataset
-from brats_utils.synthetic_layouts import write_layout
+from brats_utils.synthetic import write_layout, write_synthetic_dataset
 
 #: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
 REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
@@ -114,7 +113,7 @@ def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Pat
     """The profile's synthetic dataset (at ``out_dir``, else ``profile.synthetic_dir``), made on first use.
 
     It is written in the layout of ``profile.dataset``: the Kaggle BraTS 2020 layout, or that
-    dataset re-saved in another one (:func:`brats_utils.synthetic_layouts.write_layout`, into
+    dataset re-saved in another one (:func:`brats_utils.synthetic.write_layout`, into
     ``<synthetic_dir>-<dataset>`` unless ``out_dir`` is given).
     """
     kaggle = profile.synthetic_dir

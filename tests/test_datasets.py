@@ -21,7 +21,7 @@ from brats_utils.lesion_metrics import LESIONWISE_PROTOCOL, get_protocol
 from brats_utils.metrics import BRATS2020_PROTOCOL, evaluate
 from brats_utils.model import UNet3D
 from brats_utils.regions import predictor_for
-from brats_utils.synthetic_layouts import read_case_map, write_layout
+from brats_utils.synthetic import read_case_map, write_layout
 
 OTHER_LAYOUTS = ("brats2021", "brats2023", "msd")
 SCHEMES = {"brats2020": BRATS2020, "brats2021": BRATS2020, "brats2023": BRATS2023, "msd": MSD_TASK01}

@@ -1,6 +1,6 @@
 """The synthetic dataset re-saved in the layout of BraTS 2021, BraTS 2023 or MSD Task01.
 
-:func:`brats_utils.synthetic.write_synthetic_dataset` writes the Kaggle BraTS 2020 layout.
+:func:`brats_utils.synthetic.kaggle.write_synthetic_dataset` writes the Kaggle BraTS 2020 layout.
 :func:`write_layout` takes such a dataset and writes the same cases as another dataset stores
 them, each through its layout's ``write_case`` (and ``write_index``): renamed case folders and
 files, the modalities under that dataset's names (BraTS 2023: ``t2f, t1n, t1c, t2w``; MSD: one 4D
