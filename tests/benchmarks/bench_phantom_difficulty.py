@@ -10,8 +10,10 @@ case through :func:`brats_utils.io.load_case`, the split's parts separately): th
 student can check against the files.
 
 Side by side with another generator: set ``BRATS_OTHER_SYNTHETIC`` to the path of a copy of an
-older ``synthetic.py``, e.g. ``git show 3bf18b3:brats_utils/synthetic.py > /tmp/old_synthetic.py``
-(the egg-shaped phantoms before the MNI152 anatomy).
+older ``synthetic.py`` (one file, before the package ``synthetic/``), e.g. ``git show
+3bf18b3:brats_utils/synthetic.py > /tmp/old_synthetic.py`` (the egg-shaped phantoms before the MNI152
+anatomy); point its imports at today's homes first (``MODALITIES`` in ``brats_utils.labels``, the Kaggle
+folder names in ``brats_utils.datasets``).
 """
 
 from __future__ import annotations
