@@ -13,10 +13,17 @@ The studies (:mod:`brats_utils.compare`, :mod:`brats_utils.beyond`) follow one p
    (:func:`bootstrap_ci`, ``scipy.stats.bootstrap``, percentile method), and against the baseline a
    **paired Wilcoxon signed-rank test** over the same cases (:func:`paired_test`,
    ``scipy.stats.wilcoxon``, two-sided).
-4. **A verdict only where the test says so**: "better" or "worse" when ``p < alpha`` (default
-   :data:`ALPHA` = 0.05), otherwise "no difference", which means *no difference shown at this
-   alpha*, not "equal". With ``n`` paired cases the smallest two-sided p the exact test can give is
-   ``2 / 2**n``: five test cases can never show a difference at 0.05 (0.0625), six can.
+4. **A verdict only where the test says so**, and only for a difference that holds beyond these
+   networks and matters: "better" or "worse" when ``p < alpha`` (default :data:`ALPHA` = 0.05), the
+   mean difference is at least the smallest that matters (:data:`SMALLEST_DIFFERENCE`: 0.01 Dice,
+   1 mm HD95), and it has the same sign in every seed (:func:`seeds_agree`, means over the cases);
+   otherwise "no difference", which means *no difference shown*, not "equal".
+   Why the last two: the case-level test treats each method's trained networks as fixed, so two
+   trainings that differ by a hair (the same seeds, a setting that barely acts) give a tiny, consistent
+   per-case difference that the test calls significant; and whether a difference survives another
+   training run is what the seeds, not the cases, show. With ``n`` paired cases the smallest two-sided p
+   the exact test can give is ``2 / 2**n``: five test cases can never show a difference at 0.05 (0.0625),
+   six can.
 
 Nothing here is computed by hand: the interval and the test are scipy's; this module only says which
 numbers go in and names the outcome.
@@ -39,6 +46,26 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 9999
 #: The three verdict words.
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference"
+#: The smallest mean difference a verdict names, by the kind of score (the first key found in the column's
+#: name): a hundredth of Dice, a millimetre of HD95. Below it a difference is "no difference" whatever p.
+SMALLEST_DIFFERENCE = {"Dice": 0.01, "Hausdorff95": 1.0}
+
+
+def smallest_difference(column: str) -> float:
+    """The :data:`SMALLEST_DIFFERENCE` of a score column (0 for a kind not listed)."""
+    return next((value for kind, value in SMALLEST_DIFFERENCE.items() if kind in column), 0.0)
+
+
+def seeds_agree(method_seed_means: pd.Series, baseline_seed_means: pd.Series) -> bool:
+    """Whether the method differs from the baseline in the same direction seed by seed (each value a seed's
+    mean over the cases, indexed by seed): paired by seed when both ran the same seeds (the same data order
+    and initialisation), else every seed of the method against every seed of the baseline."""
+    method, baseline = pd.Series(method_seed_means, dtype=float), pd.Series(baseline_seed_means, dtype=float)
+    if set(method.index) == set(baseline.index):
+        differences = (method - baseline.loc[method.index]).to_numpy()
+    else:
+        differences = np.subtract.outer(method.to_numpy(), baseline.to_numpy())
+    return bool(differences.size) and (bool((differences > 0).all()) or bool((differences < 0).all()))
 
 
 def bootstrap_ci(values: Sequence[float], *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
@@ -77,26 +104,31 @@ def paired_test(method: Sequence[float], baseline: Sequence[float]) -> float:
         return float(scipy_stats.wilcoxon(a, b).pvalue)
 
 
-def verdict(difference: float, p_value: float, *, higher_is_better: bool = True, alpha: float = ALPHA) -> str:
-    """"better" / "worse" when ``p_value < alpha`` (by the sign of ``difference``), else "no difference"."""
-    if not p_value < alpha or difference == 0:
+def verdict(difference: float, p_value: float, *, higher_is_better: bool = True, alpha: float = ALPHA,
+            smallest: float = 0.0, seeds_agree: bool = True) -> str:
+    """"better" / "worse" (by the sign of ``difference``) when ``p_value < alpha``, ``|difference|`` is at
+    least ``smallest`` and the seeds agree (:func:`seeds_agree`); else "no difference"."""
+    if not p_value < alpha or difference == 0 or abs(difference) < smallest or not seeds_agree:
         return NO_DIFFERENCE
     return BETTER if (difference > 0) == higher_is_better else WORSE
 
 
 def compare_to_baseline(per_case: pd.DataFrame, columns: Sequence[str], *, baseline: str,
-                        method: str = "method", case: str = "case", alpha: float = ALPHA,
+                        method: str = "method", case: str = "case", seed: str = "seed", alpha: float = ALPHA,
                         lower_is_better: Sequence[str] = ()) -> pd.DataFrame:
     """Per method and column: mean over cases, 95 % bootstrap CI, paired p-value and verdict vs ``baseline``.
 
-    ``per_case``: one row per method, case (and seed, if any): the seeds of a method are averaged per case
-    first, so a case counts once. Every method must have scored the baseline's cases (else ``ValueError``
-    naming the missing ones). Returns one row per (method, column) in the order the methods first appear,
-    with ``n cases``, ``mean``, ``CI low``, ``CI high``, ``difference`` (mean of the paired differences),
-    ``p`` and ``verdict`` (NaN and "" for the baseline itself). Columns in ``lower_is_better`` (HD95)
-    call a negative difference "better".
+    ``per_case``: one row per method, case (and ``seed``, if that column exists): the seeds of a method are
+    averaged per case first, so a case counts once. Every method must have scored the baseline's cases
+    (else ``ValueError`` naming the missing ones). Returns one row per (method, column) in the order the
+    methods first appear, with ``n cases``, ``mean``, ``CI low``, ``CI high``, ``difference`` (mean of the
+    paired differences), ``p``, ``seeds agree`` and ``verdict`` (:func:`verdict` with the column's
+    :func:`smallest_difference`; NaN and "" for the baseline itself). Columns in ``lower_is_better``
+    (HD95) call a negative difference "better".
     """
     by_case = per_case.groupby([method, case], sort=False)[list(columns)].mean()
+    has_seeds = seed in per_case.columns
+    by_seed = per_case.groupby([method, seed] if has_seeds else [method], sort=False)[list(columns)].mean()
     methods = list(dict.fromkeys(per_case[method]))
     if baseline not in methods:
         raise ValueError(f"the baseline {baseline!r} is not among the methods {methods}")
@@ -111,14 +143,18 @@ def compare_to_baseline(per_case: pd.DataFrame, columns: Sequence[str], *, basel
             values = scores.loc[reference.index, column].to_numpy()
             low, high = bootstrap_ci(values)
             row = {method: name, "score": column, "n cases": len(values), "mean": float(values.mean()),
-                   "CI low": low, "CI high": high, "difference": np.nan, "p": np.nan, "verdict": ""}
+                   "CI low": low, "CI high": high, "difference": np.nan, "p": np.nan, "seeds agree": np.nan,
+                   "verdict": ""}
             if name != baseline:
                 base = reference[column].to_numpy()
                 p = paired_test(values, base)
                 difference = float(np.mean(values - base))
-                row.update(difference=difference, p=p,
+                agree = (seeds_agree(by_seed.loc[name][column], by_seed.loc[baseline][column]) if has_seeds
+                         else difference != 0)
+                row.update(difference=difference, p=p, **{"seeds agree": agree},
                            verdict=verdict(difference, p, higher_is_better=column not in lower_is_better,
-                                           alpha=alpha))
+                                           alpha=alpha, smallest=smallest_difference(column),
+                                           seeds_agree=agree))
             rows.append(row)
     return pd.DataFrame(rows)
 

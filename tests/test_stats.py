@@ -61,6 +61,45 @@ def test_verdicts_need_the_test_and_follow_the_direction_of_the_score():
     assert verdict(0.1, 0.2) == "no difference"
     assert verdict(-5.0, 0.01, higher_is_better=False) == "better"  # HD95 down
     assert verdict(0.1, float("nan")) == "no difference"
+    assert verdict(0.004, 1e-9, smallest=0.01) == "no difference"  # significant, but below what matters
+    assert verdict(-2.0, 1e-9, higher_is_better=False, smallest=1.0) == "better"
+    assert verdict(0.1, 0.01, seeds_agree=False) == "no difference"
+
+
+def test_seeds_agree_only_when_every_seed_pair_points_the_same_way():
+    seeds = [42, 43]
+    assert stats.seeds_agree(pd.Series([0.68, 0.66], seeds), pd.Series([0.55, 0.21], seeds))
+    assert not stats.seeds_agree(pd.Series([0.50, 0.57], seeds), pd.Series([0.55, 0.21], seeds))  # seed 42
+    # other seeds (an ensemble, -1): against every seed of the baseline
+    assert not stats.seeds_agree(pd.Series([0.52], [-1]), pd.Series([0.55, 0.21], seeds))
+    assert stats.seeds_agree(pd.Series([0.6], [-1]), pd.Series([0.55, 0.21], seeds))
+    assert not stats.seeds_agree(pd.Series([0.5], [0]), pd.Series([0.5], [0]))
+    assert stats.smallest_difference("Dice_TC") == 0.01 and stats.smallest_difference("Hausdorff95_ET") == 1.0
+
+
+def test_a_tiny_consistent_difference_between_two_near_identical_trainings_is_no_verdict():
+    """Two methods that differ by 0.003 Dice on every case (as two trainings with the same seeds and a
+    setting that barely acts): the Wilcoxon p is tiny, the verdict still "no difference"."""
+    cases = [f"c{i}" for i in range(30)]
+    base = np.linspace(0.3, 0.8, 30)
+    rows = [{"method": m, "seed": s, "case": c, "Dice_WT": b + (0.003 if m == "b" else 0.0) + 0.1 * s}
+            for m in ("a", "b") for s in (0, 1) for c, b in zip(cases, base, strict=True)]
+    row = compare_to_baseline(pd.DataFrame(rows), ["Dice_WT"], baseline="a").iloc[1]
+    assert row["p"] < 1e-6 and row["seeds agree"]
+    assert row["verdict"] == "no difference"
+
+
+def test_a_difference_that_one_seed_contradicts_is_no_verdict():
+    """The method beats the baseline's weak seed by far and loses to its good one: no verdict."""
+    cases = [f"c{i}" for i in range(30)]
+    base = np.linspace(0.3, 0.8, 30)
+    rows = [{"method": "a", "seed": s, "case": c, "Dice_WT": b + shift}
+            for s, shift in ((0, 0.1), (1, -0.25)) for c, b in zip(cases, base, strict=True)]
+    rows += [{"method": "b", "seed": s, "case": c, "Dice_WT": b + 0.05} for s in (0, 1)
+             for c, b in zip(cases, base, strict=True)]
+    row = compare_to_baseline(pd.DataFrame(rows), ["Dice_WT"], baseline="a").iloc[1]
+    assert row["p"] < 0.05 and row["difference"] > 0.01 and not row["seeds agree"]
+    assert row["verdict"] == "no difference"
 
 
 def test_report_averages_seeds_per_case_and_tests_against_the_baseline():
