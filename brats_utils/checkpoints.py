@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brats_utils.config import Profile, acting_settings, resumable_fields, saved_settings
+from brats_utils.config import acting_settings, resumable_fields, saved_settings
 from brats_utils.errors import CheckpointError, CheckpointFallbackWarning
 from brats_utils.files import atomic_path, disk_full_error, interrupts_held, is_disk_full
 from brats_utils.model import UNet3D
@@ -154,12 +154,14 @@ def newest_readable_checkpoint(run_dir: Path) -> tuple[dict, Path] | None:
     return None
 
 
-def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.Module | None = None) -> None:
+def check_compatible(checkpoint: dict, settings: Mapping[str, object], path: Path,
+                     model: nn.Module | None = None) -> None:
     """Raise :class:`CheckpointError` if the checkpoint belongs to other settings (or to another ``model``).
 
-    Only the settings declared resumable (:func:`brats_utils.config.resumable_fields`: epochs, patience,
-    ...) may differ. A checkpoint written before a setting existed counts as its default there, or as
-    what it meant then (:func:`brats_utils.config.saved_settings`); settings that do not act are left out.
+    ``settings`` are the flat settings of the run about to resume (``Profile.as_dict()``). Only the
+    settings declared resumable (:func:`brats_utils.config.resumable_fields`: epochs, patience, ...) may
+    differ. A checkpoint written before a setting existed counts as its default there, or as what it
+    meant then (:func:`brats_utils.config.saved_settings`); settings that do not act are left out.
     """
     if model is not None and dict(checkpoint["model_config"]) != dict(model.config):
         differing = sorted(k for k in set(checkpoint["model_config"]) | set(model.config)
@@ -167,7 +169,7 @@ def check_compatible(checkpoint: dict, profile: Profile, path: Path, model: nn.M
         raise CheckpointError(f"checkpoint was trained with another architecture (differs in {differing})",
                               path=path, expected=f"model config {model.config}")
     saved = acting_settings(saved_settings(checkpoint["config"]))
-    current = profile.acting_settings()
+    current = acting_settings(dict(settings))
     resumable = resumable_fields()
     differing = sorted(k for k in current if k not in resumable and saved.get(k) != current[k])
     if differing:

@@ -49,7 +49,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
     from brats_utils.download import download_brats2020
 
     if args.dataset == "brats2020":
-        print(download_brats2020(force=args.force))
+        print(download_brats2020(config.brats_root(), force=args.force))
         return
     from brats_utils.pipeline import real_dataset
 

@@ -64,7 +64,7 @@ from brats_utils.data import split_volumes
 from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
 from brats_utils.inference import Predictor, sliding_window, sliding_window_predict
-from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS, to_file_labels
+from brats_utils.labels import MODALITIES, REGION_COLORS, TRAIN_LABELS, Shape3D, to_file_labels
 from brats_utils.metrics import case_metrics
 from brats_utils.model import FULL_VOLUME, PRESETS, build_model
 from brats_utils.precision import grad_scaler, pick_device, resolve_precision
@@ -118,7 +118,7 @@ def describe(preset: str) -> str:
     return name
 
 
-def full_volume_shape(profile: Profile) -> tuple[int, int, int]:
+def full_volume_shape(profile: Profile) -> Shape3D:
     """The size of one whole input volume of the profile's dataset (240x240x155 for real BraTS)."""
     return tuple(profile.synthetic_shape) if profile.data_source == "synthetic" else FULL_VOLUME
 

@@ -22,8 +22,8 @@ declares: ``sw_patch_size`` for ``inference.patch_size``). ``profile.epochs`` re
 (:meth:`Profile.as_dict`), so files written before the sections still read. ``amp`` is a
 deprecated alias of ``precision`` (``amp=False`` is ``precision="fp32"``, with a FutureWarning).
 Derive a variant, never mutate one. Nothing here reads the environment at import:
-:func:`data_dir`, :func:`cache_dir`, :func:`runs_dir` and :func:`figures_dir` resolve the folders
-when they are asked.
+:func:`data_dir`, :func:`cache_dir`, :func:`runs_dir`, :func:`figures_dir` and :func:`brats_root`
+resolve the folders when they are asked.
 """
 
 from __future__ import annotations
@@ -41,14 +41,6 @@ from typing import Literal
 
 from brats_utils.errors import ProfileError
 from brats_utils.labels import Shape3D
-
-# --- where the data comes from --------------------------------------------------------
-
-#: The Kaggle copy of BraTS 2020 the paper used, version-pinned so a cached copy works offline.
-KAGGLE_HANDLE = "awsaf49/brats20-dataset-training-validation/versions/1"
-TRAINING_DIR_NAME = "MICCAI_BraTS2020_TrainingData"
-VALIDATION_DIR_NAME = "MICCAI_BraTS2020_ValidationData"
-
 
 #: Where the notebooks live on GitHub: the one place of the address. The badges, the glossary links and
 #: the Colab/Kaggle setup cell (``notebooks/_setup_cell.py``) are generated from it
@@ -76,6 +68,20 @@ def data_dir() -> Path:
     Read at each call, never at import, so a notebook or test that sets the variable is obeyed.
     """
     return Path(os.environ.get("BRATS_DATA_DIR") or repo_root() / "data").expanduser()
+
+
+#: Environment variable naming your own copy of a real dataset (read only by :func:`brats_root`).
+ROOT_ENV = "BRATS_ROOT"
+
+
+def brats_root() -> Path | None:
+    """Your own copy of the real dataset: ``$BRATS_ROOT``, or None when it is not set.
+
+    The one place the variable is read; :mod:`brats_utils.pipeline` (and the command line) hand the
+    folder to :mod:`brats_utils.download` and :mod:`brats_utils.datasets` as an argument.
+    """
+    value = os.environ.get(ROOT_ENV)
+    return Path(value).expanduser() if value else None
 
 
 def figures_dir() -> Path:

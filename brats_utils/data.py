@@ -162,7 +162,7 @@ def extract_patch(array: np.ndarray, start: Sequence[int], size: Sequence[int],
 
 
 def choose_patch_start(shape: Shape3D, patch_size: Shape3D, foreground: np.ndarray,
-                       foreground_fraction: float, rng: np.random.Generator) -> tuple[int, int, int]:
+                       foreground_fraction: float, rng: np.random.Generator) -> Shape3D:
     """Corner of a patch: centred on a tumour voxel with probability ``foreground_fraction``, else uniform.
 
     ``foreground`` holds rows ``(label, x, y, z)``; a tumour label is first drawn

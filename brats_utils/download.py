@@ -1,41 +1,44 @@
-"""Getting BraTS 2020, finding its cases wherever they are, and checking they are complete.
+"""Getting BraTS 2020 (and 2021), finding a local copy, and checking a dataset is complete.
 
-Where the data can come from, in the order :func:`find_local_brats2020` looks:
+Where the BraTS 2020 data can come from, in the order :func:`find_local_brats2020` looks:
 
-1. ``$BRATS_ROOT``: a copy you unzipped yourself (any folder above the split folders);
+1. a copy you unzipped yourself (``$BRATS_ROOT``, read by :func:`brats_utils.config.brats_root`
+   and handed in as ``root``: any folder above the split folders);
 2. a dataset attached to a Kaggle notebook (read-only, under ``/kaggle/input``);
 3. the kagglehub cache of an earlier :func:`download_brats2020`.
 
-Only :func:`download_brats2020` ever touches the network, through ``kagglehub`` with the
-version-pinned handle ``config.KAGGLE_HANDLE`` (a pinned version works offline once cached).
-:func:`brats_utils.pipeline.ensure_dataset` is what notebooks call: real data for the
-real-data profiles (or when ``$BRATS_ROOT`` is set), otherwise the synthetic stand-in.
-
-Cases are paired *inside each case folder*, never by sorting lists of files: the real
-training case 355 has its segmentation named ``W39_1998.09.19_Segm.nii``, so a sorted glob
-of ``*seg.nii`` pairs every later case with the wrong mask. Here the segmentation is the
-file ending in ``_seg``, or else the one NIfTI file left once the four modalities are found.
+Only :func:`download_brats2020` and :func:`download_brats2021` ever touch the network, through
+``kagglehub`` with the handles of :mod:`brats_utils.datasets.brats2020` (BraTS 2020's version-pinned,
+so a cached copy works offline). :func:`brats_utils.pipeline.ensure_dataset` is what notebooks call:
+real data for the real-data profiles (or when ``$BRATS_ROOT`` is set), otherwise the synthetic
+stand-in. Finding and pairing the cases of a folder is :mod:`brats_utils.datasets`' job.
 """
 
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from brats_utils.config import KAGGLE_HANDLE, TRAINING_DIR_NAME, VALIDATION_DIR_NAME
-from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
-from brats_utils.io import Case, is_nifti, nifti_stem, open_volume, read_labels
+from brats_utils.datasets import detect_layout
+from brats_utils.datasets.brats2020 import (
+    BRATS2021_KAGGLE_HANDLE,
+    KAGGLE_HANDLE,
+    TRAINING_DIR_NAME,
+    VALIDATION_DIR_NAME,
+    find_split_dirs,
+)
+from brats_utils.datasets.pairing import case_from_folder, files_ending, nifti_folders
+from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError
+from brats_utils.io import is_nifti, open_volume, read_labels
 from brats_utils.labels import MODALITIES
 
-#: Environment variable naming a local copy of the dataset.
-ROOT_ENV = "BRATS_ROOT"
 #: Where Kaggle mounts the datasets attached to a notebook.
 KAGGLE_INPUT = Path("/kaggle/input")
-SPLIT_DIR_NAMES = {"training": TRAINING_DIR_NAME, "validation": VALIDATION_DIR_NAME}
 #: The published release: 369 training cases (293 HGG, 76 LGG) and 125 validation cases.
 RELEASE_CASES = {"training": 369, "validation": 125}
 RELEASE_GRADES = {"HGG": 293, "LGG": 76}
@@ -43,103 +46,14 @@ CSV_FILES = {"training": "name_mapping.csv", "validation": "name_mapping_validat
 #: Columns of the per-case table of :func:`verify_dataset`.
 TABLE_COLUMNS = ["split", "case_id", *MODALITIES, "seg", "shape", "image_dtype", "seg_dtype", "labels",
                  "notes", "problems"]
-#: How deep below a given folder the split folders are searched for.
-SEARCH_DEPTH = 8
 
 _HOW_TO_PROCEED = (
     "To continue: (1) check the internet connection and retry; "
     f"(2) on Kaggle, attach the dataset '{KAGGLE_HANDLE.split('/versions')[0]}' with 'Add Input'; "
-    f"(3) download and unzip it yourself and set {ROOT_ENV}=/path/to/it; "
+    "(3) download and unzip it yourself and set BRATS_ROOT=/path/to/it; "
     "or (4) use the synthetic stand-in in the same layout: "
     "brats_utils.pipeline.ensure_dataset(get_profile('demo')) or `python -m brats_utils synth`"
 )
-
-
-def _files_ending(files: list[Path], role: str) -> list[Path]:
-    """The NIfTI files whose name (without extension) ends in ``_<role>``, e.g. ``_t1`` but not ``_t1ce``."""
-    return [p for p in files if nifti_stem(p).lower().endswith(f"_{role}")]
-
-
-def find_split_dirs(root: str | Path, *, max_depth: int = SEARCH_DEPTH) -> dict[str, Path]:
-    """The training and validation folders at or below ``root``.
-
-    Returns ``{"training": ..., "validation": ...}`` with the folders found (a missing split
-    is omitted). The search is breadth-first, so the shallowest match wins, and it never
-    enters case folders. Works on the kagglehub cache, a Kaggle mount or a manual unzip.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetNotFoundError("dataset folder does not exist", path=root,
-                                   expected=f"a folder containing {TRAINING_DIR_NAME}")
-    found: dict[str, Path] = {}
-    level = [root]
-    for _ in range(max_depth + 1):
-        below: list[Path] = []
-        for folder in level:
-            split = next((s for s, name in SPLIT_DIR_NAMES.items() if folder.name == name), None)
-            if split is not None:
-                found.setdefault(split, folder)
-                continue
-            try:
-                children = sorted(p for p in folder.iterdir() if p.is_dir())
-            except OSError:  # unreadable folder: not ours to judge
-                continue
-            below.extend(p for p in children if not p.name.startswith("BraTS20_"))
-        if len(found) == len(SPLIT_DIR_NAMES) or not below:
-            break
-        level = below
-    return found
-
-
-def case_from_folder(folder: str | Path) -> Case:
-    """Pair the files of one case folder into a :class:`Case`.
-
-    Modality files end in ``_flair``, ``_t1``, ``_t1ce`` or ``_t2`` (``.nii`` or ``.nii.gz``,
-    any case). The segmentation ends in ``_seg``; failing that, it is the single NIfTI file
-    left over (the misnamed case 355). Non-NIfTI files are ignored. Raises
-    :class:`MissingModalityError` or, for two candidates of one role, :class:`BratsError`.
-    """
-    folder = Path(folder)
-    case_id = folder.name
-    files = sorted(p for p in folder.iterdir() if is_nifti(p))
-    modalities: dict[str, Path] = {}
-    for modality in MODALITIES:
-        matches = _files_ending(files, modality)
-        if not matches:
-            raise MissingModalityError(f"no {modality} file", case_id=case_id, path=folder,
-                                       expected=f"a file ending in _{modality}.nii or _{modality}.nii.gz")
-        if len(matches) > 1:
-            raise BratsError(f"{len(matches)} {modality} files: {', '.join(p.name for p in matches)}",
-                             case_id=case_id, path=folder, expected=f"exactly one {modality} file")
-        modalities[modality] = matches[0]
-    rest = [p for p in files if p not in modalities.values()]
-    named = _files_ending(rest, "seg")
-    candidates = named or rest
-    if len(candidates) > 1:
-        raise BratsError(f"cannot tell the segmentation among {', '.join(p.name for p in candidates)}",
-                         case_id=case_id, path=folder, expected="one segmentation file (ending in _seg)")
-    return Case(case_id, modalities, candidates[0] if candidates else None, folder)
-
-
-def _nifti_folders(split_dir: Path) -> list[Path]:
-    """Sub-folders holding at least one NIfTI file, sorted by name (= case id)."""
-    return sorted(d for d in split_dir.iterdir() if d.is_dir() and any(is_nifti(p) for p in d.iterdir()))
-
-
-def find_brats2020(root: str | Path, split: str = "training") -> list[Case]:
-    """All cases of one split (``"training"`` or ``"validation"``) below ``root``, sorted by id.
-
-    Raises :class:`DatasetNotFoundError` when the split folder is not found and the errors of
-    :func:`case_from_folder` for a case folder that cannot be paired.
-    """
-    if split not in SPLIT_DIR_NAMES:
-        raise ValueError(f"split must be one of {list(SPLIT_DIR_NAMES)}, got {split!r}")
-    split_dir = find_split_dirs(root).get(split)
-    if split_dir is None:
-        raise DatasetNotFoundError(f"no {split} folder found", path=root,
-                                   expected=f"a folder named {SPLIT_DIR_NAMES[split]} at most "
-                                            f"{SEARCH_DEPTH} levels below")
-    return [case_from_folder(folder) for folder in _nifti_folders(split_dir)]
 
 
 # --- where the real data is --------------------------------------------------------------
@@ -160,42 +74,42 @@ def kagglehub_cache_path() -> Path:
     return Path(get_cache_folder()) / "datasets" / KAGGLE_HANDLE
 
 
-def find_local_brats2020() -> Path | None:
+def find_local_brats2020(root: str | Path | None = None) -> Path | None:
     """A copy of the real dataset available without network, or ``None``.
 
-    Looks at ``$BRATS_ROOT`` (which must then hold the dataset: a wrong path raises
-    :class:`DatasetNotFoundError` instead of being ignored), a dataset attached to a Kaggle
-    notebook under ``/kaggle/input``, and the kagglehub cache, in that order.
+    Looks at ``root`` (your own copy, ``$BRATS_ROOT`` as :func:`brats_utils.config.brats_root` reads
+    it; when given it must hold the dataset: a wrong path raises :class:`DatasetNotFoundError`
+    instead of being ignored), a dataset attached to a Kaggle notebook under ``/kaggle/input``, and
+    the kagglehub cache, in that order.
     """
-    env_root = os.environ.get(ROOT_ENV)
-    if env_root:
-        if not Path(env_root).expanduser().is_dir():
-            raise DatasetNotFoundError(f"${ROOT_ENV} names a folder that does not exist", path=env_root,
+    if root is not None:
+        if not Path(root).expanduser().is_dir():
+            raise DatasetNotFoundError("$BRATS_ROOT names a folder that does not exist", path=root,
                                        expected="the folder where you unzipped BraTS 2020")
-        root = _dataset_root(Path(env_root).expanduser())
-        if root is None:
-            raise DatasetNotFoundError(f"${ROOT_ENV} holds no BraTS 2020 training folder", path=env_root,
+        found = _dataset_root(Path(root).expanduser())
+        if found is None:
+            raise DatasetNotFoundError("$BRATS_ROOT holds no BraTS 2020 training folder", path=root,
                                        expected=f"a folder with {TRAINING_DIR_NAME} below it")
-        return root
+        return found
     for candidate in (KAGGLE_INPUT, kagglehub_cache_path()):
         if candidate.is_dir():
-            root = _dataset_root(candidate)
-            if root is not None:
-                return root
+            found = _dataset_root(candidate)
+            if found is not None:
+                return found
     return None
 
 
-def download_brats2020(*, force: bool = False) -> Path:
+def download_brats2020(root: str | Path | None = None, *, force: bool = False) -> Path:
     """The BraTS 2020 dataset root (both split folders below it), downloading it if needed.
 
-    Uses a local copy when there is one (:func:`find_local_brats2020`), else
-    ``kagglehub.dataset_download(config.KAGGLE_HANDLE)`` (about 4 GB; the dataset is public and
-    needs no Kaggle credentials). ``force=True`` skips local copies and downloads again.
+    Uses a local copy when there is one (:func:`find_local_brats2020`, looking at ``root`` first:
+    ``$BRATS_ROOT``), else ``kagglehub.dataset_download(KAGGLE_HANDLE)`` (about 4 GB; the dataset is
+    public and needs no Kaggle credentials). ``force=True`` skips local copies and downloads again.
     Raises :class:`DownloadError` explaining what failed and how to proceed (offline, no
     access), or :class:`DatasetNotFoundError` if the download does not hold the expected folders.
     """
     if not force:
-        local = find_local_brats2020()
+        local = find_local_brats2020(root)
         if local is not None:
             return local
     import kagglehub
@@ -215,10 +129,66 @@ def download_brats2020(*, force: bool = False) -> Path:
     except Exception as err:  # kagglehub raises its own types (credentials, backend, ...)
         raise DownloadError(f"downloading {KAGGLE_HANDLE} failed ({type(err).__name__}: {err}). "
                             + _HOW_TO_PROCEED) from err
-    root = _dataset_root(path)
-    if root is None:
+    found = _dataset_root(path)
+    if found is None:
         raise DatasetNotFoundError("the download holds no BraTS 2020 training folder", path=path,
                                    expected=f"{TRAINING_DIR_NAME} below it")
+    return found
+
+
+# --- getting BraTS 2021 ---------------------------------------------------------------------
+
+
+def unpack_tars(folder: str | Path, into: str | Path) -> Path:
+    """Unpack every ``*.tar`` under ``folder`` into ``into`` (once: a marker records it); return ``into``.
+
+    The Kaggle copy of BraTS 2021 ships its cases as ``BraTS2021_Training_Data.tar`` (plus two
+    re-released cases as their own tars). Members are extracted with tarfile's ``data`` filter,
+    which refuses absolute paths and links out of the target.
+    """
+    folder, into = Path(folder), Path(into)
+    marker = into / ".unpacked"
+    if marker.is_file():
+        return into
+    into.mkdir(parents=True, exist_ok=True)
+    for archive in sorted(folder.rglob("*.tar")):
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                tar.extractall(into, filter="data")
+                continue
+            target = into.resolve()
+            for member in tar.getmembers():  # the same refusals by hand
+                if not (member.isfile() or member.isdir()) or \
+                        not (target / member.name).resolve().is_relative_to(target):
+                    raise BratsError(f"refusing to unpack {member.name!r}", path=archive,
+                                     expected="plain files and folders inside the archive's target")
+            tar.extractall(into)  # members checked above
+    marker.write_text("done\n")
+    return into
+
+
+def download_brats2021(unpack_to: str | Path) -> Path:
+    """BraTS 2021 through kagglehub (``BRATS2021_KAGGLE_HANDLE``), unpacked into ``unpack_to``.
+
+    Returns the folder holding the case folders. Raises :class:`DownloadError` when the download
+    fails and :class:`DatasetNotFoundError` when it holds no BraTS 2021 case.
+    """
+    import kagglehub
+
+    try:
+        path = Path(kagglehub.dataset_download(BRATS2021_KAGGLE_HANDLE))
+    except Exception as err:  # offline, no access, kagglehub's own errors
+        raise DownloadError(f"downloading {BRATS2021_KAGGLE_HANDLE} failed ({type(err).__name__}: {err}); "
+                            "download it yourself and set $BRATS_ROOT, or use a synthetic profile") from err
+    try:
+        if detect_layout(path).name == "brats2021":
+            return path
+    except BratsError:
+        pass
+    root = unpack_tars(path, unpack_to)
+    if detect_layout(root).name != "brats2021":
+        raise DatasetNotFoundError("the download holds no BraTS 2021 case folders", path=path,
+                                   expected="BraTS2021_NNNNN folders, or tars of them")
     return root
 
 
@@ -230,7 +200,7 @@ def _check_case(folder: Path, split: str, read_label_values: bool) -> dict:
     row: dict = {"split": split, "case_id": folder.name}
     names = [p for p in folder.iterdir() if is_nifti(p)]
     for modality in MODALITIES:
-        row[modality] = bool(_files_ending(names, modality))
+        row[modality] = bool(files_ending(names, modality))
     row.update(seg="", shape="", image_dtype="", seg_dtype="", labels="", notes="", problems="")
     try:
         case = case_from_folder(folder)
@@ -249,7 +219,7 @@ def _check_case(folder: Path, split: str, read_label_values: bool) -> dict:
         dtypes.add(image.get_data_dtype().name)
     if case.seg is not None:
         row["seg"] = case.seg.name
-        if not _files_ending([case.seg], "seg"):
+        if not files_ending([case.seg], "seg"):
             row["notes"] = "segmentation misnamed (found by elimination)"
         try:
             if read_label_values:
@@ -329,7 +299,7 @@ def verify_dataset(
                                    expected=f"{TRAINING_DIR_NAME} and/or {VALIDATION_DIR_NAME} below it")
     rows, summaries = [], {}
     for split, split_dir in split_dirs.items():
-        folders = _nifti_folders(split_dir)
+        folders = nifti_folders(split_dir)
         split_rows = [_check_case(folder, split, read_label_values)
                       for folder in tqdm(folders, desc=f"checking {split}", disable=not progress)]
         split_table = pd.DataFrame(split_rows, columns=TABLE_COLUMNS)

@@ -28,7 +28,7 @@ import torch
 
 from brats_utils.config import PROFILES, Profile, parse_override
 from brats_utils.errors import OutOfMemoryError
-from brats_utils.precision import resolve_precision
+from brats_utils.precision import pick_device, resolve_precision
 
 _note_active: contextvars.ContextVar[bool] = contextvars.ContextVar("interrupt_note_active", default=False)
 
@@ -112,10 +112,10 @@ def _smaller(shape: tuple[int, ...] | None) -> str:
 def memory_error(profile: Profile, stage: str, error: BaseException) -> OutOfMemoryError:
     """The :class:`~brats_utils.errors.OutOfMemoryError` for ``stage`` (``"training"`` or ``"prediction"``).
 
-    The precision named is the one the profile resolves to on this machine's device.
+    The precision named is the one the profile resolves to on this machine's device
+    (:func:`~brats_utils.precision.pick_device`: CUDA, else Apple's MPS, else the CPU).
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(profile.requested_precision, device)
+    precision = resolve_precision(profile.requested_precision, pick_device())
     first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
     half = ", or 16-bit precision on a GPU (--set precision=auto)" if precision == "fp32" else ""
     if stage == "training":

@@ -9,6 +9,7 @@ LPS): arrays are brought to the Kaggle files' axis order on load, and :func:`sav
 writes a prediction back in the input's own orientation and affine. Anything unexpected raises an
 error from :mod:`brats_utils.errors` that names the case, the file and the expectation. Input
 files are only read (Kaggle mounts them read-only); :func:`save_segmentation` writes atomically.
+:func:`write_volume` writes a volume as a dataset stores it (the dataset layouts and the phantoms).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from brats_utils.errors import (
     MissingModalityError,
@@ -297,6 +299,23 @@ def save_segmentation(
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return path
+
+
+def write_volume(array: np.ndarray, path: str | Path, affine: np.ndarray, dtype: npt.DTypeLike, *,
+                 slope_inter: tuple[float, float] | None = None) -> Path:
+    """Write one volume as a dataset stores it: ``array`` cast to ``dtype`` on ``affine`` (sform and qform
+    code 1, millimetres), with ``scl_slope``/``scl_inter`` when ``slope_inter`` is given. The writer of every
+    dataset layout (:meth:`brats_utils.datasets.DatasetLayout.write_case`) and of the synthetic phantoms;
+    they write into a temporary folder renamed when complete, so this write is not atomic by itself.
+    """
+    image = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    if slope_inter is not None:
+        image.header.set_slope_inter(*slope_inter)
+    nib.save(image, path)
+    return Path(path)
 
 
 def export_segmentation(

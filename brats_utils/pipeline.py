@@ -27,7 +27,6 @@ what they are.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,12 +47,12 @@ from brats_utils.checkpoints import (
     load_model,
     load_pretrained,
 )
-from brats_utils.config import Profile, data_dir, registered_fields
+from brats_utils.config import ROOT_ENV, Profile, brats_root, data_dir, registered_fields
 from brats_utils.data import VolumeDataset, split_patients, split_volumes
 from brats_utils.data import make_loaders as make_patch_loaders
-from brats_utils.datasets import LAYOUTS, download_brats2021, find_dataset, scan_sets
+from brats_utils.datasets import LAYOUTS, find_dataset, scan_sets
 from brats_utils.distributed import distributed_info, main_process_first
-from brats_utils.download import ROOT_ENV, download_brats2020
+from brats_utils.download import download_brats2020, download_brats2021
 from brats_utils.errors import (
     BratsError,
     CacheError,
@@ -83,8 +82,7 @@ from brats_utils.precision import to_channels_last, use_channels_last
 from brats_utils.preprocess import CropMeta, build_cache, cache_key, is_up_to_date, load_cached, uncrop
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
 from brats_utils.run_state import is_finished
-from brats_utils.synthetic import write_synthetic_dataset
-from brats_utils.synthetic_layouts import write_layout
+from brats_utils.synthetic import write_layout, write_synthetic_dataset
 
 #: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
 REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
@@ -115,7 +113,7 @@ def ensure_synthetic(profile: Profile, out_dir: str | Path | None = None) -> Pat
     """The profile's synthetic dataset (at ``out_dir``, else ``profile.synthetic_dir``), made on first use.
 
     It is written in the layout of ``profile.dataset``: the Kaggle BraTS 2020 layout, or that
-    dataset re-saved in another one (:func:`brats_utils.synthetic_layouts.write_layout`, into
+    dataset re-saved in another one (:func:`brats_utils.synthetic.write_layout`, into
     ``<synthetic_dir>-<dataset>`` unless ``out_dir`` is given).
     """
     kaggle = profile.synthetic_dir
@@ -137,15 +135,20 @@ def real_dataset(profile: Profile) -> Path:
     ``$BRATS_ROOT``, else :class:`~brats_utils.errors.DatasetNotFoundError` says where to get them.
     """
     layout = LAYOUTS[profile.dataset]
+    own_copy = brats_root()
     if profile.dataset == "brats2020":
-        return download_brats2020()
-    env_root = os.environ.get(ROOT_ENV)
-    if env_root:
-        return Path(env_root).expanduser()
+        return download_brats2020(own_copy)
+    if own_copy is not None:
+        return own_copy
     if profile.dataset == "brats2021":
         return download_brats2021(data_dir() / "brats2021")
     raise DatasetNotFoundError(f"{layout.title} is not downloaded by this project; set ${ROOT_ENV}",
                                expected=layout.how_to_get)
+
+
+def uses_real_data(profile: Profile) -> bool:
+    """Whether the profile works on real data: ``data_source="real"``, or your own copy at ``$BRATS_ROOT``."""
+    return profile.data_source == "real" or brats_root() is not None
 
 
 def ensure_dataset(profile: Profile) -> Path:
@@ -157,7 +160,7 @@ def ensure_dataset(profile: Profile) -> Path:
     registry names are checked first (:func:`check_registered`).
     """
     check_registered(profile)
-    if profile.data_source == "real" or os.environ.get(ROOT_ENV):
+    if uses_real_data(profile):
         return real_dataset(profile)
     return ensure_synthetic(profile)
 
@@ -175,7 +178,7 @@ CACHE_MANIFEST = "complete.json"
 def cache_request(profile: Profile) -> dict:
     """What decides a profile's cached cases: the data (which dataset, real or which synthetic copy,
     how many cases) and the preprocessing. Two profiles with the same request share a complete cache."""
-    real = profile.data_source == "real" or bool(os.environ.get(ROOT_ENV))
+    real = uses_real_data(profile)
     synthetic = {} if real else {"synthetic_train_cases": profile.synthetic_train_cases,
                                  "synthetic_val_cases": profile.synthetic_val_cases,
                                  "synthetic_shape": list(profile.synthetic_shape), "seed": profile.seed}
@@ -349,7 +352,7 @@ def ensure_trained(profile: Profile, *, progress: bool = True) -> Path:
         except CheckpointError:  # damaged: train() resumes from the newest epoch file that loads, saying so
             checkpoint = None
         if checkpoint is not None:
-            check_compatible(checkpoint, profile, last_path)
+            check_compatible(checkpoint, profile.as_dict(), last_path)
             if is_finished(checkpoint, profile):
                 return best_path
     return train(profile, resume=True, progress=progress).best_checkpoint
@@ -385,7 +388,7 @@ def ensure_foreign_cache(profile: Profile, root: str | Path | None = None, *,
     way the cases go through the package's own loader and preprocessing.
     """
     if root is None:
-        if profile.data_source == "real" or os.environ.get(ROOT_ENV):
+        if uses_real_data(profile):
             return None
         seed = profile.seed + FOREIGN_SEED_OFFSET
         shape = "x".join(map(str, profile.synthetic_shape))
@@ -436,13 +439,20 @@ def test_time_flips(profile: Profile) -> tuple[tuple[int, ...], ...]:
     return tta_flips(augmentation_for(profile.augmentation))
 
 
+def applied_flips(profile: Profile, tta: bool | None = None) -> tuple[tuple[int, ...], ...]:
+    """The test-time flips a :func:`predictor` applies: :func:`test_time_flips` when ``tta`` (default: the
+    profile's) is on and they are more than the identity, else none (``()``)."""
+    flips = test_time_flips(profile)
+    return flips if (profile.tta if tta is None else tta) and len(flips) > 1 else ()
+
+
 def predictor(profile: Profile, *models: torch.nn.Module, tta: bool | None = None) -> Predictor:
     """The predictor the profile describes for ``models`` (one model, or several as an ensemble).
 
     Each model gives its target's probabilities (:func:`~brats_utils.regions.predictor_for`: softmax
     for ``target="labels"``, sigmoid for ``"regions"``) in the profile's precision; several are averaged
-    (:func:`~brats_utils.inference.average_predictors`); with ``tta`` (default: the profile's) the
-    test-time flips of :func:`test_time_flips` wrap the whole (when there is more than one flip).
+    (:func:`~brats_utils.inference.average_predictors`); the test-time flips of :func:`applied_flips`
+    (``tta``, default: the profile's) wrap the whole.
     The models are put in eval mode, and in ``channels_last_3d`` where the precision asks for it.
     """
     members = []
@@ -452,10 +462,8 @@ def predictor(profile: Profile, *models: torch.nn.Module, tta: bool | None = Non
             to_channels_last(model)
         members.append(predictor_for(model, profile.target, precision=profile.requested_precision))
     combined = members[0] if len(members) == 1 else average_predictors(members)
-    flips = test_time_flips(profile)
-    if (profile.tta if tta is None else tta) and len(flips) > 1:
-        combined = with_flips(combined, flips)
-    return combined
+    flips = applied_flips(profile, tta)
+    return with_flips(combined, flips) if flips else combined
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -470,9 +478,8 @@ def predict_cases(profile: Profile, models: list[torch.nn.Module], cases: list[C
     Cases already segmented there by the same networks and settings (their
     :func:`~brats_utils.inference.prediction_fingerprint`) are kept unless ``overwrite``.
     """
-    flips = test_time_flips(profile) if (profile.tta if tta is None else tta) else ()
     fingerprint = prediction_fingerprint(models, profile.inference, profile.preprocessing, profile.target,
-                                         profile.requested_precision, flips if len(flips) > 1 else ())
+                                         profile.requested_precision, applied_flips(profile, tta))
     return predict_folder(predictor(profile, *models, tta=tta), cases, out_dir, profile.inference,
                           profile.preprocessing, target=profile.target, device=_device_of(models[0]),
                           progress=progress, overwrite=overwrite, fingerprint=fingerprint)

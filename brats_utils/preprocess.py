@@ -49,6 +49,7 @@ from brats_utils.labels import (
     BRATS2020,
     MODALITIES,
     TRAIN_LABELS,
+    Shape3D,
     to_file_labels,  # noqa: F401  (step 4's inverse, kept beside it for notebook 03)
     to_train_labels,
 )
@@ -135,7 +136,7 @@ class CropMeta:
 
     case_id: str
     bbox: tuple[tuple[int, int], ...]  # (start, stop) per spatial axis
-    original_shape: tuple[int, int, int]
+    original_shape: Shape3D
     affine: list[list[float]]
     header_b64: str | None = None
     margin: int = 2
@@ -146,7 +147,7 @@ class CropMeta:
         return tuple(slice(start, stop) for start, stop in self.bbox)
 
     @property
-    def cropped_shape(self) -> tuple[int, int, int]:
+    def cropped_shape(self) -> Shape3D:
         """Spatial shape after cropping."""
         return tuple(stop - start for start, stop in self.bbox)
 

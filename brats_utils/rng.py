@@ -1,4 +1,9 @@
-"""The random generators of a run: seeded per epoch, saved in a checkpoint, restored on resume."""
+"""The random generators of a run: seeded from ``(seed, epoch)`` at the start of every epoch, and recorded.
+
+Seeding every epoch is what makes a resumed run draw the same patches, augmentations and dropout masks as
+one that never stopped (whichever checkpoint it resumes from); a checkpoint also records the generators'
+states when it was written (:func:`rng_state`), for inspection, not to be restored.
+"""
 
 from __future__ import annotations
 
@@ -27,17 +32,3 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned (CUDA states only where the devices match)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
-                         "gauss": numpy_state["gauss"],
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
-                                   "pos": numpy_state["pos"]}})
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,8 +1,8 @@
 """The state of a training run: its live objects and their checkpoint, its history table, its result.
 
 :class:`TrainingState` is everything a checkpoint holds (model, optimiser, schedule, scaler, early
-stopping, history; with the random generators, :mod:`brats_utils.rng`); :class:`TrainResult` is what
-:func:`brats_utils.train.train` returns. The loop itself is :mod:`brats_utils.train`.
+stopping, history; and a record of the random generators, :mod:`brats_utils.rng`); :class:`TrainResult`
+is what :func:`brats_utils.train.train` returns. The loop itself is :mod:`brats_utils.train`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from brats_utils.files import write_csv_atomic
 from brats_utils.model import build_model, init_weights_authors_
 from brats_utils.precision import grad_scaler
 from brats_utils.regions import init_region_bias_, output_channels
-from brats_utils.rng import rng_state, seed_everything, set_rng_state
+from brats_utils.rng import rng_state, seed_everything
 from brats_utils.schedules import EarlyStopping, make_scheduler, make_stopper
 
 #: Columns of a run's history, one row per epoch.
@@ -139,7 +139,7 @@ class TrainingState:
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.stopper.load_state_dict(checkpoint["early_stopping"])
         self.history = [with_mean_dice(dict(row)) for row in checkpoint["history"]]
-        set_rng_state(checkpoint["rng_state"])
+        # the random generators are not restored: every epoch seeds them from (seed, epoch) (train_epoch)
 
 
 # --- the files of a run, after each epoch and after a fallback --------------------------------------

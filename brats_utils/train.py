@@ -270,7 +270,7 @@ def _start_state(profile: Profile, run_dir: Path, device: torch.device, *, preci
     found = newest_readable_checkpoint(run_dir) if resume else None
     if found is not None:
         checkpoint, last_path = found
-        check_compatible(checkpoint, profile, last_path, state.model)
+        check_compatible(checkpoint, profile.as_dict(), last_path, state.model)
         state.restore(checkpoint)
         if is_main:  # history.csv may be an epoch ahead (written just before last.pt) or more (a fallback)
             write_csv_atomic(pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS)),

@@ -164,8 +164,7 @@ def test_the_command_line_runs_the_study_and_names_the_cases(study, monkeypatch,
 
 def test_any_labelled_layout_can_be_the_foreign_dataset(tmp_path, monkeypatch):
     from brats_utils.preprocess import load_cached
-    from brats_utils.synthetic import write_synthetic_dataset
-    from brats_utils.synthetic_layouts import write_layout
+    from brats_utils.synthetic import write_layout, write_synthetic_dataset
 
     monkeypatch.setenv("BRATS_DATA_DIR", str(tmp_path / "data"))
     profile = tiny_profile(name="beyond-layout")

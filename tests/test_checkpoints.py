@@ -35,11 +35,11 @@ def fixture_profile():
 def test_the_old_checkpoint_fits_its_profile_and_refuses_other_settings(tiny_preset):
     checkpoint = load_checkpoint(BEFORE_SECTIONS)
     assert "amp" in checkpoint["config"]  # written when amp was still a field of its own
-    check_compatible(checkpoint, fixture_profile().with_overrides(epochs=3), BEFORE_SECTIONS)
+    check_compatible(checkpoint, fixture_profile().with_overrides(epochs=3).as_dict(), BEFORE_SECTIONS)
     with pytest.raises(CheckpointError, match=r"lr: 0\.0005 -> 0\.001"):
-        check_compatible(checkpoint, fixture_profile().with_overrides(lr=1e-3), BEFORE_SECTIONS)
+        check_compatible(checkpoint, fixture_profile().with_overrides(lr=1e-3).as_dict(), BEFORE_SECTIONS)
     with pytest.raises(CheckpointError, match="best_metric: 'val_paper_dice' -> 'val_dice_mean'"):
-        check_compatible(checkpoint, fixture_profile().with_overrides(best_metric="val_dice_mean"),
+        check_compatible(checkpoint, fixture_profile().with_overrides(best_metric="val_dice_mean").as_dict(),
                          BEFORE_SECTIONS)
 
 

@@ -60,6 +60,18 @@ def test_profile_folders_live_under_the_data_dir(monkeypatch, tmp_path):
     assert all(tmp_path in folder.parents for folder in (p.synthetic_dir, p.cache_dir, p.run_dir))
 
 
+def test_brats_root_is_read_in_one_place_when_asked(monkeypatch, tmp_path):
+    assert config.brats_root() is None  # conftest's hermetic environment: not set
+    monkeypatch.setenv("BRATS_ROOT", str(tmp_path))
+    assert config.brats_root() == tmp_path
+    monkeypatch.setenv("BRATS_ROOT", "~/brats")
+    assert config.brats_root() == Path("~/brats").expanduser()
+    package = Path(config.__file__).parent
+    readers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if re.search(r"environ[^\n]*(BRATS_ROOT|ROOT_ENV)", path.read_text()))
+    assert readers == ["config.py"]  # everything else is handed the folder (download_brats2020(root))
+
+
 def test_precision_is_a_typed_override_and_amp_off_still_means_fp32():
     from brats_utils.errors import ProfileError
 
@@ -137,10 +149,10 @@ def test_a_setting_blocks_a_resume_exactly_when_it_is_not_resumable(name, tmp_pa
     changed = profile.with_overrides(**{name: _another_value(name, getattr(profile, name))})
     checkpoint = {"config": profile.as_dict(), "model_config": {}}
     if name in config.resumable_fields():
-        check_compatible(checkpoint, changed, tmp_path / "last.pt")
+        check_compatible(checkpoint, changed.as_dict(), tmp_path / "last.pt")
     else:
         with pytest.raises(CheckpointError, match=name):
-            check_compatible(checkpoint, changed, tmp_path / "last.pt")
+            check_compatible(checkpoint, changed.as_dict(), tmp_path / "last.pt")
 
 
 @pytest.mark.parametrize("name", list(config.flat_fields()))

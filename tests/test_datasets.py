@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from brats_utils import cli, config, datasets, pipeline
+from brats_utils import cli, config, datasets, download, pipeline
 from brats_utils.config import InferenceSettings, PreprocessingSettings
-from brats_utils.datasets import LAYOUTS, detect_layout, find_dataset
-from brats_utils.download import find_brats2020
+from brats_utils.datasets import LAYOUTS, detect_layout, find_brats2020, find_dataset
 from brats_utils.errors import BratsError, DatasetNotFoundError, LabelValueError, ProfileError
 from brats_utils.inference import predict_folder
 from brats_utils.io import Case, export_segmentation, load_case, read_labels
@@ -22,7 +21,7 @@ from brats_utils.lesion_metrics import LESIONWISE_PROTOCOL, get_protocol
 from brats_utils.metrics import BRATS2020_PROTOCOL, evaluate
 from brats_utils.model import UNet3D
 from brats_utils.regions import predictor_for
-from brats_utils.synthetic_layouts import read_case_map, write_layout
+from brats_utils.synthetic import read_case_map, write_layout
 
 OTHER_LAYOUTS = ("brats2021", "brats2023", "msd")
 SCHEMES = {"brats2020": BRATS2020, "brats2021": BRATS2020, "brats2023": BRATS2023, "msd": MSD_TASK01}
@@ -170,13 +169,13 @@ def test_msd_resource_forks_are_ignored(layout_roots, tmp_path):
 def test_brats2021_download_unpacks_the_kaggle_tar(layout_roots, tmp_path, monkeypatch):
     import kagglehub
 
-    download = tmp_path / "kaggle"
-    download.mkdir()
-    with tarfile.open(download / "BraTS2021_Training_Data.tar", "w") as tar:
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    with tarfile.open(kaggle / "BraTS2021_Training_Data.tar", "w") as tar:
         for folder in (layout_roots["brats2021"] / "BraTS2021_Training_Data").iterdir():
             tar.add(folder, arcname=folder.name)
-    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **_: str(download))
-    root = datasets.download_brats2021(tmp_path / "unpacked")
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **_: str(kaggle))
+    root = download.download_brats2021(tmp_path / "unpacked")
     assert detect_layout(root).name == "brats2021"
     assert len(find_dataset(root)) == len(find_dataset(layout_roots["brats2021"]))
 
@@ -275,7 +274,8 @@ def test_checkpoints_from_before_the_dataset_field_still_resume(tmp_path):
     old = {"config": {key: value for key, value in profile.as_dict().items()
                       if key not in ("dataset", "metrics_protocol")}}
     path = tmp_path / "last.pt"
-    check_compatible(old, profile, path)  # the new fields at their defaults: the same run
-    check_compatible(old, profile.with_overrides(metrics_protocol="lesionwise"), path)  # evaluation only
+    check_compatible(old, profile.as_dict(), path)  # the new fields at their defaults: the same run
+    evaluation_only = profile.with_overrides(metrics_protocol="lesionwise")
+    check_compatible(old, evaluation_only.as_dict(), path)
     with pytest.raises(CheckpointError, match="dataset"):
-        check_compatible(old, profile.with_overrides(dataset="msd"), path)
+        check_compatible(old, profile.with_overrides(dataset="msd").as_dict(), path)

@@ -12,17 +12,12 @@ import pandas as pd
 import pytest
 import requests
 
-from brats_utils import download
-from brats_utils.config import KAGGLE_HANDLE, get_profile
-from brats_utils.download import (
-    Case,
-    case_from_folder,
-    download_brats2020,
-    find_brats2020,
-    find_split_dirs,
-    verify_dataset,
-)
+from brats_utils import config, download
+from brats_utils.config import get_profile
+from brats_utils.datasets import KAGGLE_HANDLE, case_from_folder, find_brats2020, find_split_dirs
+from brats_utils.download import download_brats2020, verify_dataset
 from brats_utils.errors import BratsError, DatasetNotFoundError, DownloadError, MissingModalityError
+from brats_utils.io import Case
 from brats_utils.labels import MODALITIES
 from brats_utils.pipeline import ensure_dataset
 
@@ -33,7 +28,7 @@ VAL = Path("BraTS2020_ValidationData/MICCAI_BraTS2020_ValidationData")
 @pytest.fixture
 def offline_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No BRATS_ROOT, no Kaggle mount, an empty kagglehub cache, and a network that must not be used."""
-    monkeypatch.delenv(download.ROOT_ENV, raising=False)
+    monkeypatch.delenv(config.ROOT_ENV, raising=False)
     monkeypatch.setattr(download, "KAGGLE_INPUT", tmp_path / "kaggle-input")
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub-cache"))
 
@@ -201,16 +196,17 @@ def test_local_copies_are_used_without_network(offline_world: Path, synthetic_ro
     mount.parent.mkdir(parents=True)
     mount.symlink_to(synthetic_root, target_is_directory=True)
     assert download_brats2020() == mount
-    # 3. BRATS_ROOT wins over both, and a wrong BRATS_ROOT is an error, not silently ignored
+    # 3. your own copy ($BRATS_ROOT, read by config.brats_root) wins over both, and a wrong one is an
+    # error, not silently ignored
     monkeypatch.setenv("BRATS_ROOT", str(synthetic_root / "BraTS2020_TrainingData"))
-    assert download_brats2020() == synthetic_root / TRAIN
+    assert config.brats_root() == synthetic_root / "BraTS2020_TrainingData"
+    assert download_brats2020(config.brats_root()) == synthetic_root / TRAIN
+    assert download_brats2020() == mount  # the folder is an argument: nothing below config reads the variable
     (offline_world / "empty").mkdir()
-    monkeypatch.setenv("BRATS_ROOT", str(offline_world / "empty"))
     with pytest.raises(DatasetNotFoundError, match="BRATS_ROOT"):
-        download_brats2020()
-    monkeypatch.setenv("BRATS_ROOT", str(offline_world / "typo"))
+        download_brats2020(offline_world / "empty")
     with pytest.raises(DatasetNotFoundError, match="BRATS_ROOT names a folder that does not exist"):
-        download_brats2020()
+        download_brats2020(offline_world / "typo")
 
 
 def test_ensure_dataset_synthetic_profile_never_touches_the_network(

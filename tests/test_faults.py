@@ -594,3 +594,16 @@ def test_every_error_and_warning_a_student_can_meet_is_explained_in_the_troubles
                     "were already complete and skipped", "out of memory during",
                     "is damaged", "cannot read", "another process is writing this folder"):
         assert message in page, message
+
+
+def test_the_out_of_memory_message_names_the_precision_of_the_device_the_run_picks(monkeypatch):
+    """The precision named is ``auto`` resolved on :func:`~brats_utils.precision.pick_device`'s device:
+    fp32 on Apple's MPS even where the CPU would take bf16."""
+    from brats_utils import faults, precision
+
+    profile = get_profile("ci").with_overrides(precision="auto")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(faults, "pick_device", lambda: torch.device("cpu"))
+    assert "precision bf16" in str(faults.memory_error(profile, "training", MemoryError()))
+    monkeypatch.setattr(faults, "pick_device", lambda: torch.device("mps"))
+    assert "precision fp32" in str(faults.memory_error(profile, "training", MemoryError()))

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from brats_utils import io
-from brats_utils.datasets import find_dataset
-from brats_utils.download import case_from_folder
+from brats_utils.datasets import case_from_folder, find_dataset
 from brats_utils.errors import (
     LabelValueError,
     MissingModalityError,

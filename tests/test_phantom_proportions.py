@@ -69,7 +69,7 @@ def held_out_phantoms() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     cases = {}
     for case_id in parts["val"] + parts["test"]:
         index = int(case_id[-3:])
-        cases[case_id] = synthesize_case(DEMO.synthetic_shape, synthetic._case_seed(DEMO.seed, 0, index),
+        cases[case_id] = synthesize_case(DEMO.synthetic_shape, synthetic.case_seed(DEMO.seed, 0, index),
                                          has_enhancing=not _low_grade(case_id))
     return cases
 

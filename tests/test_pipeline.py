@@ -52,6 +52,10 @@ def test_the_predictor_follows_the_profile_precision_and_test_time_flips():
         flipped = sum(torch.softmax(models[0](batch.flip(d)), 1).flip(d) if d else exact for d in flips) / 8
         torch.testing.assert_close(pipeline.predictor(profile, *models, tta=True)(batch), flipped)
     assert pipeline.test_time_flips(profile.with_overrides(augmentation="none")) == ((),)
+    # one decision for the predictor and the prediction fingerprint: the flips applied, or none
+    assert pipeline.applied_flips(profile, tta=True) == flips and pipeline.applied_flips(profile, False) == ()
+    assert pipeline.applied_flips(profile.with_overrides(tta=True)) == flips
+    assert pipeline.applied_flips(profile.with_overrides(augmentation="none"), tta=True) == ()
 
 
 def test_no_brats_variable_of_the_caller_reaches_a_test():

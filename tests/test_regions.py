@@ -179,12 +179,12 @@ def test_runs_from_before_region_prior_resume_as_what_they_were():
         return {"config": {k: v for k, v in profile.as_dict().items() if k != "region_prior"}}
 
     labels, path = config.get_profile("ci"), Path("last.pt")
-    check_compatible(saved_before(labels), labels, path)
-    check_compatible(saved_before(labels), labels.with_overrides(region_prior=0.2), path)
+    check_compatible(saved_before(labels), labels.as_dict(), path)
+    check_compatible(saved_before(labels), labels.with_overrides(region_prior=0.2).as_dict(), path)
     regions = labels.with_overrides(target="regions")
     with pytest.raises(CheckpointError, match=r"region_prior: None -> 0\.01"):
-        check_compatible(saved_before(regions), regions, path)
-    check_compatible(saved_before(regions), regions.with_overrides(region_prior=None), path)
+        check_compatible(saved_before(regions), regions.as_dict(), path)
+    check_compatible(saved_before(regions), regions.with_overrides(region_prior=None).as_dict(), path)
     cpu = torch.device("cpu")
     assert row_fingerprint(labels, cpu) == row_fingerprint(labels.with_overrides(region_prior=0.2), cpu)
     assert row_fingerprint(regions, cpu) != row_fingerprint(regions.with_overrides(region_prior=0.2), cpu)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 from brats_utils import augment, datasets, regions
 from brats_utils.config import get_profile
-from brats_utils.download import case_from_folder
+from brats_utils.datasets import case_from_folder
 from brats_utils.errors import ProfileError
 from brats_utils.io import load_case
 from brats_utils.labels import BRATS2020
@@ -42,16 +41,17 @@ def registries():
 
 def test_a_layout_is_one_entry(registries, copy_case, tmp_path):
     exec(doc_example("A dataset layout"), {})
-    source = copy_case("BraTS20_Training_001")
+    layout = datasets.LAYOUTS["mysite"]
+    source = load_case(case_from_folder(copy_case("BraTS20_Training_001")))
     root = tmp_path / "export"
-    folder = root / "MYSITE_001"
-    folder.mkdir(parents=True)
-    for path in source.iterdir():
-        shutil.copy(path, folder / path.name.replace("BraTS20_Training_001", "MYSITE_001"))
+    layout.write_case(root, "training", layout.case_name(0), source.image, source.labels, source.affine)
+    assert sorted(p.name for p in (root / "TrainingData" / "MYSITE_001").iterdir()) == [
+        f"MYSITE_001_{part}.nii.gz" for part in ("flair", "seg", "t1", "t1ce", "t2")]
     assert datasets.detect_layout(root).name == "mysite"
     (case,) = datasets.find_dataset(root)
     assert case.case_id == "MYSITE_001" and case.scheme is BRATS2020
-    assert np.array_equal(load_case(case).labels, load_case(case_from_folder(source)).labels)
+    assert np.array_equal(load_case(case).labels, source.labels)
+    assert np.array_equal(load_case(case).image, source.image)
     profile = check_registered(get_profile("ci").with_overrides(dataset="mysite"))
     assert metrics_protocol(profile).name == "brats2020"
     with pytest.raises(ProfileError, match="dataset cannot be 'othersite'"):

@@ -275,7 +275,7 @@ def test_threshold_baseline() -> None:
 def test_missing_nilearn_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nilearn", None)
     with pytest.raises(ImportError, match=r"pip install 'nilearn"):
-        synthetic._load_mni152()
+        synthetic.anatomy._load_mni152()
 
 
 def test_intensity_scale_differs_per_case() -> None:
@@ -311,7 +311,7 @@ def test_dataset_is_deterministic_and_idempotent(tmp_path: Path, monkeypatch: py
     c = write_synthetic_dataset(tmp_path / "c", 2, 1, (24, 24, 16), seed=4)
     assert _digest(a) != _digest(c)
     # a complete dataset with the same parameters is not written again
-    monkeypatch.setattr(synthetic, "synthesize_case", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr(synthetic.kaggle, "synthesize_case", lambda *a, **k: pytest.fail("regenerated"))
     assert write_synthetic_dataset(a, 2, 1, (24, 24, 16), seed=3) == a
     monkeypatch.undo()
     # other parameters: rewritten in place, no temporary folder left behind (the empty lock files stay)

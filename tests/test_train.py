@@ -329,9 +329,9 @@ def test_runs_from_before_best_metric_resume_with_the_paper_metric(profile, two_
     checkpoint["history"] = [{k: v for k, v in row.items() if k != "val_dice_mean"}
                              for row in checkpoint["history"]]
     with pytest.raises(CheckpointError, match="best_metric: 'val_paper_dice' -> 'val_dice_mean'"):
-        check_compatible(checkpoint, profile, two_epochs.last_checkpoint)
+        check_compatible(checkpoint, profile.as_dict(), two_epochs.last_checkpoint)
     legacy = profile.with_overrides(best_metric="val_paper_dice")
-    check_compatible(checkpoint, legacy, two_epochs.last_checkpoint)
+    check_compatible(checkpoint, legacy.as_dict(), two_epochs.last_checkpoint)
     state = train_module.TrainingState.create(legacy, torch.device("cpu"))
     state.restore(checkpoint)
     assert [row["val_dice_mean"] for row in state.history] == pytest.approx(

@@ -21,8 +21,7 @@ import numpy as np
 from brats_utils.augment import MIRROR_ALL
 from brats_utils.data import PatchDataset, extract_patch
 from brats_utils.datasets import find_dataset
-from brats_utils.download import Case
-from brats_utils.io import load_case
+from brats_utils.io import Case, load_case
 from brats_utils.labels import MODALITIES
 from brats_utils.preprocess import build_cache, cache_size_bytes, preprocess_case, write_entry
 from brats_utils.synthetic import write_synthetic_dataset

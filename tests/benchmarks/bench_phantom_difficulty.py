@@ -10,8 +10,10 @@ case through :func:`brats_utils.io.load_case`, the split's parts separately): th
 student can check against the files.
 
 Side by side with another generator: set ``BRATS_OTHER_SYNTHETIC`` to the path of a copy of an
-older ``synthetic.py``, e.g. ``git show 3bf18b3:brats_utils/synthetic.py > /tmp/old_synthetic.py``
-(the egg-shaped phantoms before the MNI152 anatomy).
+older ``synthetic.py`` (one file, before the package ``synthetic/``), e.g. ``git show
+3bf18b3:brats_utils/synthetic.py > /tmp/old_synthetic.py`` (the egg-shaped phantoms before the MNI152
+anatomy); point its imports at today's homes first (``MODALITIES`` in ``brats_utils.labels``, the Kaggle
+folder names in ``brats_utils.datasets``).
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ def _module(path: str) -> ModuleType:
     return module
 
 
+def _case_seed(generator: ModuleType):
+    """The generator's seed of a case (named ``_case_seed`` before the package ``synthetic/``)."""
+    return getattr(generator, "case_seed", None) or generator._case_seed
+
+
 def _scores(generator: ModuleType) -> tuple[dict[str, float], float]:
     """Mean threshold-baseline scores over the cases, and the mean CPU seconds per case."""
     rows, seconds = [], 0.0
     for index in range(1, CASES + 1):
         start = time.process_time()
-        image, labels = generator.synthesize_case(BRATS_SHAPE, generator._case_seed(0, 0, index),
+        image, labels = generator.synthesize_case(BRATS_SHAPE, _case_seed(generator)(0, 0, index),
                                                   has_enhancing=not generator.is_low_grade(index, CASES))
         seconds += time.process_time() - start
         rows.append(threshold_baseline(image, labels))

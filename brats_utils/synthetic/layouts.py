@@ -1,12 +1,12 @@
 """The synthetic dataset re-saved in the layout of BraTS 2021, BraTS 2023 or MSD Task01.
 
-:func:`brats_utils.synthetic.write_synthetic_dataset` writes the Kaggle BraTS 2020 layout.
+:func:`brats_utils.synthetic.kaggle.write_synthetic_dataset` writes the Kaggle BraTS 2020 layout.
 :func:`write_layout` takes such a dataset and writes the same cases as another dataset stores
-them: renamed case folders and files, the modalities under that dataset's names (BraTS 2023:
-``t2f, t1n, t1c, t2w``; MSD: one 4D file), and the segmentations in its own label scheme
-(BraTS 2023: ET is 3; MSD: 1 oedema, 2 non-enhancing tumour, 3 enhancing). The voxels are the
-same, so a test can check that every layout loads to the same image and the same training
-labels as the source::
+them, each through its layout's ``write_case`` (and ``write_index``): renamed case folders and
+files, the modalities under that dataset's names (BraTS 2023: ``t2f, t1n, t1c, t2w``; MSD: one 4D
+file), and the segmentations in its own label scheme (BraTS 2023: ET is 3; MSD: 1 oedema,
+2 non-enhancing tumour, 3 enhancing). The voxels are the same, so a test can check that every
+layout loads to the same image and the same training labels as the source::
 
     root/BraTS2021_Training_Data/BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz
     root/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/BraTS-GLI-00000-000/
@@ -26,40 +26,17 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 
-from brats_utils.datasets import LAYOUTS, DatasetLayout
-from brats_utils.download import find_brats2020
+from brats_utils.datasets import LAYOUTS, DatasetLayout, find_brats2020
 from brats_utils.errors import BratsError
 from brats_utils.io import Case, load_case
-from brats_utils.labels import MODALITIES, to_file_labels, to_train_labels
+from brats_utils.labels import to_file_labels, to_train_labels
 
 #: Marker and case map written last at the root of a converted dataset.
 LAYOUT_MARKER = "layout.json"
-#: The folders of each layout's splits, below the root (MSD: below ``Task01_BrainTumour``).
-SPLIT_FOLDERS: dict[str, dict[str, str]] = {
-    "brats2021": {"training": "BraTS2021_Training_Data", "validation": "BraTS2021_Validation_Data"},
-    "brats2023": {"training": "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData",
-                  "validation": "ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData"},
-    "msd": {"training": "Task01_BrainTumour/imagesTr", "validation": "Task01_BrainTumour/imagesTs"},
-}
 
 
-def case_id_for(dataset: str, index: int) -> str:
-    """The id of case ``index`` (from 0): ``BraTS2021_00000``, ``BraTS-GLI-00000-000`` or ``BRATS_001``."""
-    return {"brats2021": f"BraTS2021_{index:05d}", "brats2023": f"BraTS-GLI-{index:05d}-000",
-            "msd": f"BRATS_{index + 1:03d}"}[dataset]
-
-
-def _save(array: np.ndarray, path: Path, dtype: np.dtype, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, path)
-
-
-def _write_case(case: Case, new_id: str, layout: DatasetLayout, split_dir: Path) -> None:
+def _write_case(case: Case, new_id: str, layout: DatasetLayout, root: Path, split: str) -> None:
     """One source case re-saved as ``new_id`` in ``layout``, its labels converted to the layout's scheme."""
     loaded = load_case(case)
     dtype = nib.load(case.modalities["flair"]).get_data_dtype()
@@ -67,36 +44,7 @@ def _write_case(case: Case, new_id: str, layout: DatasetLayout, split_dir: Path)
     if loaded.labels is not None:
         train = to_train_labels(loaded.labels, scheme=case.scheme, case_id=case.case_id)
         seg = to_file_labels(train, scheme=layout.scheme, case_id=new_id)
-    if layout.name == "msd":
-        split_dir.mkdir(parents=True, exist_ok=True)
-        image_path = split_dir / layout.image_name(new_id, "flair")
-        _save(np.moveaxis(loaded.image, 0, 3), image_path, dtype, loaded.affine)
-        if seg is not None:
-            labels_dir = split_dir.parent / "labelsTr"
-            labels_dir.mkdir(exist_ok=True)
-            _save(seg, labels_dir / layout.seg_name(new_id), np.uint8, loaded.affine)
-        return
-    folder = split_dir / new_id
-    folder.mkdir(parents=True)
-    for channel, modality in enumerate(MODALITIES):
-        _save(loaded.image[channel], folder / layout.image_name(new_id, modality), dtype, loaded.affine)
-    if seg is not None:
-        _save(seg, folder / layout.seg_name(new_id), np.uint8, loaded.affine)
-
-
-def _msd_json(cases: dict[str, list[str]]) -> dict:
-    """A ``dataset.json`` like the Decathlon's (modalities, labels, file lists)."""
-    scheme = LAYOUTS["msd"].scheme
-    return {
-        "name": "BRATS", "description": "synthetic stand-in in the Task01_BrainTumour layout",
-        "tensorImageSize": "4D",
-        "modality": {str(i): name for i, name in enumerate(scheme.modalities)},
-        "labels": {str(v): name for v, name in scheme.names.items()},
-        "numTraining": len(cases["training"]), "numTest": len(cases["validation"]),
-        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
-                     for c in cases["training"]],
-        "test": [f"./imagesTs/{c}.nii.gz" for c in cases["validation"]],
-    }
+    layout.write_case(root, split, new_id, loaded.image, seg, loaded.affine, dtype=dtype)
 
 
 def read_case_map(root: str | Path) -> dict[str, str]:
@@ -112,8 +60,9 @@ def write_layout(source: str | Path, root: str | Path, dataset: str) -> Path:
     ``BRATS_001``); validation cases follow with the next numbers. Written into a temporary
     sibling and renamed into place when complete; idempotent for the same source and dataset.
     """
-    if dataset not in SPLIT_FOLDERS:
-        raise ValueError(f"dataset must be one of {list(SPLIT_FOLDERS)}, got {dataset!r}")
+    if dataset not in LAYOUTS or dataset == "brats2020":
+        raise ValueError(f"dataset must be one of {[name for name in LAYOUTS if name != 'brats2020']}, "
+                         f"got {dataset!r}")
     source, root = Path(source), Path(root)
     params = {"dataset": dataset, "source": str(source.resolve())}
     marker = root / LAYOUT_MARKER
@@ -140,13 +89,12 @@ def write_layout(source: str | Path, root: str | Path, dataset: str) -> Path:
                 raise BratsError("no synthetic training cases to convert", path=source,
                                  expected="a dataset written by write_synthetic_dataset")
             for case in cases:
-                new_id = case_id_for(dataset, index)
-                _write_case(case, new_id, layout, tmp / SPLIT_FOLDERS[dataset][split])
+                new_id = layout.case_name(index, split)
+                _write_case(case, new_id, layout, tmp, split)
                 case_map[new_id] = case.case_id
                 ids[split].append(new_id)
                 index += 1
-        if dataset == "msd":
-            (tmp / "Task01_BrainTumour" / "dataset.json").write_text(json.dumps(_msd_json(ids), indent=1))
+        layout.write_index(tmp, ids, "synthetic stand-in in the Task01_BrainTumour layout")
         (tmp / LAYOUT_MARKER).write_text(json.dumps({**params, "cases": case_map}, indent=1))
         if root.exists():
             shutil.rmtree(root)
