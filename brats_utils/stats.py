@@ -160,16 +160,32 @@ def compare_to_baseline(per_case: pd.DataFrame, columns: Sequence[str], *, basel
 
 
 def format_report(report: pd.DataFrame, *, method: str = "method") -> pd.DataFrame:
-    """:func:`compare_to_baseline` as strings ``mean [low, high]`` and ``p (verdict)``, one row per method."""
+    """:func:`compare_to_baseline` as strings ``mean [low, high]`` and ``p (verdict)``, one row per method.
+
+    Where p is below :data:`ALPHA` and the verdict is still "no difference", the cell says why: ``seeds
+    disagree`` or ``difference below 0.01`` (:func:`smallest_difference`; worded without "|", which would
+    split a Markdown table's cell).
+    """
     digits = {True: 3, False: 1}
     cells: dict[str, dict[str, str]] = {}
     for row in report.to_dict("records"):
         d = digits["Dice" in row["score"]]
         text = f"{row['mean']:.{d}f} [{row['CI low']:.{d}f}, {row['CI high']:.{d}f}]"
         if row["verdict"]:
-            text += f", p={row['p']:.3g} ({row['verdict']})"
+            text += f", p={row['p']:.3g} ({row['verdict']}{_why_no_verdict(row)})"
         cells.setdefault(row[method], {})[row["score"]] = text
     return pd.DataFrame.from_dict(cells, orient="index")
+
+
+def _why_no_verdict(row: dict) -> str:
+    """``": seeds disagree"`` or ``": difference below 0.01"`` for a "no difference" that p alone would call a
+    difference; ``""`` otherwise."""
+    if row["verdict"] != NO_DIFFERENCE or not row["p"] < ALPHA:
+        return ""
+    smallest = smallest_difference(row["score"])
+    if abs(row["difference"]) < smallest:
+        return f": difference below {smallest:g}"
+    return ": seeds disagree" if row["seeds agree"] in (False, "False") else ""  # a bool, or read from a CSV
 
 
 def markdown_report(report: pd.DataFrame, *, method: str = "method", scores: Sequence[str] | None = None,

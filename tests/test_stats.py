@@ -87,6 +87,8 @@ def test_a_tiny_consistent_difference_between_two_near_identical_trainings_is_no
     row = compare_to_baseline(pd.DataFrame(rows), ["Dice_WT"], baseline="a").iloc[1]
     assert row["p"] < 1e-6 and row["seeds agree"]
     assert row["verdict"] == "no difference"
+    cell = format_report(pd.DataFrame([row])).loc["b", "Dice_WT"]
+    assert cell.endswith("(no difference: difference below 0.01)")
 
 
 def test_a_difference_that_one_seed_contradicts_is_no_verdict():
@@ -100,6 +102,7 @@ def test_a_difference_that_one_seed_contradicts_is_no_verdict():
     row = compare_to_baseline(pd.DataFrame(rows), ["Dice_WT"], baseline="a").iloc[1]
     assert row["p"] < 0.05 and row["difference"] > 0.01 and not row["seeds agree"]
     assert row["verdict"] == "no difference"
+    assert format_report(pd.DataFrame([row])).loc["b", "Dice_WT"].endswith("(no difference: seeds disagree)")
 
 
 def test_report_averages_seeds_per_case_and_tests_against_the_baseline():
