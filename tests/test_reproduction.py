@@ -65,7 +65,7 @@ def test_the_paper_profile_says_what_it_does():
     assert "cropped to the brain" in p.description and "whole 240x240x155 volumes" not in p.description
 
 
-def test_on_the_369_brats_ids_the_split_is_294_74_with_355_dropped_and_demo_gpu_hold_out_test_cases():
+def test_on_the_369_brats_ids_the_split_is_294_74_with_355_dropped_and_gpu_holds_out_test_cases():
     ids = [f"BraTS20_Training_{i:03d}" for i in range(1, 370)]
     p = PROFILES["authors"]
     parts = split_patients(ids, val_fraction=p.val_fraction, test_fraction=p.test_fraction, seed=p.seed,
@@ -74,16 +74,17 @@ def test_on_the_369_brats_ids_the_split_is_294_74_with_355_dropped_and_demo_gpu_
     assert (len(parts["train"]), len(parts["val"]), parts["test"]) == (294, 74, [])
     assert parts["val"] == val and parts["excluded"] == ["BraTS20_Training_355"]
     assert "BraTS20_Training_355" in train  # it fell in training, and is dropped after the split
-    for name in ("demo", "gpu"):
-        q = PROFILES[name]
-        parts = split_patients(ids, val_fraction=q.val_fraction, test_fraction=q.test_fraction, seed=q.seed)
-        assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (236, 59, 74)
-        assert set(parts["train"]).isdisjoint(parts["test"]) and set(parts["val"]).isdisjoint(parts["test"])
-        assert sorted(parts["train"] + parts["val"] + parts["test"]) == ids
+    q = PROFILES["gpu"]
+    parts = split_patients(ids, val_fraction=q.val_fraction, test_fraction=q.test_fraction, seed=q.seed)
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (236, 59, 74)
+    assert set(parts["train"]).isdisjoint(parts["test"]) and set(parts["val"]).isdisjoint(parts["test"])
+    assert sorted(parts["train"] + parts["val"] + parts["test"]) == ids
+    # the demo's fractions are made for its 50 phantoms: 30 test cases for a paired test, 4 validation
     demo = PROFILES["demo"]
     sizes = [len(v) for v in split_patients([f"c{i:02d}" for i in range(demo.synthetic_train_cases)],
-                                            val_fraction=0.2, test_fraction=demo.test_fraction).values()]
-    assert sizes == [16, 4, 5, 0]
+                                            val_fraction=demo.val_fraction, test_fraction=demo.test_fraction,
+                                            seed=demo.seed).values()]
+    assert sizes == [16, 4, 30, 0]
 
 
 # --- early stopping, schedule, initialisation ---------------------------------------------------
