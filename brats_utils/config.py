@@ -42,17 +42,6 @@ from typing import Literal
 from brats_utils.errors import ProfileError
 from brats_utils.labels import Shape3D
 
-#: Where the notebooks live on GitHub: the one place of the address. The badges, the glossary links and
-#: the Colab/Kaggle setup cell (``notebooks/_setup_cell.py``) are generated from it
-#: (:func:`brats_utils.demo.sources.sync_notebook_sources`); a fork sets ``$BRATS_REPO_URL`` instead.
-REPO_SLUG = "brats-teaching/brats3d-unet"
-REPO_URL = f"https://github.com/{REPO_SLUG}"
-#: The tag (or commit) the setup cell clones, so a notebook runs the code it was written for:
-#: ``v`` + the package version; ``$BRATS_REPO_REF`` overrides it (``main`` for the newest).
-REPO_REF = "v0.1.0"
-REPO_URL_ENV = "BRATS_REPO_URL"
-REPO_REF_ENV = "BRATS_REPO_REF"
-
 # --- folders -----------------------------------------------------------------------
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from brats_utils.config import REPO_SLUG, REPO_URL
 from brats_utils.demo.solutions import SUMMARY, Solution, is_solution, parse_solution, write_runnable_copies
-from brats_utils.demo.sources import GLOSSARY_URL, github_anchors
+from brats_utils.demo.sources import GLOSSARY_URL, REPO_SLUG, REPO_URL, github_anchors
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"

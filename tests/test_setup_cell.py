@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from brats_utils.config import REPO_REF, REPO_REF_ENV, REPO_URL, REPO_URL_ENV
-from brats_utils.demo.sources import setup_cell_source
+from brats_utils.demo.sources import REPO_REF, REPO_REF_ENV, REPO_URL, REPO_URL_ENV, setup_cell_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "v-test"

@@ -1,7 +1,7 @@
 """The parts of the notebooks and the README that are written from one source, never by hand.
 
 - the setup cell (``notebooks/_setup_cell.py``, copied into every notebook's second cell), whose
-  repository address and pinned tag are :data:`brats_utils.config.REPO_URL` and ``REPO_REF``, and the
+  repository address and pinned tag are :data:`REPO_URL` and :data:`REPO_REF` (defined here), and the
   switch cell (``notebooks/_switch_cell.md``, copied after every notebook's parameters cell);
 - the glossary links: absolute addresses of the repository's published ``docs/glossary.md``
   (:func:`glossary_url`), so they resolve on GitHub, nbviewer, Colab and Kaggle alike;
@@ -21,8 +21,19 @@ import os
 import re
 from pathlib import Path
 
-from brats_utils.config import REPO_REF, REPO_REF_ENV, REPO_URL, REPO_URL_ENV, repo_root
+from brats_utils.config import repo_root
 from brats_utils.files import atomic_path, write_json_atomic
+
+#: Where the notebooks live on GitHub: the one place of the address. The badges, the glossary links and
+#: the Colab/Kaggle setup cell (``notebooks/_setup_cell.py``) are generated from it
+#: (:func:`sync_notebook_sources`); a fork sets ``$BRATS_REPO_URL`` instead.
+REPO_SLUG = "brats-teaching/brats3d-unet"
+REPO_URL = f"https://github.com/{REPO_SLUG}"
+#: The tag (or commit) the setup cell clones, so a notebook runs the code it was written for:
+#: ``v`` + the package version; ``$BRATS_REPO_REF`` overrides it (``main`` for the newest).
+REPO_REF = "v0.1.0"
+REPO_URL_ENV = "BRATS_REPO_URL"
+REPO_REF_ENV = "BRATS_REPO_REF"
 
 #: The published glossary's address (GitHub renders it and scrolls to the ``<a id>`` anchors).
 GLOSSARY_URL = f"{REPO_URL}/blob/main/docs/glossary.md"
