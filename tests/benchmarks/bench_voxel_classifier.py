@@ -5,10 +5,10 @@ z-scored inside the brain), two classifiers of single voxels are trained on the 
 scored on the validation and test cases with the BraTS regions' Dice (WT, TC, ET; both empty
 counts 1):
 
-- ``boosted``: scikit-learn's ``HistGradientBoostingClassifier`` on 12 features per voxel: the
-  four intensities and two Gaussian-smoothed copies of them (sigma 1 and 3 voxels, 2.5 and 7.5 mm
-  at the demo's size: a little context), fitted on 150,000 brain voxels drawn uniformly from the
-  training cases;
+- ``boosted`` (:mod:`brats_utils.baselines`, which notebook 06 uses too): scikit-learn's
+  ``HistGradientBoostingClassifier`` on 12 features per voxel: the four intensities and two
+  Gaussian-smoothed copies of them (sigma 1 and 3 voxels, 2.5 and 7.5 mm at the demo's size: a little
+  context), fitted on 150,000 brain voxels drawn uniformly from the training cases;
 - ``logistic``: logistic regression on the four raw intensities alone.
 
 The trained demo U-Net (:func:`brats_utils.pipeline.ensure_trained`: the run of the profile, trained
@@ -26,50 +26,33 @@ import os
 import time
 
 import numpy as np
-from scipy import ndimage
+import torch
 
 from brats_utils import pipeline
+from brats_utils.baselines import fit_voxel_classifier, predict_voxels
 from brats_utils.config import get_profile
-from brats_utils.labels import TRAIN_REGIONS
-from brats_utils.metrics import dice
+from brats_utils.metrics import region_dice_torch
 from brats_utils.preprocess import cache_entries, load_cached
 
 PROFILE = os.environ.get("BENCH_VOXEL_PROFILE", "demo")
-SIGMAS = (1.0, 3.0)
-TRAINING_VOXELS = 150_000
 REGIONS = ("WT", "TC", "ET")
 TARGET_GAP = 0.10
 
 
-def _features(image: np.ndarray) -> np.ndarray:
-    """``[X, Y, Z, 12]``: the four channels and their Gaussian-smoothed copies (``SIGMAS`` voxels)."""
-    smoothed = [ndimage.gaussian_filter(channel, sigma) for sigma in SIGMAS for channel in image]
-    return np.stack([*image, *smoothed], axis=-1)
-
-
-def _load(entries: dict, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(features, brain mask, training labels) of each case."""
+def _load(entries: dict, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, training labels) of each case, from the preprocessing cache."""
     cases = []
     for case_id in ids:
         case = load_cached(entries[case_id], mmap=False)
-        image = np.asarray(case.image, dtype=np.float32)
-        cases.append((_features(image), image.any(axis=0), np.asarray(case.labels)))
+        cases.append((np.asarray(case.image, dtype=np.float32), np.asarray(case.labels)))
     return cases
 
 
-def _region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    return {name: dice(np.isin(pred, TRAIN_REGIONS[name]), np.isin(truth, TRAIN_REGIONS[name]))
-            for name in REGIONS}
-
-
-def _score(model, cases: list, columns: slice) -> dict[str, float]:
-    """Mean region Dice of ``model`` (predicting brain voxels; background outside) over ``cases``."""
-    rows = []
-    for features, brain, labels in cases:
-        pred = np.zeros(labels.shape, dtype=np.int64)
-        pred[brain] = model.predict(features[brain][:, columns])
-        rows.append(_region_dice(pred, labels))
-    return {name: float(np.mean([row[name] for row in rows])) for name in REGIONS}
+def _score(classifier, cases: list) -> dict[str, float]:
+    """Mean region Dice of ``classifier`` (:func:`brats_utils.baselines.predict_voxels`) over ``cases``."""
+    rows = [region_dice_torch(torch.from_numpy(predict_voxels(classifier, image)), torch.from_numpy(labels))
+            for image, labels in cases]
+    return {name: float(np.mean([row[f"Dice_{name}"] for row in rows])) for name in REGIONS}
 
 
 def _unet_scores(profile, split: str) -> dict[str, float]:
@@ -81,31 +64,22 @@ def _unet_scores(profile, split: str) -> dict[str, float]:
 
 def main() -> None:
     """Fit both baselines, score them and the U-Net, print one table and the gap to the target."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-
     profile = get_profile(PROFILE)
     entries = {entry.name: entry for entry in cache_entries(pipeline.ensure_cache(profile, progress=False))}
     split = pipeline.split_of(profile)
-    rng = np.random.default_rng(profile.seed)
     train = _load(entries, split["train"])
-    brain_voxels = np.concatenate([features[brain] for features, brain, _ in train])
-    brain_labels = np.concatenate([labels[brain] for _, brain, labels in train])
-    chosen = rng.choice(len(brain_labels), size=min(TRAINING_VOXELS, len(brain_labels)), replace=False)
-    x, y = brain_voxels[chosen], brain_labels[chosen]
-    del brain_voxels, brain_labels, train
-
     start = time.perf_counter()
-    boosted = HistGradientBoostingClassifier(random_state=profile.seed).fit(x, y)
-    logistic = LogisticRegression(max_iter=1000).fit(x[:, :4], y)
-    print(f"{PROFILE} profile: {len(split['train'])} training cases, {len(x)} voxels "
-          f"({np.mean(y > 0):.1%} tumour), fitted in {time.perf_counter() - start:.0f} s")
+    boosted = fit_voxel_classifier(train, kind="boosted", seed=profile.seed)
+    logistic = fit_voxel_classifier(train, kind="logistic", seed=profile.seed)
+    print(f"{PROFILE} profile: {len(split['train'])} training cases, {boosted.voxels} voxels, "
+          f"fitted in {time.perf_counter() - start:.0f} s")
+    del train
 
     rows = {}
     for name in ("val", "test"):
         cases = _load(entries, split[name])
-        rows[("boosted (12 features)", name)] = _score(boosted, cases, slice(None))
-        rows[("logistic (4 intensities)", name)] = _score(logistic, cases, slice(0, 4))
+        rows[("boosted (12 features)", name)] = _score(boosted, cases)
+        rows[("logistic (4 intensities)", name)] = _score(logistic, cases)
         rows[("U-Net (trained demo run)", name)] = _unet_scores(profile, name)
     print(f"\nmean Dice; val: {len(split['val'])} validation cases (model selection), "
           f"test: {len(split['test'])} test cases ({', '.join(split['test'])})")
