@@ -32,7 +32,7 @@ numbers go in and names the outcome.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -172,14 +172,15 @@ def format_report(report: pd.DataFrame, *, method: str = "method") -> pd.DataFra
         d = digits["Dice" in row["score"]]
         text = f"{row['mean']:.{d}f} [{row['CI low']:.{d}f}, {row['CI high']:.{d}f}]"
         if row["verdict"]:
-            text += f", p={row['p']:.3g} ({row['verdict']}{_why_no_verdict(row)})"
+            text += f", p={row['p']:.3g} ({row['verdict']}{why_no_verdict(row)})"
         cells.setdefault(row[method], {})[row["score"]] = text
     return pd.DataFrame.from_dict(cells, orient="index")
 
 
-def _why_no_verdict(row: dict) -> str:
+def why_no_verdict(row: Mapping) -> str:
     """``": seeds disagree"`` or ``": difference below 0.01"`` for a "no difference" that p alone would call a
-    difference; ``""`` otherwise."""
+    difference; ``""`` otherwise. ``row``: one row of :func:`compare_to_baseline`'s report (a dict, or a
+    Series as ``iterrows`` gives it)."""
     if row["verdict"] != NO_DIFFERENCE or not row["p"] < ALPHA:
         return ""
     smallest = smallest_difference(row["score"])
