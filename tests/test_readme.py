@@ -101,3 +101,13 @@ def test_the_evaluate_recipe_names_the_profile_that_trained():
     predict = next(line for line in commands if " predict " in line)
     profiles = {re.search(r"--profile (\w+)", line).group(1) for line in (predict, *evaluate)}
     assert len(profiles) == 1
+
+
+def test_the_voxel_classifier_numbers_are_those_notebook_06_printed():
+    """The skeptic's baseline beside the U-Net: the README quotes the published run, never its own numbers."""
+    quoted = re.search(r"voxel classifier.*?scores WT / TC / ET ([\d.]+) / ([\d.]+) / ([\d.]+)",
+                       README.read_text(), re.S)
+    assert quoted, "the README quotes the voxel classifier's WT / TC / ET"
+    published = _published_outputs("06_evaluation.ipynb")
+    for region, value in zip(("WT", "TC", "ET"), quoted.groups(), strict=True):
+        assert re.search(rf"^Dice_{region} +[\d.]+ +{re.escape(value)} ", published, re.M), region
