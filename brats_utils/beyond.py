@@ -66,7 +66,7 @@ from torch import nn
 
 from brats_utils import compare, stats
 from brats_utils.checkpoints import load_model
-from brats_utils.config import Profile, data_dir
+from brats_utils.config import Profile, data_dir, figures_dir
 from brats_utils.data import VolumeDataset, split_volumes
 from brats_utils.files import write_csv_atomic, write_json_atomic
 from brats_utils.inference import Predictor, average_predictors, sliding_window
@@ -78,7 +78,7 @@ from brats_utils.precision import pick_device
 from brats_utils.preprocess import load_cached
 from brats_utils.regions import output_channels, predictor_for
 from brats_utils.run_state import HISTORY_COLUMNS, history_csv_path
-from brats_utils.viz import save_figure
+from brats_utils.viz import write_figure
 
 #: What each trained variant changes in the paper's recipe (profile overrides).
 VARIANTS: dict[str, dict] = {
@@ -366,7 +366,7 @@ def run_study(profile: Profile, cache_dir: str | Path, *, report_split: str = "t
     import matplotlib.pyplot as plt
 
     fig = plot_study(frame)
-    save_figure(fig, figure)
+    write_figure(fig, figures_dir() / figure)
     plt.close(fig)
     return frame, table
 

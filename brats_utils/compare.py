@@ -59,7 +59,7 @@ from matplotlib.figure import Figure
 from brats_utils import stats
 from brats_utils.augment import augmentation_for, tta_flips
 from brats_utils.checkpoints import load_model
-from brats_utils.config import Profile, data_dir, fingerprint_fields
+from brats_utils.config import Profile, data_dir, figures_dir, fingerprint_fields
 from brats_utils.data import split_volumes
 from brats_utils.errors import CheckpointError
 from brats_utils.files import write_csv_atomic, write_json_atomic
@@ -70,7 +70,7 @@ from brats_utils.model import FULL_VOLUME, PRESETS, build_model
 from brats_utils.precision import grad_scaler, pick_device, resolve_precision
 from brats_utils.regions import loss_for, output_channels, predictor_for, probs_to_labels
 from brats_utils.train import train, train_step
-from brats_utils.viz import preset_summary, save_figure
+from brats_utils.viz import preset_summary, write_figure
 
 #: The names the paper gives its five models (section 5.1).
 PAPER_NAMES: dict[str, str] = {
@@ -450,6 +450,6 @@ def save_figures(table: pd.DataFrame) -> list[Path]:
     paths = []
     for plot, name in ((plot_dice_vs_parameters, DICE_FIGURE), (plot_cost_vs_parameters, COST_FIGURE)):
         fig = plot(table)
-        paths.append(save_figure(fig, name))
+        paths.append(write_figure(fig, figures_dir() / name))
         plt.close(fig)
     return paths

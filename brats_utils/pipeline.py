@@ -35,6 +35,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from brats_utils import beyond, compare
@@ -47,7 +48,7 @@ from brats_utils.checkpoints import (
     load_model,
     load_pretrained,
 )
-from brats_utils.config import ROOT_ENV, Profile, brats_root, data_dir, registered_fields
+from brats_utils.config import ROOT_ENV, Profile, brats_root, data_dir, figures_dir, registered_fields
 from brats_utils.data import VolumeDataset, split_patients, split_volumes
 from brats_utils.data import make_loaders as make_patch_loaders
 from brats_utils.datasets import LAYOUTS, find_dataset, scan_sets
@@ -83,11 +84,21 @@ from brats_utils.preprocess import CropMeta, build_cache, cache_key, is_up_to_da
 from brats_utils.regions import LOSSES, TARGETS, predictor_for
 from brats_utils.run_state import is_finished
 from brats_utils.synthetic import write_layout, write_synthetic_dataset
+from brats_utils.viz import write_figure
 
 #: The registries profile settings name (``Meta.registry`` of :mod:`brats_utils.config`).
 REGISTRIES: dict[str, dict] = {"augment.AUGMENTATIONS": AUGMENTATIONS, "regions.TARGETS": TARGETS,
                                "regions.LOSSES": LOSSES, "lesion_metrics.PROTOCOLS": {*PROTOCOLS, BRATS2025},
                                "datasets.LAYOUTS": LAYOUTS, "model.PRESETS": ALL_PRESETS}
+
+
+def save_figure(fig: Figure, name: str, *, dpi: int = 120) -> Path:
+    """Save ``fig`` as ``name`` in the figures folder and return its path.
+
+    The folder is ``config.figures_dir()`` (``$BRATS_FIGURES_DIR``, or ``figures/`` of the checkout), the
+    format PNG unless ``name`` has another suffix, the write atomic (:func:`brats_utils.viz.write_figure`).
+    """
+    return write_figure(fig, figures_dir() / name, dpi=dpi)
 
 
 def metrics_protocol(profile: Profile) -> MetricsProtocol:

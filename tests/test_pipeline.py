@@ -137,3 +137,14 @@ def test_a_profile_without_a_threshold_chooses_it_on_its_validation_cases(data_d
     fixed = profile.with_overrides(min_et_volume_mm3=250.0)
     assert pipeline.with_et_rule(fixed, model, "test") is fixed
     assert get_profile("paper").inference.min_et_volume_mm3 == 0.0  # the paper has no post-processing
+
+
+def test_save_figure_names_its_file_in_the_figures_folder_of_the_environment(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("BRATS_FIGURES_DIR", str(tmp_path / "figures"))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    path = pipeline.save_figure(fig, "02_example")
+    plt.close(fig)
+    assert path == tmp_path / "figures" / "02_example.png" and path.read_bytes()[:4] == b"\x89PNG"

@@ -212,15 +212,15 @@ def test_static_fallback_returns_a_figure_with_one_panel_per_label_map():
 # --- figures and saving ----------------------------------------------------------------
 
 
-def test_save_figure_writes_into_the_figures_dir(tmp_path, monkeypatch):
+def test_write_figure_writes_where_it_is_told_atomically_and_as_png_by_default(tmp_path):
     target = tmp_path / "figures" / "nested"
-    monkeypatch.setenv("BRATS_FIGURES_DIR", str(target))
     fig, ax = plt.subplots()
     ax.plot([0, 1])
-    path = viz.save_figure(fig, "02_example")
+    path = viz.write_figure(fig, target / "02_example")
     assert path == target / "02_example.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in target.iterdir()) == ["02_example.png"]  # no temporary file left
+    assert viz.write_figure(fig, target / "02_example.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_plot_modalities_shows_four_modalities_and_an_overlay_row_with_a_named_legend():

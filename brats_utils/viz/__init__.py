@@ -27,9 +27,9 @@ from brats_utils.viz.volumes import (
     plot_modalities,
     plot_regions,
     render_slice,
-    save_figure,
     show_viewer,
     slice_with_most_tumour,
+    write_figure,
 )
 
 __all__ = [
@@ -50,8 +50,8 @@ __all__ = [
     "plot_regions",
     "preset_summary",
     "render_slice",
-    "save_figure",
     "show_viewer",
     "slice_with_most_tumour",
     "summarize",
+    "write_figure",
 ]

@@ -10,8 +10,9 @@ Every figure here shows slices in the radiological convention:
 * sagittal (``axis=0``, fixed ``x``): superior up, anterior on the left.
 
 Colours: the tumour labels use ``labels.LABEL_COLORS`` and the BraTS regions
-``labels.REGION_COLORS`` in every figure of the project. Figures are saved with
-:func:`save_figure`, which writes into ``config.figures_dir()``.
+``labels.REGION_COLORS`` in every figure of the project. :func:`write_figure` writes a figure to the
+path it is given; the notebooks call :func:`brats_utils.pipeline.save_figure`, which names the path in
+the figures folder.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from brats_utils.config import figures_dir
 from brats_utils.files import atomic_path
 from brats_utils.labels import FILE_LABELS, LABEL_COLORS, LABEL_NAMES, MODALITIES, REGION_COLORS, check_labels
 
@@ -52,13 +52,13 @@ _WINDOW_PERCENTILES = (0.5, 99.5)
 # --- saving ----------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, name: str, *, dpi: int = 120) -> Path:
-    """Save ``fig`` as ``config.figures_dir() / name`` (PNG unless ``name`` has another suffix).
+def write_figure(fig: Figure, path: Path, *, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` (PNG unless ``path`` has another suffix) and return the path written.
 
     The folder is created when missing and the file is written atomically (a temporary
     name, then a rename), so a figure in ``figures/`` is never half written.
     """
-    path = figures_dir() / name
+    path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
     with atomic_path(path) as tmp:
