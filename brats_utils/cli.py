@@ -204,11 +204,19 @@ def _cmd_beyond(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from brats_utils.demo import run_series
+    from brats_utils.demo import run_series, series_notebooks
 
     profile_from_args(args)  # checks the overrides before any notebook starts
     overrides = [f"{key}={value!r}" for key, value in _overrides(args)]
-    run_series(get_profile(args.profile).name, overrides=overrides, publish=args.publish)
+    if not args.only:
+        run_series(get_profile(args.profile).name, overrides=overrides, publish=args.publish)
+        return
+    notebooks = [path for path in series_notebooks() if path.name[:2] in args.only]
+    if len(notebooks) != len(set(args.only)):
+        known = ", ".join(path.name[:2] for path in series_notebooks())
+        raise BratsError(f"--only {' '.join(args.only)}", expected=f"notebook numbers of the series: {known}")
+    run_series(get_profile(args.profile).name, overrides=overrides, notebooks=notebooks, publish=args.publish,
+               record_times=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", action="store_true",
                    help="also refresh the tracked copies (make publish): figures/, docs/notebooks/ and the "
                         "times in docs/notebook_times.json, the notebooks' headers and the README")
+    p.add_argument("--only", action="append", metavar="NN", default=[],
+                   help="run only notebook NN (repeatable), e.g. --only 08, which the demo leaves out: run "
+                        "its study first (beyond --profile demo, and --longer 3); with --publish its copy "
+                        "and figures are refreshed and the series' recorded times are left as they are")
     add("config", _cmd_config, "print the resolved profile (after --dataset and --set), one KEY=VALUE a line")
     return parser
 

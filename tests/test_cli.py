@@ -297,3 +297,16 @@ def test_demo_honours_the_profile_the_environment_and_set(monkeypatch):
     assert seen == {"name": "ci", "overrides": ["epochs=1", "model_preset='l4_f16'"], "publish": False}
     assert cli.main(["demo", "--profile", "gpu"]) == 0 and seen["name"] == "gpu"
     assert cli.main(["demo", "--publish"]) == 0 and seen["publish"] is True  # make publish
+
+
+def test_demo_only_runs_the_named_notebooks_without_recording_times(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("brats_utils.demo.run_series",
+                        lambda name, **kwargs: seen.update(name=name, **kwargs))
+    assert cli.main(["demo", "--profile", "demo", "--only", "08", "--publish"]) == 0
+    assert [path.name for path in seen["notebooks"]] == ["08_beyond_the_paper.ipynb"]
+    assert seen["publish"] is True and seen["record_times"] is False
+    capsys.readouterr()
+    assert cli.main(["demo", "--only", "99"]) == 2
+    err = capsys.readouterr().err
+    assert "--only 99" in err and "01, 02, 03, 04, 05, 06, 07, 08" in err  # what it expected

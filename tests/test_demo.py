@@ -418,3 +418,19 @@ def test_runnable_copies_turn_each_solution_into_a_code_cell_in_place(tmp_path):
     assert [c.cell_type for c in ran] == ["markdown", "code", "markdown"]
     assert ran[1].source == "y = 2" and ran[1].id == "s1" and ran[1].metadata["tags"] == ["solution"]
     assert ran[2].source == cells[2].source  # a questionnaire's answers are prose, never run
+
+
+def test_publishing_a_part_of_the_series_refreshes_its_copy_and_leaves_the_times(tmp_path, monkeypatch):
+    """`demo --only 08 --publish`: notebook 08 after its study; the series' times stay make publish's."""
+    notebooks, _, tracked = _fake_series(tmp_path, monkeypatch)
+    recorded, synced = [], []
+    monkeypatch.setattr(demo, "record_notebook_times", lambda *a: recorded.append(a) or tmp_path)
+    monkeypatch.setattr(demo, "sync_notebook_sources", lambda: synced.append(True) or [])
+    demo.run_series("demo", notebooks=notebooks[:1], publish=True, record_times=False)
+    demo.run_series("demo", notebooks=notebooks[1:], publish=True, record_times=False)
+    assert recorded == [] and synced == []
+    assert sorted(p.name for p in tracked["notebooks"].iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
+    (tracked["figures"] / "01_a.png").write_bytes(b"as published")
+    demo.run_series("demo", notebooks=notebooks[1:], publish=True, record_times=False)
+    assert (tracked["figures"] / "02_b.png").read_bytes() == b"png of 02_b"
+    assert (tracked["figures"] / "01_a.png").read_bytes() == b"as published"  # only the figures of 02

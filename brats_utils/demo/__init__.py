@@ -249,7 +249,7 @@ PUBLISHED_PROFILES: tuple[str, ...] = ("demo", "ci")
 
 
 def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
-               notebooks: list[Path] | None = None, publish: bool = False) -> None:
+               notebooks: list[Path] | None = None, publish: bool = False, record_times: bool = True) -> None:
     """Execute the series with ``profile_name`` and ``key=value`` overrides; print timings and results.
 
     The kernels receive both through the environment (``BRATS_PROFILE``, ``BRATS_SET``,
@@ -259,7 +259,8 @@ def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
     without overrides: it records the times (:func:`~brats_utils.demo.sources.record_notebook_times`)
     and rewrites the notebooks' headers and the README's table from them; for ``demo`` it also copies
     the figures into ``figures/`` and each executed notebook into ``docs/notebooks/``
-    (:func:`publish_notebook`).
+    (:func:`publish_notebook`). ``record_times=False`` (``demo --only NN``: a part of the series, such as
+    notebook 08 after its study) publishes the copies and figures and leaves the recorded times alone.
     """
     os.environ["BRATS_PROFILE"] = profile_name
     items = [item for item in (os.environ.get(OVERRIDES_ENV, ""), *overrides) if item]
@@ -290,22 +291,27 @@ def run_series(profile_name: str = "demo", overrides: Sequence[str] = (),
     print(f"All notebooks ran in {sum(seconds.values()) / 60:.1f} min.")
     print(f"Executed notebooks: {executed_dir()}\nFigures:            {figures_dir()}")
     if publish:
-        _publish(profile.name, seconds)
+        _publish(profile.name, seconds, record_times=record_times)
     print(results_summary(profile))
 
 
-def _publish(profile_name: str, seconds: dict[str, float]) -> None:
+def _publish(profile_name: str, seconds: dict[str, float], *, record_times: bool = True) -> None:
     """Write a run's products into the tracked files (see :func:`run_series`)."""
-    times = record_notebook_times(profile_name, seconds)
-    changed = sync_notebook_sources()
-    print(f"Times recorded in {times}; rewritten from it: {', '.join(p.name for p in changed) or 'nothing'}")
+    if record_times:
+        times = record_notebook_times(profile_name, seconds)
+        changed = sync_notebook_sources()
+        rewritten = ", ".join(p.name for p in changed) or "nothing"
+        print(f"Times recorded in {times}; rewritten from it: {rewritten}")
+    else:
+        print("Times not recorded: a part of the series ran (notebook_times.json keeps the series' times)")
     if profile_name != "demo":
         return
     for name in seconds:
         publish_notebook(executed_dir() / name)
     print(f"Published copies:   {published_dir()} (at most {PUBLISH_BUDGET_BYTES / 1e6:g} MB each)")
     if figures_dir().resolve() != published_figures_dir().resolve():
-        for figure in sorted(p for p in figures_dir().iterdir() if p.is_file()):
+        numbers = {name[:2] for name in seconds}  # a figure is named after its notebook: 06_best_case.png
+        for figure in sorted(p for p in figures_dir().iterdir() if p.is_file() and p.name[:2] in numbers):
             with atomic_path(published_figures_dir() / figure.name) as tmp:
                 shutil.copyfile(figure, tmp)
         print(f"Published figures:  {published_figures_dir()}")
