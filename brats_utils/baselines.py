@@ -23,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
+from brats_utils.preprocess import brain_mask
+
 #: Gaussian widths (voxels) of the blurred copies: 1 and 3 voxels, 2.5 and 7.5 mm at the demo's size.
 SIGMAS: tuple[float, ...] = (1.0, 3.0)
 #: Brain voxels drawn from the training cases to fit on: plenty for a classifier of 12 features.
@@ -36,27 +38,15 @@ class VoxelClassifier:
 
     ``model``: the scikit-learn estimator; ``kind``: ``"boosted"`` (every feature of
     :func:`voxel_features`) or ``"logistic"`` (the raw intensities only); ``sigmas``: the blur widths
-    its features were computed with; ``voxels``: how many training voxels it was fitted on.
+    its features were computed with; ``columns``: the feature columns it reads; ``voxels``: how many
+    training voxels it was fitted on.
     """
 
     model: Any
     kind: VoxelClassifierKind
     sigmas: tuple[float, ...]
+    columns: slice
     voxels: int
-
-    def columns(self, channels: int) -> slice:
-        """The feature columns this classifier reads, for an image of ``channels`` channels."""
-        return _columns(self.kind, channels)
-
-
-def _columns(kind: VoxelClassifierKind, channels: int) -> slice:
-    """The raw intensities for ``"logistic"``, every feature for ``"boosted"``."""
-    return slice(0, channels) if kind == "logistic" else slice(None)
-
-
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """``[X, Y, Z]`` bool: the voxels where any channel of a ``[C, X, Y, Z]`` cached image is non-zero."""
-    return np.asarray(image).any(axis=0)
 
 
 def voxel_features(image: np.ndarray, sigmas: Sequence[float] = SIGMAS) -> np.ndarray:
@@ -94,10 +84,12 @@ def fit_voxel_classifier(cases: Iterable[tuple[np.ndarray, np.ndarray]], *,
     x, y = np.concatenate(features), np.concatenate(targets)
     chosen = np.random.default_rng(seed).choice(len(y), size=min(n_voxels, len(y)), replace=False)
     x, y = x[chosen], y[chosen]
-    columns = _columns(kind, x.shape[1] // (1 + len(sigmas)))
+    channels = x.shape[1] // (1 + len(sigmas))
+    columns = slice(0, channels) if kind == "logistic" else slice(None)  # raw intensities, or every feature
     model = (HistGradientBoostingClassifier(random_state=seed) if kind == "boosted"
              else LogisticRegression(max_iter=1000))
-    return VoxelClassifier(model=model.fit(x[:, columns], y), kind=kind, sigmas=tuple(sigmas), voxels=len(y))
+    return VoxelClassifier(model=model.fit(x[:, columns], y), kind=kind, sigmas=tuple(sigmas),
+                           columns=columns, voxels=len(y))
 
 
 def predict_voxels(classifier: VoxelClassifier, image: np.ndarray) -> np.ndarray:
@@ -106,5 +98,5 @@ def predict_voxels(classifier: VoxelClassifier, image: np.ndarray) -> np.ndarray
     labels = np.zeros(brain.shape, dtype=np.int64)
     if brain.any():
         features = voxel_features(image, classifier.sigmas)[brain]
-        labels[brain] = classifier.model.predict(features[:, classifier.columns(len(image))])
+        labels[brain] = classifier.model.predict(features[:, classifier.columns])
     return labels
