@@ -40,7 +40,7 @@ QUIRK_SEG_NAME = "W39_1998.09.19_Segm.nii"
 #: same parameters means the dataset is complete and is not written again.
 MARKER_NAME = ".brats_synthetic.json"
 #: Recorded in the marker: a dataset written by an older generator is written again.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 def real_affine(shape: Shape3D) -> np.ndarray:

@@ -18,20 +18,23 @@ from brats_utils.synthetic.tumour import above_top, draw_tumour
 
 # Relative intensities (white matter of T1 = 1) per modality, in MODALITIES order. Each tumour tissue
 # copies, in all four contrasts at once, a normal tissue or mixture it is confused with on real
-# scans (docs/phantoms.md): oedema and the non-enhancing core look like white-matter
-# hyperintensities ("hyper": periventricular caps and scattered deep lesions, unlabelled), necrosis
-# like CSF, enhancing tumour like the normal structures that enhance on T1ce ("bright": vessels,
-# choroid plexus, dura). Only shape and context tell them apart.
-_TISSUES = ("wm", "gm", "csf", "oedema", "enhancing", "necrosis", "non_enhancing", "bright", "hyper")
+# scans (docs/phantoms.md): oedema looks like white-matter hyperintensities ("hyper":
+# periventricular caps and scattered deep lesions, unlabelled), and the non-enhancing core exactly
+# like the oedema at its brightest; necrosis like CSF (or, per case, part way towards the oedema:
+# proteinaceous fluid); enhancing tumour like the normal structures that enhance on T1ce ("bright":
+# vessels, choroid plexus, dura). Only shape and context tell them apart.
+_TISSUES = ("wm", "gm", "csf", "oedema", "enhancing", "necrosis", "bright", "hyper")
 _CONTRAST = np.array(
-    [  # wm    gm    csf   oed   enh   nec   net   bright hyper
-        [0.60, 0.78, 0.12, 0.94, 0.84, 0.16, 1.00, 0.84, 0.94],  # flair
-        [1.00, 0.72, 0.25, 0.64, 0.70, 0.28, 0.58, 0.70, 0.64],  # t1
-        [1.00, 0.74, 0.25, 0.66, 1.55, 0.30, 0.60, 1.55, 0.66],  # t1ce
-        [0.45, 0.66, 1.35, 1.00, 0.80, 1.25, 1.08, 0.80, 1.00],  # t2
+    [  # wm    gm    csf   oed   enh   nec   bright hyper
+        [0.60, 0.78, 0.12, 0.94, 0.84, 0.16, 0.84, 0.94],  # flair
+        [1.00, 0.72, 0.25, 0.64, 0.70, 0.28, 0.70, 0.64],  # t1
+        [1.00, 0.74, 0.25, 0.66, 1.55, 0.30, 1.55, 0.66],  # t1ce
+        [0.45, 0.66, 1.35, 1.00, 0.80, 1.25, 0.80, 1.00],  # t2
     ],
     dtype=np.float32,
 )
+#: How far a case's necrosis moves from CSF-like fluid towards the oedema (0: CSF; drawn per case).
+NECROSIS_TOWARDS_OEDEMA = (0.0, 0.8)
 _C = {name: i for i, name in enumerate(_TISSUES)}
 # Per-case scanner scale: the intensity of white matter, drawn log-uniformly per modality.
 _WM_INTENSITY_RANGE = {"flair": (150, 500), "t1": (250, 900), "t1ce": (250, 1300), "t2": (300, 1600)}
@@ -48,10 +51,12 @@ def _bright_structures(box_shape: Shape3D, inside: np.ndarray, brain: np.ndarray
     """
     a = smooth_field(box_shape, rng, 10).ravel()[inside]
     b = smooth_field(box_shape, rng, 10).ravel()[inside]
-    # vessels: curves where two smooth fields both cross zero, running in the CSF spaces
-    vessels = (ramp((0.1 - np.maximum(np.abs(a), np.abs(b))) / 0.05)
+    # vessels: tubes (one to two voxels across) where two smooth fields both cross zero, mostly in the CSF
+    vessels = (ramp((0.22 - np.maximum(np.abs(a), np.abs(b))) / 0.05)
                * np.clip(2 * csf + 0.3 * wm + peritumoral, 0, 1))
-    plexus = (near > 0.9) * (csf > 0.5) * ramp((a - 0.5) / 0.3)
+    # choroid plexus: tufts inside the ventricles, next to CSF and the periventricular caps (as a rim is
+    # next to necrosis and oedema)
+    plexus = (near > 0.6) * (csf > 0.3) * ramp((a + 0.3) / 0.3)
     dura = ~ndimage.binary_erosion(brain, iterations=max(1, round(1.5 / zoom))).ravel()[inside]
     return np.maximum(np.maximum(vessels, plexus), dura * (b > -0.3))
 
@@ -64,9 +69,9 @@ def _hyperintensities(box_shape: Shape3D, inside: np.ndarray, wm: np.ndarray, ne
     so only their shape and place (no tumour core nearby) tell them apart. Values at ``inside``.
     """
     caps = np.clip(1.6 * near - 0.3, 0.0, 1.0) * np.clip(1.5 * wm, 0.0, 1.0) * rng.uniform(0.5, 1.0)
-    # lesions from punctate to confluent (blobs of 1-3 cm, some cases many of them)
+    # lesions from punctate to confluent (blobs of 1-3 cm, many of them in most cases)
     field = smooth_field(box_shape, rng, 8).ravel()[inside]
-    lesions = ramp((field - rng.uniform(0.9, 1.9)) / 0.3) * np.clip((wm - 0.4) / 0.3, 0.0, 1.0)
+    lesions = ramp((field - rng.uniform(0.2, 0.9)) / 0.3) * np.clip((wm - 0.4) / 0.3, 0.0, 1.0)
     return np.maximum(caps, lesions)
 
 
@@ -153,6 +158,7 @@ def synthesize_case(
     oedema_strength = 0.75 + smooth_field(tumour.core.shape, rng, 5, amplitude=0.25)[valid]
     hyper = _hyperintensities(box_shape, inside, wm, near, rng)
 
+    necrosis_mix = rng.uniform(*NECROSIS_TOWARDS_OEDEMA)
     contrast = _CONTRAST * rng.uniform(0.93, 1.07, size=_CONTRAST.shape).astype(np.float32)
     hot = rng.integers(0, inside.size, size=int(rng.integers(5, 40)))
     image = np.zeros((len(MODALITIES), *shape), dtype=np.float32)
@@ -167,13 +173,14 @@ def synthesize_case(
         part = signal[at]
         oedema_value = c[_C["gm"]] + (c[_C["oedema"]] - c[_C["gm"]]) * oedema_strength
         part += (oedema_value - part) * w_oedema
-        non_enhancing = c[_C["non_enhancing"]]
+        non_enhancing = c[_C["oedema"]]  # the non-enhancing core: the oedema at its brightest
         core_value = (non_enhancing + (c[_C["enhancing"]] - non_enhancing) * w_rim) * texture
         if modality == "t1ce" and tumour.faint is not None:  # faint, patchy, not labelled ET
             core_value *= 1.0 + 0.35 * tumour.faint[valid]
         part += (core_value - part) * w_core
         if w_necrosis is not None:
-            part += (c[_C["necrosis"]] - part) * w_necrosis
+            necrosis_value = c[_C["necrosis"]] + (c[_C["oedema"]] - c[_C["necrosis"]]) * necrosis_mix
+            part += (necrosis_value - part) * w_necrosis
         signal[at] = part
         signal += (c[_C["bright"]] - signal) * bright
         low, high = _WM_INTENSITY_RANGE[modality]
