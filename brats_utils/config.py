@@ -676,7 +676,7 @@ PROFILES: dict[str, Profile] = {
         # between 0.61 and 0.70 (4 validation cases), the learning rate halving first at epoch 32. On
         # the harder phantoms of generator 4, 12 steps an epoch still improved at the last epoch, and
         # 20 steps raised the validation Dice WT / TC / ET from 0.750 / 0.844 / 0.651 to 0.767 / 0.858
-        # / 0.657 (docs/phantoms.md)
+        # / 0.657 (on the trial phantoms of docs/phantoms.md; 3.3 min of training on 2 idle cores)
         synthetic_shape=(96, 96, 64),
         patch_size=(48, 48, 48),
         samples_per_volume=2,
